@@ -1,0 +1,432 @@
+//! The agent's per-minute pre-aggregation: StatsD datagrams in, closed minutes out.
+//!
+//! Invariants:
+//! - a value lands in the minute its line was received (`now_ms`), or the minute of its `|T`
+//!   timestamp when that is within `[now - max_past_secs, now + max_future_secs]`;
+//! - every line is either aggregated (counted in `IngestStats::lines`) or refused with exactly one
+//!   reason (`IngestStats::dropped`); a datagram's good lines count even when others are refused;
+//! - at most `max_series` open series-minutes are held (`series_limit` drops beyond), so memory is
+//!   bounded whatever the input;
+//! - gauge deltas apply to the series' last gauge value, carried across minutes (0 if none yet).
+//!
+//! The hot path looks a line up by a raw series id (`name|type|tags-as-sent`) in a reused buffer,
+//! without allocating; the canonical [`MetricKey`] is built and validated once per new series.
+
+use crate::aggregate::{Aggregate, Counter, DistinctSet, Gauge, Hist};
+use crate::key::{KeyError, MetricKey};
+use crate::statsd::{parse_datagram, Kind, Line, ParseError, Value};
+use crate::window::{minute_start, MINUTE};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+
+/// Why an accepted-for-parsing line was not aggregated (beyond parse errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    Parse(ParseError),
+    /// Name or tags break a key limit.
+    InvalidKey,
+    /// `|T` older than `max_past_secs`.
+    TooOld,
+    /// `|T` further ahead than `max_future_secs`.
+    InFuture,
+    /// `max_series` reached.
+    SeriesLimit,
+    /// Set already holds its maximum of distinct members.
+    SetFull,
+    /// The same series was sent with two types in one minute.
+    TypeConflict,
+}
+
+impl Drop {
+    /// The `reason` label of the dropped counter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Parse(p) => p.as_str(),
+            Drop::InvalidKey => "invalid_key",
+            Drop::TooOld => "too_old",
+            Drop::InFuture => "in_future",
+            Drop::SeriesLimit => "series_limit",
+            Drop::SetFull => "set_full",
+            Drop::TypeConflict => "type_conflict",
+        }
+    }
+}
+
+/// Counters of one ingest call (or many, when reused).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct IngestStats {
+    /// Lines aggregated.
+    pub lines: u64,
+    /// Lines (or values) refused, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// The last refusal, for a rate-limited log line: (reason, detail).
+    pub last_error: Option<(&'static str, String)>,
+}
+
+impl IngestStats {
+    fn drop(&mut self, reason: Drop, detail: &str) {
+        *self.dropped.entry(reason.as_str()).or_insert(0) += 1;
+        let mut end = detail.len().min(200);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.last_error = Some((reason.as_str(), detail[..end].to_string()));
+    }
+
+    /// Total refused.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
+/// Settings of an [`Accumulator`].
+#[derive(Debug, Clone)]
+pub struct AccumulatorConfig {
+    pub tenant: String,
+    /// Tags added to every series (such as `host`); a tag sent on the line wins.
+    pub global_tags: Vec<(String, String)>,
+    pub max_past_secs: i64,
+    pub max_future_secs: i64,
+    pub max_series: usize,
+}
+
+struct Slot {
+    key: MetricKey,
+    agg: Aggregate,
+}
+
+/// One closed (or force-flushed) minute: every series with its state.
+pub type ClosedMinute = (i64, Vec<(MetricKey, Aggregate)>);
+
+/// Per-minute pre-aggregation of StatsD lines.
+pub struct Accumulator {
+    cfg: AccumulatorConfig,
+    minutes: BTreeMap<i64, FxHashMap<Box<str>, Slot>>,
+    open_series: usize,
+    /// Last gauge value per raw id, and the minute it was last set (for pruning).
+    gauges: FxHashMap<Box<str>, (f64, i64)>,
+    scratch: String,
+}
+
+impl Accumulator {
+    pub fn new(cfg: AccumulatorConfig) -> Self {
+        Self {
+            cfg,
+            minutes: BTreeMap::new(),
+            open_series: 0,
+            gauges: FxHashMap::default(),
+            scratch: String::with_capacity(256),
+        }
+    }
+
+    /// Number of series-minutes held.
+    pub fn open_series(&self) -> usize {
+        self.open_series
+    }
+
+    /// Parses and aggregates one datagram received at `now_ms` (unix milliseconds).
+    pub fn ingest(&mut self, datagram: &[u8], now_ms: i64, stats: &mut IngestStats) {
+        for line in parse_datagram(datagram) {
+            match line {
+                Ok(line) => match self.add_line(&line, now_ms) {
+                    Ok(()) => stats.lines += 1,
+                    Err(d) => stats.drop(d, line.name),
+                },
+                Err(e) => stats.drop(Drop::Parse(e), &String::from_utf8_lossy(datagram)),
+            }
+        }
+    }
+
+    fn build_key(&self, line: &Line<'_>) -> Result<MetricKey, KeyError> {
+        let mut tags: Vec<(String, String)> = line
+            .tag_pairs()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in &self.cfg.global_tags {
+            if !tags.iter().any(|(tk, _)| tk == k) {
+                tags.push((k.clone(), v.clone()));
+            }
+        }
+        MetricKey::new(self.cfg.tenant.clone(), line.name, tags)
+    }
+
+    /// Aggregates one parsed line.
+    pub fn add_line(&mut self, line: &Line<'_>, now_ms: i64) -> Result<(), Drop> {
+        let now_s = now_ms.div_euclid(1000);
+        let (minute, at_ms) = match line.timestamp {
+            Some(ts) => {
+                if ts < now_s - self.cfg.max_past_secs {
+                    return Err(Drop::TooOld);
+                }
+                if ts > now_s + self.cfg.max_future_secs {
+                    return Err(Drop::InFuture);
+                }
+                (minute_start(ts), ts.saturating_mul(1000))
+            }
+            None => (minute_start(now_s), now_ms),
+        };
+        self.scratch.clear();
+        self.scratch.push_str(line.name);
+        self.scratch.push('|');
+        self.scratch.push_str(line.kind.as_str());
+        self.scratch.push('|');
+        self.scratch.push_str(line.tags);
+
+        let exists = self
+            .minutes
+            .get(&minute)
+            .is_some_and(|m| m.contains_key(self.scratch.as_str()));
+        if !exists {
+            if self.open_series >= self.cfg.max_series {
+                return Err(Drop::SeriesLimit);
+            }
+            let key = self.build_key(line).map_err(|_| Drop::InvalidKey)?;
+            let agg = match line.kind {
+                Kind::Counter => Aggregate::Counter(Counter::default()),
+                Kind::Timer | Kind::Histogram | Kind::Distribution => {
+                    Aggregate::Histogram(Hist::new())
+                }
+                Kind::Set => Aggregate::Set(DistinctSet::default()),
+                Kind::Gauge => {
+                    let prev = self
+                        .gauges
+                        .get(self.scratch.as_str())
+                        .map_or(0.0, |(v, _)| *v);
+                    Aggregate::Gauge(Gauge::new(prev, i64::MIN))
+                }
+            };
+            self.minutes
+                .entry(minute)
+                .or_default()
+                .insert(self.scratch.as_str().into(), Slot { key, agg });
+            self.open_series += 1;
+        }
+        let Some(slot) = self
+            .minutes
+            .get_mut(&minute)
+            .and_then(|m| m.get_mut(self.scratch.as_str()))
+        else {
+            return Err(Drop::SeriesLimit); // unreachable: inserted above
+        };
+        let weight = (1.0 / line.rate).round().max(1.0) as u64;
+        for v in line.values() {
+            match (&mut slot.agg, v) {
+                (Aggregate::Counter(c), Ok(Value::Number(n))) => {
+                    c.sum += n / line.rate;
+                    c.samples += 1;
+                }
+                (Aggregate::Histogram(h), Ok(Value::Number(n))) => h.record(n, weight),
+                (Aggregate::Set(s), Ok(Value::Member(m))) => {
+                    if !s.insert(m) {
+                        return Err(Drop::SetFull);
+                    }
+                }
+                (Aggregate::Gauge(g), Ok(v)) => {
+                    let value = match v {
+                        Value::Number(n) => n,
+                        // On a fresh slot `last` holds the value carried over from earlier minutes.
+                        Value::Delta(d) => g.last + d,
+                        Value::Member(_) => return Err(Drop::Parse(ParseError::BadValue)),
+                    };
+                    if g.last_ms == i64::MIN {
+                        // First value of this minute: the carried-over value only seeds deltas.
+                        *g = Gauge::new(value, at_ms);
+                    } else {
+                        // Later lines win ties: receive order is the truth within one agent.
+                        let at = at_ms.max(g.last_ms);
+                        g.last = value;
+                        g.last_ms = at;
+                        g.min = g.min.min(value);
+                        g.max = g.max.max(value);
+                    }
+                }
+                (_, Err(e)) => return Err(Drop::Parse(e)),
+                _ => return Err(Drop::Parse(ParseError::BadValue)),
+            }
+        }
+        if let Aggregate::Gauge(g) = &slot.agg {
+            self.gauges
+                .insert(self.scratch.as_str().into(), (g.last, minute));
+        }
+        Ok(())
+    }
+
+    /// Removes and returns every minute whose end plus `delay_secs` is at or before `now_s`.
+    pub fn take_closed(
+        &mut self,
+        now_s: i64,
+        delay_secs: i64,
+        stats: &mut IngestStats,
+    ) -> Vec<ClosedMinute> {
+        let closed: Vec<i64> = self
+            .minutes
+            .keys()
+            .copied()
+            .filter(|m| m + MINUTE + delay_secs <= now_s)
+            .collect();
+        let out = closed
+            .into_iter()
+            .filter_map(|m| self.take_minute(m, stats))
+            .collect();
+        // Forget gauge bases not set for an hour, so the map stays bounded by live series.
+        self.gauges.retain(|_, (_, m)| *m + 3600 > now_s);
+        out
+    }
+
+    /// Removes and returns every minute, open or not (flush on demand and at shutdown).
+    pub fn take_all(&mut self, stats: &mut IngestStats) -> Vec<ClosedMinute> {
+        let all: Vec<i64> = self.minutes.keys().copied().collect();
+        all.into_iter()
+            .filter_map(|m| self.take_minute(m, stats))
+            .collect()
+    }
+
+    fn take_minute(&mut self, minute: i64, stats: &mut IngestStats) -> Option<ClosedMinute> {
+        let slots = self.minutes.remove(&minute)?;
+        self.open_series -= slots.len();
+        // Raw ids that differ only in tag order canonicalise to one key: merge them.
+        let mut merged: BTreeMap<MetricKey, Aggregate> = BTreeMap::new();
+        for (_, slot) in slots {
+            match merged.get_mut(&slot.key) {
+                Some(existing) => {
+                    if existing.merge(&slot.agg).is_err() {
+                        stats.drop(Drop::TypeConflict, slot.key.name());
+                    }
+                }
+                None => {
+                    merged.insert(slot.key, slot.agg);
+                }
+            }
+        }
+        Some((minute, merged.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc() -> Accumulator {
+        Accumulator::new(AccumulatorConfig {
+            tenant: "default".into(),
+            global_tags: vec![("host".into(), "h1".into())],
+            max_past_secs: 3600,
+            max_future_secs: 60,
+            max_series: 1000,
+        })
+    }
+
+    const NOW: i64 = 1_700_000_030_000; // unix ms, 50 s into its minute
+
+    #[test]
+    fn counters_gauges_timers_sets_per_minute() {
+        let mut a = acc();
+        let mut st = IngestStats::default();
+        a.ingest(
+            b"req:1|c|#route:/a\nreq:2|c|@0.5|#route:/a\nmem:10|g\nmem:-3|g\nmem:+1|g\nlat:10|ms\nlat:30|ms|@0.5\nu:a|s\nu:b|s\nu:a|s",
+            NOW,
+            &mut st,
+        );
+        assert_eq!(st.lines, 10);
+        assert_eq!(st.dropped_total(), 0);
+        let out = a.take_all(&mut st);
+        assert_eq!(out.len(), 1);
+        let (minute, series) = &out[0];
+        assert_eq!(*minute, minute_start(NOW / 1000));
+        let get = |name: &str| {
+            series
+                .iter()
+                .find(|(k, _)| k.name() == name)
+                .map(|(k, a)| (k.clone(), a.clone()))
+                .unwrap()
+        };
+        let (k, req) = get("req");
+        assert_eq!(k.encode(), "default/req{host=h1,route=/a}");
+        assert_eq!(
+            req,
+            Aggregate::Counter(Counter {
+                sum: 5.0,
+                samples: 2
+            })
+        );
+        match get("mem").1 {
+            Aggregate::Gauge(g) => assert_eq!((g.last, g.min, g.max), (8.0, 7.0, 10.0)),
+            other => panic!("{other:?}"),
+        }
+        match get("lat").1 {
+            Aggregate::Histogram(h) => {
+                assert_eq!((h.count, h.sum, h.min, h.max), (3, 70.0, 10.0, 30.0))
+            }
+            other => panic!("{other:?}"),
+        }
+        match get("u").1 {
+            Aggregate::Set(s) => assert_eq!(s.members.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn gauge_delta_carries_across_minutes() {
+        let mut a = acc();
+        let mut st = IngestStats::default();
+        a.ingest(b"mem:10|g", NOW, &mut st);
+        a.take_all(&mut st);
+        a.ingest(b"mem:+5|g", NOW + 60_000, &mut st);
+        let out = a.take_all(&mut st);
+        match &out[0].1[0].1 {
+            Aggregate::Gauge(g) => assert_eq!((g.last, g.min, g.max), (15.0, 15.0, 15.0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn timestamps_place_values_and_limits_drop() {
+        let mut a = acc();
+        let mut st = IngestStats::default();
+        let now_s = NOW / 1000;
+        let old = format!(
+            "x:1|c|T{}\ny:1|c|T{}\nz:1|c|T{}",
+            now_s - 600,
+            now_s - 7200,
+            now_s + 3600
+        );
+        a.ingest(old.as_bytes(), NOW, &mut st);
+        assert_eq!(st.lines, 1);
+        assert_eq!(st.dropped.get("too_old"), Some(&1));
+        assert_eq!(st.dropped.get("in_future"), Some(&1));
+        let out = a.take_closed(now_s, 5, &mut st);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, minute_start(now_s - 600));
+    }
+
+    #[test]
+    fn closes_only_after_the_delay() {
+        let mut a = acc();
+        let mut st = IngestStats::default();
+        let now_s = NOW / 1000;
+        a.ingest(b"x:1|c", NOW, &mut st);
+        let m = minute_start(now_s);
+        assert!(a.take_closed(m + 60 + 4, 5, &mut st).is_empty());
+        assert_eq!(a.take_closed(m + 60 + 5, 5, &mut st).len(), 1);
+        assert_eq!(a.open_series(), 0);
+    }
+
+    #[test]
+    fn series_limit_and_invalid_tags_are_counted() {
+        let mut a = Accumulator::new(AccumulatorConfig {
+            max_series: 2,
+            ..acc().cfg
+        });
+        let mut st = IngestStats::default();
+        a.ingest(
+            b"a:1|c\nb:1|c\nc:1|c\na:1|c\nd:1|c|#bad tag:1",
+            NOW,
+            &mut st,
+        );
+        assert_eq!(st.lines, 3);
+        assert_eq!(st.dropped.get("series_limit"), Some(&2));
+        let mut b = acc();
+        b.ingest(b"d:1|c|#k:a=b", NOW, &mut st);
+        assert_eq!(st.dropped.get("invalid_key"), Some(&1));
+    }
+}

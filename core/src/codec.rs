@@ -1,0 +1,482 @@
+//! Versioned binary wire codecs.
+//!
+//! Primitives: `uv` = unsigned LEB128 varint, `iv` = zigzag varint, `f64` = 8 bytes little endian,
+//! `str` = `uv` length + UTF-8 bytes.
+//!
+//! ```text
+//! Aggregate  := 0x01 f64 sum, uv samples                                   counter
+//!             | 0x02 f64 last, iv last_ms, f64 min, f64 max                   gauge
+//!             | 0x03 uv count, f64 sum, f64 min, f64 max, uv n, n bytes HDR V2 histogram
+//!             | 0x04 uv n, n × u64 LE member hash (ascending)                 set
+//! Batch      := "TB" 0x01 str agent_id, uv seq, uv n, n × Item              agent → partitioner
+//! Item       := str name, uv ntags, ntags × (str key, str value), iv minute, Aggregate
+//! Record     := "TR" 0x01 str source, uv seq, iv minute, Aggregate           Kafka value
+//!               (the Kafka key is the canonical metric key)
+//! HotCell    := "TH" 0x01 uv n, n × (u64 LE source hash, uv seq), Aggregate   Redis hash value
+//! ```
+//!
+//! A decoder refuses trailing bytes, unknown versions and lengths that exceed the input, so a
+//! hostile body cannot make it allocate more than its own size.
+
+use crate::aggregate::{new_hdr, Aggregate, Counter, DistinctSet, Gauge, Hist};
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+
+/// Current version byte of every framed structure.
+pub const VERSION: u8 = 1;
+
+/// A body that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode {what}: {problem}")]
+pub struct CodecError {
+    pub what: &'static str,
+    pub problem: String,
+}
+
+fn err(what: &'static str, problem: impl Into<String>) -> CodecError {
+    CodecError {
+        what,
+        problem: problem.into(),
+    }
+}
+
+/// Writes primitives into a byte buffer.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn uv(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+    pub fn iv(&mut self, v: i64) {
+        self.uv(((v << 1) ^ (v >> 63)) as u64);
+    }
+    pub fn f64(&mut self, v: f64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn str(&mut self, s: &str) {
+        self.uv(s.len() as u64);
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    pub fn aggregate(&mut self, a: &Aggregate) {
+        match a {
+            Aggregate::Counter(c) => {
+                self.buf.push(1);
+                self.f64(c.sum);
+                self.uv(c.samples);
+            }
+            Aggregate::Gauge(g) => {
+                self.buf.push(2);
+                self.f64(g.last);
+                self.iv(g.last_ms);
+                self.f64(g.min);
+                self.f64(g.max);
+            }
+            Aggregate::Histogram(h) => {
+                self.buf.push(3);
+                self.uv(h.count);
+                self.f64(h.sum);
+                self.f64(h.min);
+                self.f64(h.max);
+                let mut hdr = Vec::new();
+                // Serialising into a Vec cannot fail for a histogram we built ourselves.
+                let _ = V2Serializer::new().serialize(&h.hdr, &mut hdr);
+                self.uv(hdr.len() as u64);
+                self.buf.extend_from_slice(&hdr);
+            }
+            Aggregate::Set(s) => {
+                self.buf.push(4);
+                self.uv(s.members.len() as u64);
+                for m in &s.members {
+                    self.buf.extend_from_slice(&m.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// Reads primitives from a byte slice.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Self { buf, pos: 0, what }
+    }
+    fn short(&self) -> CodecError {
+        err(self.what, format!("truncated at byte {}", self.pos))
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.remaining() < n {
+            return Err(self.short());
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn uv(&mut self) -> Result<u64, CodecError> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(err(self.what, "varint longer than 10 bytes"))
+    }
+    pub fn iv(&mut self) -> Result<i64, CodecError> {
+        let u = self.uv()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+    pub fn f64(&mut self) -> Result<f64, CodecError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(f64::from_le_bytes(a))
+    }
+    pub fn u64_le(&mut self) -> Result<u64, CodecError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A length that must fit in the rest of the input, `unit` bytes per element at least.
+    pub fn len(&mut self, unit: usize) -> Result<usize, CodecError> {
+        let n = self.uv()?;
+        if n.saturating_mul(unit as u64) > self.remaining() as u64 {
+            return Err(err(self.what, format!("length {n} exceeds the input")));
+        }
+        Ok(n as usize)
+    }
+    pub fn str(&mut self) -> Result<&'a str, CodecError> {
+        let n = self.len(1)?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| err(self.what, "string is not UTF-8"))
+    }
+    pub fn header(&mut self, magic: &[u8; 2]) -> Result<(), CodecError> {
+        if self.take(2)? != magic {
+            return Err(err(self.what, "bad magic bytes"));
+        }
+        let v = self.u8()?;
+        if v != VERSION {
+            return Err(err(self.what, format!("unsupported version {v}")));
+        }
+        Ok(())
+    }
+    pub fn finish(&self) -> Result<(), CodecError> {
+        if self.remaining() != 0 {
+            return Err(err(
+                self.what,
+                format!("{} trailing bytes", self.remaining()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn aggregate(&mut self) -> Result<Aggregate, CodecError> {
+        Ok(match self.u8()? {
+            1 => Aggregate::Counter(Counter {
+                sum: self.f64()?,
+                samples: self.uv()?,
+            }),
+            2 => Aggregate::Gauge(Gauge {
+                last: self.f64()?,
+                last_ms: self.iv()?,
+                min: self.f64()?,
+                max: self.f64()?,
+            }),
+            3 => {
+                let count = self.uv()?;
+                let sum = self.f64()?;
+                let min = self.f64()?;
+                let max = self.f64()?;
+                let n = self.len(1)?;
+                let mut bytes = self.take(n)?;
+                let mut hdr: hdrhistogram::Histogram<u64> = Deserializer::new()
+                    .deserialize(&mut bytes)
+                    .map_err(|e| err(self.what, format!("histogram: {e:?}")))?;
+                hdr.auto(true);
+                let mut h = Hist {
+                    count,
+                    sum,
+                    min,
+                    max,
+                    hdr: new_hdr(),
+                };
+                h.hdr
+                    .add(&hdr)
+                    .map_err(|e| err(self.what, format!("histogram: {e:?}")))?;
+                Aggregate::Histogram(h)
+            }
+            4 => {
+                let n = self.len(8)?;
+                let mut s = DistinctSet::default();
+                for _ in 0..n {
+                    s.members.insert(self.u64_le()?);
+                }
+                Aggregate::Set(s)
+            }
+            t => return Err(err(self.what, format!("unknown aggregate tag {t}"))),
+        })
+    }
+}
+
+/// One series-minute in an agent batch. The tenant is not on the wire: the partitioner assigns the
+/// authenticated one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub name: String,
+    pub tags: Vec<(String, String)>,
+    pub minute: i64,
+    pub agg: Aggregate,
+}
+
+/// What an agent sends to the partitioner in one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub agent_id: String,
+    pub seq: u64,
+    pub items: Vec<Item>,
+}
+
+impl Batch {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(b"TB");
+        w.buf.push(VERSION);
+        w.str(&self.agent_id);
+        w.uv(self.seq);
+        w.uv(self.items.len() as u64);
+        for it in &self.items {
+            w.str(&it.name);
+            w.uv(it.tags.len() as u64);
+            for (k, v) in &it.tags {
+                w.str(k);
+                w.str(v);
+            }
+            w.iv(it.minute);
+            w.aggregate(&it.agg);
+        }
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(buf, "batch");
+        r.header(b"TB")?;
+        let agent_id = r.str()?.to_string();
+        let seq = r.uv()?;
+        let n = r.len(4)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.str()?.to_string();
+            let nt = r.len(2)?;
+            let mut tags = Vec::with_capacity(nt);
+            for _ in 0..nt {
+                tags.push((r.str()?.to_string(), r.str()?.to_string()));
+            }
+            let minute = r.iv()?;
+            let agg = r.aggregate()?;
+            items.push(Item {
+                name,
+                tags,
+                minute,
+                agg,
+            });
+        }
+        r.finish()?;
+        Ok(Self {
+            agent_id,
+            seq,
+            items,
+        })
+    }
+}
+
+/// One series-minute as a Kafka record value. `source` and `seq` identify the contribution, so that
+/// a batch the agent retried is merged once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub source: String,
+    pub seq: u64,
+    pub minute: i64,
+    pub agg: Aggregate,
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(b"TR");
+        w.buf.push(VERSION);
+        w.str(&self.source);
+        w.uv(self.seq);
+        w.iv(self.minute);
+        w.aggregate(&self.agg);
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(buf, "record");
+        r.header(b"TR")?;
+        let source = r.str()?.to_string();
+        let seq = r.uv()?;
+        let minute = r.iv()?;
+        let agg = r.aggregate()?;
+        r.finish()?;
+        Ok(Self {
+            source,
+            seq,
+            minute,
+            agg,
+        })
+    }
+}
+
+/// The hot store's state of one series-minute: the merged aggregate and which contributions
+/// `(source hash, seq)` it already holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotCell {
+    pub contributors: Vec<(u64, u64)>,
+    pub agg: Aggregate,
+}
+
+impl HotCell {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(b"TH");
+        w.buf.push(VERSION);
+        w.uv(self.contributors.len() as u64);
+        for (s, q) in &self.contributors {
+            w.bytes(&s.to_le_bytes());
+            w.uv(*q);
+        }
+        w.aggregate(&self.agg);
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(buf, "hot cell");
+        r.header(b"TH")?;
+        let n = r.len(9)?;
+        let mut contributors = Vec::with_capacity(n);
+        for _ in 0..n {
+            contributors.push((r.u64_le()?, r.uv()?));
+        }
+        let agg = r.aggregate()?;
+        r.finish()?;
+        Ok(Self { contributors, agg })
+    }
+
+    /// True if the contribution `(source, seq)` is already merged.
+    pub fn has(&self, source: u64, seq: u64) -> bool {
+        self.contributors.contains(&(source, seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Aggregate> {
+        let mut h = Hist::new();
+        for v in [0.5, 12.0, 250.0, 1e6] {
+            h.record(v, 3);
+        }
+        let mut s = DistinctSet::default();
+        s.insert("a");
+        s.insert("b");
+        vec![
+            Aggregate::Counter(Counter {
+                sum: 2.5,
+                samples: 7,
+            }),
+            Aggregate::Gauge(Gauge {
+                last: -1.0,
+                last_ms: -5,
+                min: -3.0,
+                max: 9.0,
+            }),
+            Aggregate::Histogram(h),
+            Aggregate::Set(s),
+        ]
+    }
+
+    #[test]
+    fn batch_record_cell_round_trip() {
+        let items = samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, agg)| Item {
+                name: format!("m{i}"),
+                tags: vec![("host".into(), "a".into())],
+                minute: 1_700_000_040 - 60 * i as i64,
+                agg,
+            })
+            .collect();
+        let b = Batch {
+            agent_id: "agent-1".into(),
+            seq: 300,
+            items,
+        };
+        assert_eq!(Batch::decode(&b.encode()).unwrap(), b);
+        for agg in samples() {
+            let r = Record {
+                source: "a".into(),
+                seq: 1,
+                minute: -60,
+                agg: agg.clone(),
+            };
+            assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+            let c = HotCell {
+                contributors: vec![(u64::MAX, 9)],
+                agg,
+            };
+            assert_eq!(HotCell::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn hostile_input_is_refused() {
+        let b = Batch {
+            agent_id: "a".into(),
+            seq: 1,
+            items: vec![],
+        }
+        .encode();
+        let mut trailing = b.clone();
+        trailing.push(0);
+        assert!(Batch::decode(&trailing).is_err());
+        assert!(Batch::decode(&b[..b.len() - 1]).is_err());
+        let mut v2 = b.clone();
+        v2[2] = 2;
+        assert_eq!(
+            Batch::decode(&v2).unwrap_err().problem,
+            "unsupported version 2"
+        );
+        // A claimed length of 2^60 items must not allocate.
+        let mut huge = Writer::default();
+        huge.bytes(b"TB");
+        huge.buf.push(1);
+        huge.str("a");
+        huge.uv(1);
+        huge.uv(1 << 60);
+        assert!(Batch::decode(&huge.buf).is_err());
+    }
+}

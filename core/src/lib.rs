@@ -1,0 +1,19 @@
+//! thermo-core: the pure logic of thermo. No I/O, no async runtime.
+//!
+//! - [`key`]: canonical metric keys and their validation limits.
+//! - [`statsd`]: the StatsD/DogStatsD line parser.
+//! - [`window`]: minute and roll-up window arithmetic.
+//! - [`aggregate`]: mergeable per-window states (counter, gauge, HDR histogram, set).
+//! - [`accumulator`]: the agent's per-minute pre-aggregation.
+//! - [`codec`]: versioned binary formats (agent batches, Kafka records, hot cells).
+//! - [`json`]: the JSON ingest form.
+//! - [`query`]: statistics over merged states and the step/group arithmetic of queries.
+
+pub mod accumulator;
+pub mod aggregate;
+pub mod codec;
+pub mod json;
+pub mod key;
+pub mod query;
+pub mod statsd;
+pub mod window;

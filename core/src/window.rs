@@ -1,0 +1,97 @@
+//! Window arithmetic: the one place that says which window a time belongs to.
+//!
+//! Times are unix seconds (UTC). A window of `len` seconds starts at a multiple of `len` from the
+//! epoch; `rem_euclid` keeps this true for negative times. A point belongs to the minute in which the
+//! agent received it, or to the minute of its DogStatsD `|T` timestamp.
+
+/// Seconds in a minute window.
+pub const MINUTE: i64 = 60;
+
+/// The start of the window of length `len` that contains `ts`.
+pub fn window_start(ts: i64, len: i64) -> i64 {
+    debug_assert!(len > 0);
+    ts - ts.rem_euclid(len)
+}
+
+/// The start of the minute that contains `ts`.
+pub fn minute_start(ts: i64) -> i64 {
+    window_start(ts, MINUTE)
+}
+
+/// A roll-up resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resolution {
+    OneMinute,
+    FiveMinutes,
+    OneHour,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 3] = [Self::OneMinute, Self::FiveMinutes, Self::OneHour];
+
+    /// Window length in seconds.
+    pub fn seconds(self) -> i64 {
+        match self {
+            Self::OneMinute => 60,
+            Self::FiveMinutes => 300,
+            Self::OneHour => 3600,
+        }
+    }
+
+    /// Short name: `1m`, `5m`, `1h`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneMinute => "1m",
+            Self::FiveMinutes => "5m",
+            Self::OneHour => "1h",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The start of this resolution's window that contains `ts`.
+    pub fn start(self, ts: i64) -> i64 {
+        window_start(ts, self.seconds())
+    }
+}
+
+/// The minutes `[from, to)` covers, as minute starts: the first minute is the one containing `from`,
+/// the last the one containing `to - 1`.
+pub fn minutes_in(from: i64, to: i64) -> impl Iterator<Item = i64> {
+    let first = minute_start(from);
+    (0..)
+        .map(move |i| first + i * MINUTE)
+        .take_while(move |m| *m < to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_times_floor_towards_minus_infinity() {
+        assert_eq!(minute_start(-1), -60);
+        assert_eq!(minute_start(-60), -60);
+        assert_eq!(minute_start(0), 0);
+        assert_eq!(minute_start(119), 60);
+        assert_eq!(Resolution::OneHour.start(7199), 3600);
+        assert_eq!(Resolution::FiveMinutes.start(-1), -300);
+    }
+
+    #[test]
+    fn minutes_in_is_half_open() {
+        assert_eq!(minutes_in(60, 180).collect::<Vec<_>>(), vec![60, 120]);
+        assert_eq!(minutes_in(61, 181).collect::<Vec<_>>(), vec![60, 120, 180]);
+        assert_eq!(minutes_in(60, 60).count(), 0);
+    }
+
+    #[test]
+    fn resolution_names_round_trip() {
+        for r in Resolution::ALL {
+            assert_eq!(Resolution::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Resolution::parse("2m"), None);
+    }
+}
