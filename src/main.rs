@@ -1,1 +1,87 @@
-fn main() {}
+//! `thermo`: one binary, one subcommand per role.
+//!
+//! ```text
+//! thermo agent|partitioner|aggregator|read-service [--config FILE] [--set key=value]...
+//! ```
+//!
+//! Configuration: defaults ← `--config` TOML ← `THERMO_<ROLE>_<KEY>` env ← `--set` flags.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: thermo <role> [--config FILE] [--set key=value]...
+
+roles:
+  agent          StatsD/DogStatsD sidecar (UDP 127.0.0.1:8125, HTTP 127.0.0.1:8126)
+  partitioner    ingest gateway into Kafka (HTTP 127.0.0.1:8127)
+  aggregator     Kafka consumer that merges minutes into Redis (HTTP 127.0.0.1:8128)
+  read-service   query API (HTTP 127.0.0.1:8129)
+
+Every key of a role's TOML file can also be set with THERMO_<ROLE>_<KEY> (for example
+THERMO_AGENT_UDP_ADDR=0.0.0.0:8125, THERMO_READ_SERVICE_HTTP_ADDR=...) or --set key=value.
+See README.md for every key and its default.";
+
+struct Args {
+    role: String,
+    config: Option<PathBuf>,
+    sets: Vec<String>,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
+    let role = match it.next() {
+        Some(r) if r == "-h" || r == "--help" || r == "help" => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        Some(r) => r,
+        None => bail!("missing role\n\n{USAGE}"),
+    };
+    let mut args = Args {
+        role,
+        config: None,
+        sets: Vec::new(),
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => {
+                args.config = Some(it.next().context("--config needs a file")?.into());
+            }
+            "--set" => args.sets.push(it.next().context("--set needs key=value")?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(args)
+}
+
+fn load<T: serde::de::DeserializeOwned>(args: &Args) -> Result<T> {
+    Ok(thermo_runtime::config::load(
+        &args.role,
+        args.config.as_deref(),
+        std::env::vars(),
+        &args.sets,
+    )?)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args(std::env::args().skip(1))?;
+    thermo_runtime::telemetry::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let shutdown = thermo_runtime::shutdown::signal();
+    rt.block_on(async {
+        match args.role.as_str() {
+            "agent" => thermo_agent::run(load(&args)?, shutdown).await?,
+            "partitioner" => thermo_partitioner::run(load(&args)?, shutdown).await?,
+            "aggregator" => thermo_aggregator::run(load(&args)?, shutdown).await?,
+            "read-service" => thermo_read_service::run(load(&args)?, shutdown).await?,
+            other => bail!("unknown role {other:?}\n\n{USAGE}"),
+        }
+        Ok(())
+    })
+}

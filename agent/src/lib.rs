@@ -1,1 +1,174 @@
+//! thermo-agent: the per-host sidecar.
+//!
+//! StatsD/DogStatsD lines arrive on UDP (`udp_addr`) or over HTTP (`POST /api/v1/statsd`, one line
+//! per line of the body); they are pre-aggregated per series per minute in memory
+//! ([`thermo_core::accumulator`]). Every `flush_interval_ms` the minutes that closed at least
+//! `flush_delay_secs` ago go to the spool and are sent to the partitioner ([`sender`]).
+//! `POST /flush` closes every minute now (tests, deploys) and waits for the spool to drain.
+//! On SIGTERM the agent flushes everything and waits up to `shutdown_timeout_secs` for delivery.
+//!
+//! Bounds: `max_series` series-minutes in memory, `spool_max_batches` batches in the spool.
+//! What is held in memory is lost if the process is killed with SIGKILL.
 
+pub mod config;
+pub mod http;
+pub mod sender;
+
+pub use config::AgentConfig;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thermo_core::accumulator::{Accumulator, AccumulatorConfig, IngestStats};
+use thermo_runtime::telemetry::{Readiness, SelfMetrics};
+
+/// A failure that stops the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("startup failed: {0}")]
+    Startup(String),
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// State shared by the UDP loop, the HTTP handlers and the flusher.
+pub struct Shared {
+    pub acc: Mutex<Accumulator>,
+    pub spool: Arc<sender::Spool>,
+    pub metrics: SelfMetrics,
+    /// Lines counted into `dropped_total` since the last error log line (rate-limits logging).
+    last_log_ms: Mutex<i64>,
+}
+
+impl Shared {
+    /// Ingests one datagram (or HTTP body) received now; counts lines and drops.
+    pub fn ingest(&self, data: &[u8]) -> IngestStats {
+        let mut stats = IngestStats::default();
+        let now = now_ms();
+        {
+            let mut acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
+            acc.ingest(data, now, &mut stats);
+        }
+        self.record(&stats, now);
+        stats
+    }
+
+    fn record(&self, stats: &IngestStats, now: i64) {
+        self.metrics.received.inc_by(stats.lines);
+        for (reason, n) in &stats.dropped {
+            self.metrics.dropped.with_label_values(&[reason]).inc_by(*n);
+        }
+        if let Some((reason, detail)) = &stats.last_error {
+            let mut last = self.last_log_ms.lock().unwrap_or_else(|p| p.into_inner());
+            if now - *last >= 1000 {
+                *last = now;
+                tracing::warn!(
+                    reason,
+                    "statsd line dropped (logged at most once a second): {detail:?}"
+                );
+            }
+        }
+    }
+
+    /// Moves closed minutes (or all, with `all`) to the spool; returns series-minutes moved.
+    pub fn flush(&self, all: bool, delay_secs: i64) -> usize {
+        let mut stats = IngestStats::default();
+        let minutes = {
+            let mut acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
+            if all {
+                acc.take_all(&mut stats)
+            } else {
+                acc.take_closed(now_ms().div_euclid(1000), delay_secs, &mut stats)
+            }
+        };
+        self.record(&stats, now_ms());
+        self.spool.push_minutes(minutes, &self.metrics)
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then flushes and drains the spool.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let metrics = SelfMetrics::new("agent", "statsd lines");
+    let acc = Accumulator::new(AccumulatorConfig {
+        tenant: "default".into(),
+        global_tags: cfg.global_tags.clone().into_iter().collect(),
+        max_past_secs: cfg.max_past_secs,
+        max_future_secs: cfg.max_future_secs,
+        max_series: cfg.max_series,
+    });
+    let spool = Arc::new(sender::Spool::new(&cfg, now_ms()));
+    let shared = Arc::new(Shared {
+        acc: Mutex::new(acc),
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        last_log_ms: Mutex::new(0),
+    });
+    let udp = tokio::net::UdpSocket::bind(&cfg.udp_addr)
+        .await
+        .map_err(|e| AgentError::Startup(format!("bind udp {}: {e}", cfg.udp_addr)))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .map_err(|e| AgentError::Startup(format!("bind http {}: {e}", cfg.http_addr)))?;
+    let sender = sender::Sender::new(&cfg).map_err(|e| AgentError::Startup(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let sender_task = tokio::spawn(sender.run(spool.clone(), metrics.clone(), stop_rx));
+
+    let udp_task = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                match udp.recv_from(&mut buf).await {
+                    Ok((n, _)) => {
+                        shared.ingest(&buf[..n]);
+                    }
+                    Err(e) => {
+                        shared.metrics.errors.with_label_values(&["udp_recv"]).inc();
+                        tracing::warn!("udp receive failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+    };
+    let flusher = {
+        let shared = shared.clone();
+        let interval = Duration::from_millis(cfg.flush_interval_ms.max(10));
+        let delay = cfg.flush_delay_secs;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                shared.flush(false, delay);
+            }
+        })
+    };
+    let ready = Readiness::default();
+    let app = http::router(shared.clone())
+        .merge(thermo_runtime::telemetry::router(metrics.clone(), ready));
+    tracing::info!(udp = %cfg.udp_addr, http = %cfg.http_addr, partitioner = %cfg.partitioner_url, agent_id = %cfg.agent_id, "agent listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| AgentError::Startup(e.to_string()))?;
+
+    udp_task.abort();
+    flusher.abort();
+    let n = shared.flush(true, 0);
+    tracing::info!(
+        series = n,
+        "shutting down: flushed every open minute, draining the spool"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shutdown_timeout_secs);
+    let _ = stop_tx.send(Some(deadline));
+    let _ = sender_task.await;
+    tracing::info!("agent stopped");
+    Ok(())
+}

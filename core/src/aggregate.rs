@@ -88,7 +88,13 @@ impl Gauge {
     }
 
     fn merge(&mut self, other: &Gauge) {
-        if (other.last_ms, other.last.to_bits()) > (self.last_ms, self.last.to_bits()) {
+        // `total_cmp` orders by value (-0.0 below 0.0); comparing `to_bits` put every negative
+        // value above every positive one, and -2 above -1.
+        let later = other
+            .last_ms
+            .cmp(&self.last_ms)
+            .then(other.last.total_cmp(&self.last));
+        if later.is_gt() {
             self.last = other.last;
             self.last_ms = other.last_ms;
         }
@@ -154,7 +160,8 @@ impl Hist {
     /// Records `value` `weight` times (weight is `round(1 / sample_rate)`, at least 1).
     pub fn record(&mut self, value: f64, weight: u64) {
         let weight = weight.max(1);
-        self.count += weight;
+        // Saturating: a tiny sample rate (`|@1e-30`) gives a weight of u64::MAX.
+        self.count = self.count.saturating_add(weight);
         self.sum += value * weight as f64;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
@@ -163,7 +170,7 @@ impl Hist {
     }
 
     fn merge(&mut self, other: &Hist) {
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
@@ -261,7 +268,7 @@ impl Aggregate {
         match (self, other) {
             (Self::Counter(a), Self::Counter(b)) => {
                 a.sum += b.sum;
-                a.samples += b.samples;
+                a.samples = a.samples.saturating_add(b.samples);
             }
             (Self::Gauge(a), Self::Gauge(b)) => a.merge(b),
             (Self::Histogram(a), Self::Histogram(b)) => a.merge(b),

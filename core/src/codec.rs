@@ -18,7 +18,7 @@
 //! A decoder refuses trailing bytes, unknown versions and lengths that exceed the input, so a
 //! hostile body cannot make it allocate more than its own size.
 
-use crate::aggregate::{new_hdr, Aggregate, Counter, DistinctSet, Gauge, Hist};
+use crate::aggregate::{new_hdr, Aggregate, Counter, DistinctSet, Gauge, Hist, HIST_SIGFIGS};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 
 /// Current version byte of every framed structure.
@@ -210,6 +210,7 @@ impl<'a> Reader<'a> {
                 let max = self.f64()?;
                 let n = self.len(1)?;
                 let mut bytes = self.take(n)?;
+                check_hdr_header(bytes).map_err(|p| err(self.what, format!("histogram: {p}")))?;
                 let mut hdr: hdrhistogram::Histogram<u64> = Deserializer::new()
                     .deserialize(&mut bytes)
                     .map_err(|e| err(self.what, format!("histogram: {e:?}")))?;
@@ -237,6 +238,31 @@ impl<'a> Reader<'a> {
             t => return Err(err(self.what, format!("unknown aggregate tag {t}"))),
         })
     }
+}
+
+/// Checks the V2 header of a serialised HDR histogram before `hdrhistogram` sees it: its
+/// deserializer allocates the claimed payload length (up to 4 GiB) and a counts array sized by the
+/// claimed precision before it reads anything else. Only the form [`Writer`] produces passes:
+/// uncompressed V2, a payload that fits in the bytes given, [`HIST_SIGFIGS`] digits and a lowest
+/// value of 1 (so the counts array stays under ~0.5 MiB whatever the claimed highest value).
+fn check_hdr_header(b: &[u8]) -> Result<(), &'static str> {
+    const V2_COOKIE: u32 = 0x1c84_9313;
+    const HEADER_LEN: usize = 40;
+    if b.len() < HEADER_LEN {
+        return Err("truncated header");
+    }
+    let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let u64_at = |i: usize| (u64::from(u32_at(i)) << 32) | u64::from(u32_at(i + 4));
+    if u32_at(0) != V2_COOKIE {
+        return Err("not an uncompressed V2 histogram");
+    }
+    if u32_at(4) as usize > b.len() - HEADER_LEN {
+        return Err("payload length exceeds the input");
+    }
+    if u32_at(12) != u32::from(HIST_SIGFIGS) || u64_at(16) != 1 {
+        return Err("unexpected precision or lowest value");
+    }
+    Ok(())
 }
 
 /// One series-minute in an agent batch. The tenant is not on the wire: the partitioner assigns the

@@ -7,6 +7,7 @@
 //! - [`accumulator`]: the agent's per-minute pre-aggregation.
 //! - [`codec`]: versioned binary formats (agent batches, Kafka records, hot cells).
 //! - [`json`]: the JSON ingest form.
+//! - [`timefmt`]: unix seconds and RFC 3339 time parameters.
 //! - [`query`]: statistics over merged states and the step/group arithmetic of queries.
 
 pub mod accumulator;
@@ -16,4 +17,5 @@ pub mod json;
 pub mod key;
 pub mod query;
 pub mod statsd;
+pub mod timefmt;
 pub mod window;

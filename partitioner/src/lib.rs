@@ -1,1 +1,67 @@
+//! thermo-partitioner: the stateless ingest gateway.
+//!
+//! `POST /api/v1/ingest` takes an agent batch (`application/x-thermo-batch`, optionally
+//! `Content-Encoding: gzip`) or the JSON form (`application/json`), authenticates it to a tenant,
+//! validates every series, and produces one log record per series-minute keyed by the metric key.
+//! It answers 200 only when the log acknowledged every record, 503 (with `Retry-After`) otherwise,
+//! so the sender retries; the aggregator merges a retried contribution `(source, seq)` once.
 
+pub mod config;
+pub mod error;
+pub mod ingest;
+
+pub use config::PartitionerConfig;
+pub use error::IngestError;
+
+use std::sync::Arc;
+use std::time::Duration;
+use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
+use thermo_store::kafka::KafkaProducer;
+
+/// Runs the partitioner until `shutdown` resolves.
+pub async fn run(
+    cfg: PartitionerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), IngestError> {
+    let metrics = SelfMetrics::new("partitioner", "series-minutes");
+    let ready = Readiness::not_ready("kafka not checked yet");
+    let producer = Arc::new(
+        KafkaProducer::new(
+            &cfg.kafka_brokers,
+            &cfg.topic,
+            Duration::from_millis(cfg.produce_timeout_ms),
+        )
+        .map_err(|e| IngestError::Startup(e.to_string()))?,
+    );
+    // Readiness follows whether the broker answers for the topic.
+    {
+        let producer = producer.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            loop {
+                let p = producer.clone();
+                let r = tokio::task::spawn_blocking(move || p.check(Duration::from_secs(2))).await;
+                match r {
+                    Ok(Ok(_)) => ready.set_ready(),
+                    Ok(Err(e)) => ready.set_not_ready(e.to_string()),
+                    Err(e) => ready.set_not_ready(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
+    let state = ingest::AppState::new(cfg.clone(), producer.clone(), metrics.clone());
+    let app = ingest::router(state).merge(telemetry::router(metrics, ready));
+    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .map_err(|e| IngestError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;
+    tracing::info!(addr = %cfg.http_addr, brokers = %cfg.kafka_brokers, topic = %cfg.topic, "partitioner listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| IngestError::Startup(e.to_string()))?;
+    let p = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await;
+    tracing::info!("partitioner stopped");
+    Ok(())
+}

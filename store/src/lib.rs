@@ -1,1 +1,55 @@
+//! thermo-store: storage contracts and their backends.
+//!
+//! - [`hot`]: the hot store contract (per-minute cells, series index, partition offsets) and its
+//!   Redis backend ([`redis_hot`]); the key schema is in `docs/storage.md` and in `redis_hot`.
+//! - [`log`]: the log contract (produce keyed records, consume as a group) and its Kafka backend
+//!   ([`kafka`]).
+//!
+//! One error enum, [`StoreError`], says for each failure whether a retry may help.
 
+pub mod hot;
+pub mod kafka;
+pub mod log;
+pub mod redis_hot;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or timed out: retry later.
+    #[error("{backend} unavailable: {detail}")]
+    Unavailable {
+        backend: &'static str,
+        detail: String,
+    },
+    /// Stored bytes could not be decoded: not retryable, the data is skipped and counted.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// The request itself is wrong (bad config, unknown topic): not retryable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable {
+            backend: "redis",
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for StoreError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        StoreError::Unavailable {
+            backend: "kafka",
+            detail: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Agent configuration (`thermo agent --config FILE`, env `THERMO_AGENT_*`).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Every key, with its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// StatsD/DogStatsD UDP listen address.
+    pub udp_addr: String,
+    /// HTTP listen address: `POST /api/v1/statsd`, `POST /flush`, `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: String,
+    /// Base URL of the partitioner.
+    pub partitioner_url: String,
+    /// This agent's id in idempotency keys (default: the host name).
+    pub agent_id: String,
+    /// API key sent as `Authorization: Bearer` (empty: none).
+    pub api_key: String,
+    /// Tags added to every series (a tag on the line wins), e.g. `{ host = "web-1" }`.
+    pub global_tags: BTreeMap<String, String>,
+    /// Seconds after a minute ends before it is flushed (late UDP lines still land in it).
+    pub flush_delay_secs: i64,
+    /// How often closed minutes are looked for.
+    pub flush_interval_ms: u64,
+    /// Oldest DogStatsD `|T` timestamp accepted, in seconds before now.
+    pub max_past_secs: i64,
+    /// Newest `|T` timestamp accepted, in seconds after now.
+    pub max_future_secs: i64,
+    /// Most series-minutes held in memory (lines for new series beyond it are dropped, counted).
+    pub max_series: usize,
+    /// Most series-minutes per batch sent to the partitioner.
+    pub batch_max_items: usize,
+    /// Most batches waiting to be sent; beyond it the oldest is dropped (counted as `spool_full`).
+    pub spool_max_batches: usize,
+    /// Timeout of one send.
+    pub request_timeout_ms: u64,
+    /// First retry delay; doubles up to `retry_max_ms`, with jitter.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long shutdown waits for the spool to drain.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            udp_addr: "127.0.0.1:8125".into(),
+            http_addr: "127.0.0.1:8126".into(),
+            partitioner_url: "http://127.0.0.1:8127".into(),
+            agent_id: default_agent_id(),
+            api_key: String::new(),
+            global_tags: BTreeMap::new(),
+            flush_delay_secs: 5,
+            flush_interval_ms: 1000,
+            max_past_secs: 3600,
+            max_future_secs: 60,
+            max_series: 200_000,
+            batch_max_items: 5000,
+            spool_max_batches: 1000,
+            request_timeout_ms: 5000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+fn default_agent_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "agent".to_string())
+}

@@ -1,0 +1,311 @@
+//! The spool and the sender: closed minutes become batches, sent in order with retries.
+//!
+//! - A batch is `(agent_id, seq)`; `seq` starts at `start_ms << 20` so that a restarted agent never
+//!   reuses a sequence number of its previous run (the aggregator merges each `(agent_id, seq)`
+//!   once per series-minute).
+//! - The spool holds at most `spool_max_batches`; when full, the oldest batch is dropped and its
+//!   series-minutes are counted in `dropped_total{reason="spool_full"}`.
+//! - Timeouts, connection errors, 5xx and 429 are retried with exponential backoff and jitter, at
+//!   least the server's `Retry-After`; other 4xx are not retried (counted as `rejected`, logged).
+
+use crate::config::AgentConfig;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+use thermo_core::accumulator::ClosedMinute;
+use thermo_core::codec::{Batch, Item};
+use thermo_runtime::telemetry::SelfMetrics;
+use tokio::sync::Notify;
+
+/// Batches waiting to be sent.
+pub struct Spool {
+    queue: Mutex<VecDeque<Batch>>,
+    max: usize,
+    next_seq: Mutex<u64>,
+    agent_id: String,
+    batch_max_items: usize,
+    pub wake: Notify,
+    /// Signalled whenever the spool becomes empty and nothing is in flight.
+    pub drained: Notify,
+    in_flight: Mutex<bool>,
+}
+
+impl Spool {
+    pub fn new(cfg: &AgentConfig, start_ms: i64) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            max: cfg.spool_max_batches.max(1),
+            next_seq: Mutex::new((start_ms.max(0) as u64) << 20),
+            agent_id: cfg.agent_id.clone(),
+            batch_max_items: cfg.batch_max_items.max(1),
+            wake: Notify::new(),
+            drained: Notify::new(),
+            in_flight: Mutex::new(false),
+        }
+    }
+
+    /// Turns closed minutes into batches and queues them; returns the series-minutes queued.
+    pub fn push_minutes(&self, minutes: Vec<ClosedMinute>, metrics: &SelfMetrics) -> usize {
+        let mut items: Vec<Item> = Vec::new();
+        for (minute, series) in minutes {
+            for (key, agg) in series {
+                items.push(Item {
+                    name: key.name().to_string(),
+                    tags: key.tags().to_vec(),
+                    minute,
+                    agg,
+                });
+            }
+        }
+        let n = items.len();
+        let mut rest = items;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(self.batch_max_items));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let seq = {
+                let mut s = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+                *s += 1;
+                *s
+            };
+            let batch = Batch {
+                agent_id: self.agent_id.clone(),
+                seq,
+                items: chunk,
+            };
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= self.max {
+                if let Some(old) = q.pop_front() {
+                    metrics
+                        .dropped
+                        .with_label_values(&["spool_full"])
+                        .inc_by(old.items.len() as u64);
+                    tracing::error!(
+                        seq = old.seq,
+                        series = old.items.len(),
+                        "spool full: oldest batch dropped"
+                    );
+                }
+            }
+            q.push_back(batch);
+        }
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        n
+    }
+
+    /// Batches waiting (not counting one in flight).
+    pub fn len(&self) -> usize {
+        self.queue.lock().map_or(0, |q| q.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when nothing is queued or in flight.
+    pub fn idle(&self) -> bool {
+        self.is_empty() && !*self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pop(&self) -> Option<Batch> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let b = q.pop_front();
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = b.is_some();
+        b
+    }
+
+    fn done(&self) {
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        if self.is_empty() {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// Outcome of one send attempt.
+enum Attempt {
+    Sent,
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
+    Rejected(String),
+}
+
+/// Sends batches from the spool to the partitioner.
+pub struct Sender {
+    client: reqwest::Client,
+    url: String,
+    api_key: String,
+    retry_initial: Duration,
+    retry_max: Duration,
+    rng: u64,
+}
+
+impl Sender {
+    pub fn new(cfg: &AgentConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.request_timeout_ms))
+            .build()?;
+        Ok(Self {
+            client,
+            url: format!(
+                "{}/api/v1/ingest",
+                cfg.partitioner_url.trim_end_matches('/')
+            ),
+            api_key: cfg.api_key.clone(),
+            retry_initial: Duration::from_millis(cfg.retry_initial_ms.max(1)),
+            retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_initial_ms.max(1))),
+            rng: std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15,
+        })
+    }
+
+    fn jitter(&mut self, d: Duration) -> Duration {
+        // xorshift64: jitter needs no cryptographic randomness.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let frac = 0.5 + (self.rng % 1000) as f64 / 2000.0;
+        d.mul_f64(frac)
+    }
+
+    async fn attempt(&self, body: &[u8], batch: &Batch) -> Attempt {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/x-thermo-batch")
+            .header("content-encoding", "gzip")
+            .header(
+                "idempotency-key",
+                format!("{}:{}", batch.agent_id, batch.seq),
+            )
+            .body(body.to_vec());
+        if !self.api_key.is_empty() {
+            req = req.header("authorization", format!("Bearer {}", self.api_key));
+        }
+        match req.send().await {
+            Err(e) => Attempt::Retry {
+                after: None,
+                why: e.to_string(),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let text = resp.text().await.unwrap_or_default();
+                if status.is_success() {
+                    Attempt::Sent
+                } else if status.as_u16() == 429 || status.is_server_error() {
+                    Attempt::Retry {
+                        after: retry_after,
+                        why: format!("{status}: {text}"),
+                    }
+                } else {
+                    Attempt::Rejected(format!("{status}: {text}"))
+                }
+            }
+        }
+    }
+
+    /// Sends one batch until it is acknowledged, rejected, or `give_up` says stop.
+    /// Returns true if it was acknowledged or rejected (i.e. it is done with).
+    async fn send(
+        &mut self,
+        batch: &Batch,
+        metrics: &SelfMetrics,
+        give_up: &(dyn Fn() -> bool + Sync),
+    ) -> bool {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        let body = match enc.write_all(&batch.encode()).and_then(|_| enc.finish()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot compress batch: {e}");
+                return false;
+            }
+        };
+        let mut backoff = self.retry_initial;
+        loop {
+            match self.attempt(&body, batch).await {
+                Attempt::Sent => {
+                    metrics.sent.inc_by(batch.items.len() as u64);
+                    return true;
+                }
+                Attempt::Rejected(why) => {
+                    metrics
+                        .dropped
+                        .with_label_values(&["rejected"])
+                        .inc_by(batch.items.len() as u64);
+                    tracing::error!(
+                        seq = batch.seq,
+                        series = batch.items.len(),
+                        "partitioner rejected batch, not retrying: {why}"
+                    );
+                    return true;
+                }
+                Attempt::Retry { after, why } => {
+                    metrics.errors.with_label_values(&["send_retry"]).inc();
+                    if give_up() {
+                        return false;
+                    }
+                    let wait = self.jitter(backoff).max(after.unwrap_or_default());
+                    tracing::warn!(seq = batch.seq, "send failed, retrying in {wait:?}: {why}");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(self.retry_max);
+                }
+            }
+        }
+    }
+
+    /// Sends spooled batches in order until `stop` is set and the spool is empty (or the stop
+    /// deadline passed; what is left is counted as dropped `shutdown`).
+    pub async fn run(
+        mut self,
+        spool: std::sync::Arc<Spool>,
+        metrics: SelfMetrics,
+        mut stop: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+    ) {
+        loop {
+            let deadline = *stop.borrow();
+            match spool.pop() {
+                Some(batch) => {
+                    let give_up = || {
+                        deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                            || stop
+                                .borrow()
+                                .is_some_and(|d| tokio::time::Instant::now() >= d)
+                    };
+                    let done = self.send(&batch, &metrics, &give_up).await;
+                    if !done {
+                        metrics
+                            .dropped
+                            .with_label_values(&["shutdown"])
+                            .inc_by(batch.items.len() as u64);
+                        tracing::error!(
+                            seq = batch.seq,
+                            "shutdown deadline passed: batch not delivered"
+                        );
+                    }
+                    spool.done();
+                }
+                None => {
+                    spool.done();
+                    if deadline.is_some() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = spool.wake.notified() => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Applying log records to the hot store, exactly once per contribution.
+
+use crate::config::AggregatorConfig;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thermo_core::aggregate::fnv1a;
+use thermo_core::codec::{HotCell, Record};
+use thermo_core::key::MetricKey;
+use thermo_runtime::telemetry::{Readiness, SelfMetrics};
+use thermo_store::hot::{HotStore, HotWrite, PartitionId};
+use thermo_store::log::{LogConsumer, LogRecord};
+use thermo_store::StoreError;
+
+/// Tunables of the apply loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+    pub hot_retention_secs: i64,
+}
+
+impl From<&AggregatorConfig> for Settings {
+    fn from(c: &AggregatorConfig) -> Self {
+        Self {
+            batch_max_records: c.batch_max_records.max(1),
+            batch_max_wait: Duration::from_millis(c.batch_max_wait_ms),
+            hot_retention_secs: c.hot_retention_hours * 3600,
+        }
+    }
+}
+
+/// What one partition's apply did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Records skipped because the hot store already had their offset.
+    pub replayed: u64,
+    /// Contributions skipped because their cell already held them.
+    pub duplicates: u64,
+    /// Records merged.
+    pub merged: u64,
+    /// Records refused, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Cells written.
+    pub cells: u64,
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Applies one partition's records (in offset order) to `hot`. Retries when fenced; returns the
+/// store's error when it is unavailable (nothing was written then).
+pub async fn apply_partition<H: HotStore>(
+    hot: &H,
+    partition: &PartitionId,
+    records: &[LogRecord],
+    hot_retention_secs: i64,
+    now_s: i64,
+) -> Result<Applied, StoreError> {
+    let Some(last) = records.last() else {
+        return Ok(Applied::default());
+    };
+    loop {
+        let mut out = Applied::default();
+        let expected = hot.offset(partition).await?;
+        // (series, minute) → contributions in offset order.
+        let mut groups: BTreeMap<(MetricKey, i64), Vec<Record>> = BTreeMap::new();
+        for r in records {
+            if r.offset <= expected {
+                out.replayed += 1;
+                continue;
+            }
+            let key = std::str::from_utf8(&r.key)
+                .ok()
+                .and_then(|k| MetricKey::parse(k).ok());
+            let (Some(key), Ok(rec)) = (key, Record::decode(&r.value)) else {
+                *out.dropped.entry("corrupt").or_insert(0) += 1;
+                tracing::warn!(
+                    partition = r.partition,
+                    offset = r.offset,
+                    "undecodable record skipped"
+                );
+                continue;
+            };
+            if rec.minute < now_s - hot_retention_secs {
+                *out.dropped.entry("beyond_retention").or_insert(0) += 1;
+                continue;
+            }
+            groups.entry((key, rec.minute)).or_default().push(rec);
+        }
+        if last.offset <= expected {
+            return Ok(out);
+        }
+        let wanted: Vec<(MetricKey, i64)> = groups.keys().cloned().collect();
+        let existing = hot.cells(&wanted).await?;
+        let mut cells = Vec::with_capacity(groups.len());
+        for (((key, minute), recs), cell) in groups.into_iter().zip(existing) {
+            let mut cell = cell;
+            let mut changed = false;
+            for rec in recs {
+                let src = fnv1a(rec.source.as_bytes());
+                match &mut cell {
+                    Some(c) if c.has(src, rec.seq) => out.duplicates += 1,
+                    Some(c) => match c.agg.merge(&rec.agg) {
+                        Ok(()) => {
+                            c.contributors.push((src, rec.seq));
+                            out.merged += 1;
+                            changed = true;
+                        }
+                        Err(e) => {
+                            *out.dropped.entry("type_conflict").or_insert(0) += 1;
+                            tracing::warn!(series = %key, minute, "record refused: {e}");
+                        }
+                    },
+                    None => {
+                        cell = Some(HotCell {
+                            contributors: vec![(src, rec.seq)],
+                            agg: rec.agg,
+                        });
+                        out.merged += 1;
+                        changed = true;
+                    }
+                }
+            }
+            if let (true, Some(c)) = (changed, cell) {
+                cells.push((key, minute, c));
+            }
+        }
+        out.cells = cells.len() as u64;
+        let write = HotWrite {
+            partition: partition.clone(),
+            expected_offset: expected,
+            new_offset: last.offset,
+            cells,
+        };
+        if hot.write(write).await? {
+            return Ok(out);
+        }
+        tracing::info!(
+            partition = partition.partition,
+            "hot write fenced (another aggregator advanced the partition); re-reading"
+        );
+    }
+}
+
+/// The consume → apply → commit loop.
+pub struct Worker<C, H> {
+    consumer: C,
+    hot: H,
+    metrics: SelfMetrics,
+    ready: Readiness,
+    settings: Settings,
+}
+
+impl<C: LogConsumer, H: HotStore> Worker<C, H> {
+    pub fn new(
+        consumer: C,
+        hot: H,
+        metrics: SelfMetrics,
+        ready: Readiness,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            consumer,
+            hot,
+            metrics,
+            ready,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown` resolves; a batch in progress is finished (or left uncommitted) first.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let replayed = self
+            .metrics
+            .counter("replayed_total", "records skipped: offset already applied");
+        let duplicates = self.metrics.counter(
+            "duplicates_total",
+            "contributions skipped: already merged (sender retry)",
+        );
+        let cells = self.metrics.counter(
+            "cells_written_total",
+            "series-minute cells written to the hot store",
+        );
+        tokio::pin!(shutdown);
+        loop {
+            let polled = tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.consumer.poll(self.settings.batch_max_records, self.settings.batch_max_wait) => r,
+            };
+            let records = match polled {
+                Ok(r) => r,
+                Err(e) => {
+                    self.metrics.errors.with_label_values(&["log"]).inc();
+                    tracing::warn!("log poll failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                continue;
+            }
+            self.metrics.received.inc_by(records.len() as u64);
+            let mut by_partition: BTreeMap<i32, Vec<LogRecord>> = BTreeMap::new();
+            for r in records {
+                by_partition.entry(r.partition).or_default().push(r);
+            }
+            let mut commits = Vec::new();
+            for (p, recs) in by_partition {
+                let pid = PartitionId {
+                    topic: self.consumer.topic().to_string(),
+                    partition: p,
+                };
+                let mut backoff = Duration::from_millis(100);
+                let applied = loop {
+                    match apply_partition(
+                        &self.hot,
+                        &pid,
+                        &recs,
+                        self.settings.hot_retention_secs,
+                        now_s(),
+                    )
+                    .await
+                    {
+                        Ok(a) => {
+                            self.ready.set_ready();
+                            break a;
+                        }
+                        Err(e) => {
+                            self.metrics.errors.with_label_values(&["hot_store"]).inc();
+                            self.ready.set_not_ready(format!("hot store: {e}"));
+                            tracing::warn!(
+                                partition = p,
+                                "hot store write failed, retrying in {backoff:?}: {e}"
+                            );
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                };
+                replayed.inc_by(applied.replayed);
+                duplicates.inc_by(applied.duplicates);
+                cells.inc_by(applied.cells);
+                self.metrics.sent.inc_by(applied.merged);
+                for (reason, n) in &applied.dropped {
+                    self.metrics.dropped.with_label_values(&[reason]).inc_by(*n);
+                }
+                if let Some(last) = recs.last() {
+                    commits.push((p, last.offset + 1));
+                }
+            }
+            if let Err(e) = self.consumer.commit(&commits) {
+                // The hot store holds the offsets; a failed commit only means some replays later.
+                self.metrics.errors.with_label_values(&["commit"]).inc();
+                tracing::warn!("offset commit failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Partitioner configuration (`thermo partitioner --config FILE`, env `THERMO_PARTITIONER_*`).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Every key, with its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionerConfig {
+    /// HTTP listen address for the ingest API, `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: String,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Topic of series-minutes.
+    pub topic: String,
+    /// API key → tenant. Empty: no authentication, everything goes to tenant `default`.
+    pub api_keys: BTreeMap<String, String>,
+    /// Largest request body accepted, compressed as sent (413 above).
+    pub max_body_bytes: usize,
+    /// Largest body after gzip decompression (413 above).
+    pub max_decoded_bytes: usize,
+    /// Most series-minutes in one batch (413 above).
+    pub max_series_per_batch: usize,
+    /// How long a batch may wait for Kafka's acknowledgement before the answer is 503.
+    pub produce_timeout_ms: u64,
+    /// Oldest minute accepted, in seconds before now (400 beyond).
+    pub max_past_secs: i64,
+    /// Newest minute accepted, in seconds after now (400 beyond).
+    pub max_future_secs: i64,
+}
+
+impl Default for PartitionerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8127".into(),
+            kafka_brokers: "127.0.0.1:9092".into(),
+            topic: "thermo-minutes".into(),
+            api_keys: BTreeMap::new(),
+            max_body_bytes: 8 << 20,
+            max_decoded_bytes: 64 << 20,
+            max_series_per_batch: 100_000,
+            produce_timeout_ms: 10_000,
+            max_past_secs: 7 * 86_400,
+            max_future_secs: 300,
+        }
+    }
+}

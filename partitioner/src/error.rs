@@ -1,0 +1,69 @@
+//! The partitioner's one error enum, each variant mapped once to an HTTP status.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A field of the body is invalid: 400, naming the field and the limit.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("unsupported content type {0:?}; use application/x-thermo-batch or application/json")]
+    UnsupportedMedia(String),
+    /// The log did not acknowledge: 503, the sender retries.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    #[error("startup failed: {0}")]
+    Startup(String),
+}
+
+impl IngestError {
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) | Self::Startup(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label when the batch is counted as dropped.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid",
+            Self::Unauthorized => "unauthorized",
+            Self::TooLarge(_) => "too_large",
+            Self::UnsupportedMedia(_) => "unsupported_media",
+            Self::Unavailable(_) | Self::Startup(_) => "unavailable",
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        if let Self::Invalid { field, .. } = &self {
+            body["field"] = serde_json::Value::String(field.clone());
+        }
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

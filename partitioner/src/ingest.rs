@@ -1,0 +1,473 @@
+//! `POST /api/v1/ingest`: authenticate, decode, validate, produce.
+//!
+//! Headers: `Authorization: Bearer <api key>` (when keys are configured), `Content-Type`
+//! (`application/x-thermo-batch`, the default, or `application/json`), optional
+//! `Content-Encoding: gzip`. Limits, each answered with 413 and a JSON error naming it:
+//! `max_body_bytes` (as sent), `max_decoded_bytes` (after gzip), `max_series_per_batch`.
+//!
+//! Idempotency: an agent batch is the contribution `(agent_id, seq)`; a JSON batch with
+//! `idempotency_key: K` is `("json:K", 0)`; one without a key gets a fresh unique source. Every
+//! record carries its contribution, and the aggregator merges each contribution into a
+//! series-minute once, so a batch sent again after a timeout is not counted twice.
+
+use crate::config::PartitionerConfig;
+use crate::error::IngestError;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, Request};
+use axum::routing::post;
+use axum::{Json, Router};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use thermo_core::aggregate::Aggregate;
+use thermo_core::codec::{Batch, Item, Record};
+use thermo_core::json::JsonBatch;
+use thermo_core::key::MetricKey;
+use thermo_runtime::telemetry::SelfMetrics;
+use thermo_store::log::LogProducer;
+
+/// Unix milliseconds now; injectable for tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// Shared state of the ingest handler.
+pub struct AppState<P> {
+    cfg: PartitionerConfig,
+    producer: Arc<P>,
+    metrics: SelfMetrics,
+    clock: Clock,
+    anon: AtomicU64,
+}
+
+impl<P: LogProducer> AppState<P> {
+    pub fn new(cfg: PartitionerConfig, producer: Arc<P>, metrics: SelfMetrics) -> Arc<Self> {
+        Self::with_clock(cfg, producer, metrics, system_clock())
+    }
+
+    pub fn with_clock(
+        cfg: PartitionerConfig,
+        producer: Arc<P>,
+        metrics: SelfMetrics,
+        clock: Clock,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            producer,
+            metrics,
+            clock,
+            anon: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The ingest routes.
+pub fn router<P: LogProducer>(state: Arc<AppState<P>>) -> Router {
+    Router::new()
+        .route("/api/v1/ingest", post(ingest::<P>))
+        // The handler enforces its own limits, with JSON errors.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn ingest<P: LogProducer>(
+    State(st): State<Arc<AppState<P>>>,
+    req: Request<Body>,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    let result = handle(&st, req).await;
+    match &result {
+        Ok(n) => {
+            st.metrics.received.inc_by(*n as u64);
+            st.metrics.sent.inc_by(*n as u64);
+        }
+        Err(e) => {
+            st.metrics.dropped.with_label_values(&[e.reason()]).inc();
+            match e {
+                IngestError::Unavailable(_) => tracing::warn!("ingest answered 503: {e}"),
+                _ => tracing::info!("ingest refused ({}): {e}", e.status()),
+            }
+        }
+    }
+    result.map(|n| Json(serde_json::json!({ "accepted": n })))
+}
+
+fn tenant_of(cfg: &PartitionerConfig, headers: &HeaderMap) -> Result<String, IngestError> {
+    if cfg.api_keys.is_empty() {
+        return Ok("default".to_string());
+    }
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(IngestError::Unauthorized)?;
+    cfg.api_keys
+        .get(key.trim())
+        .cloned()
+        .ok_or(IngestError::Unauthorized)
+}
+
+fn decode_body(
+    cfg: &PartitionerConfig,
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Result<Vec<u8>, IngestError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    match encoding {
+        "identity" => Ok(raw.to_vec()),
+        "gzip" => {
+            let mut out = Vec::new();
+            let limit = cfg.max_decoded_bytes as u64;
+            flate2::read::GzDecoder::new(raw)
+                .take(limit + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| IngestError::invalid("body", format!("invalid gzip: {e}")))?;
+            if out.len() as u64 > limit {
+                return Err(IngestError::TooLarge(format!(
+                    "body: decompressed size exceeds max_decoded_bytes = {limit}"
+                )));
+            }
+            Ok(out)
+        }
+        other => Err(IngestError::invalid(
+            "Content-Encoding",
+            format!("unsupported {other:?}; use gzip or none"),
+        )),
+    }
+}
+
+/// Decodes, validates and produces one request; the number of series-minutes accepted.
+async fn handle<P: LogProducer>(
+    st: &AppState<P>,
+    req: Request<Body>,
+) -> Result<usize, IngestError> {
+    let tenant = tenant_of(&st.cfg, req.headers())?;
+    let headers = req.headers().clone();
+    let limit = st.cfg.max_body_bytes;
+    let raw = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| IngestError::TooLarge(format!("body exceeds max_body_bytes = {limit}")))?;
+    let body = decode_body(&st.cfg, &headers, &raw)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/x-thermo-batch");
+    let now_ms = (st.clock)();
+    let (source, seq, items) = if content_type.starts_with("application/json") {
+        let batch: JsonBatch = serde_json::from_slice(&body)
+            .map_err(|e| IngestError::invalid("body", format!("invalid JSON batch: {e}")))?;
+        let source = match batch.idempotency_key {
+            Some(k) if k.is_empty() || k.len() > 200 => {
+                return Err(IngestError::invalid(
+                    "idempotency_key",
+                    "must be 1 to 200 characters",
+                ))
+            }
+            Some(k) => format!("json:{k}"),
+            None => format!(
+                "anon:{}:{}:{}",
+                std::process::id(),
+                now_ms,
+                st.anon.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
+        check_count(&st.cfg, batch.series.len())?;
+        let items = batch
+            .series
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.into_item(i, now_ms)
+                    .map_err(|e| IngestError::invalid(e.field, e.problem))
+            })
+            .collect::<Result<Vec<Item>, _>>()?;
+        (source, 0, items)
+    } else if content_type.starts_with("application/x-thermo-batch") {
+        let batch =
+            Batch::decode(&body).map_err(|e| IngestError::invalid("body", e.to_string()))?;
+        if batch.agent_id.is_empty() || batch.agent_id.len() > 200 {
+            return Err(IngestError::invalid(
+                "agent_id",
+                "must be 1 to 200 characters",
+            ));
+        }
+        check_count(&st.cfg, batch.items.len())?;
+        (batch.agent_id, batch.seq, batch.items)
+    } else {
+        return Err(IngestError::UnsupportedMedia(content_type.to_string()));
+    };
+
+    let now_s = now_ms.div_euclid(1000);
+    // Merge duplicates of one series-minute so that each becomes one record of this contribution.
+    let mut merged: BTreeMap<(MetricKey, i64), Aggregate> = BTreeMap::new();
+    for (i, it) in items.into_iter().enumerate() {
+        let key = MetricKey::new(tenant.clone(), it.name, it.tags)
+            .map_err(|e| IngestError::invalid(format!("series[{i}].{}", e.field), e.problem))?;
+        if it.minute < now_s - st.cfg.max_past_secs || it.minute > now_s + st.cfg.max_future_secs {
+            return Err(IngestError::invalid(
+                format!("series[{i}].time"),
+                format!(
+                    "minute {} is outside the accepted window [now - {} s, now + {} s] (max_past_secs, max_future_secs)",
+                    it.minute, st.cfg.max_past_secs, st.cfg.max_future_secs
+                ),
+            ));
+        }
+        match merged.get_mut(&(key.clone(), it.minute)) {
+            Some(a) => a
+                .merge(&it.agg)
+                .map_err(|e| IngestError::invalid(format!("series[{i}].type"), e.to_string()))?,
+            None => {
+                merged.insert((key, it.minute), it.agg);
+            }
+        }
+    }
+    let n = merged.len();
+    let records: Vec<(String, Vec<u8>)> = merged
+        .into_iter()
+        .map(|((key, minute), agg)| {
+            let rec = Record {
+                source: source.clone(),
+                seq,
+                minute,
+                agg,
+            };
+            (key.encode(), rec.encode())
+        })
+        .collect();
+    if !records.is_empty() {
+        st.producer
+            .send_all(records)
+            .await
+            .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    }
+    Ok(n)
+}
+
+fn check_count(cfg: &PartitionerConfig, n: usize) -> Result<(), IngestError> {
+    if n > cfg.max_series_per_batch {
+        return Err(IngestError::TooLarge(format!(
+            "series: {n} exceeds max_series_per_batch = {}",
+            cfg.max_series_per_batch
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::Mutex;
+    use thermo_core::aggregate::Counter;
+    use thermo_store::StoreError;
+    use tower::ServiceExt;
+
+    #[derive(Default)]
+    struct FakeLog {
+        records: Mutex<Vec<(String, Vec<u8>)>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl LogProducer for FakeLog {
+        async fn send_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable {
+                    backend: "kafka",
+                    detail: "down".into(),
+                });
+            }
+            self.records.lock().unwrap().extend(records);
+            Ok(())
+        }
+    }
+
+    const NOW_MS: i64 = 1_764_460_830_000;
+
+    fn app(cfg: PartitionerConfig) -> (Router, Arc<FakeLog>, SelfMetrics) {
+        let log = Arc::new(FakeLog::default());
+        let m = SelfMetrics::new("partitioner", "series-minutes");
+        let st = AppState::with_clock(cfg, log.clone(), m.clone(), Arc::new(|| NOW_MS));
+        (router(st), log, m)
+    }
+
+    async fn post(
+        app: &Router,
+        ct: &str,
+        auth: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let mut b = Request::post("/api/v1/ingest").header("content-type", ct);
+        if let Some(a) = auth {
+            b = b.header("authorization", format!("Bearer {a}"));
+        }
+        let resp = app
+            .clone()
+            .oneshot(b.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn json_batch_is_validated_and_produced_keyed_by_metric() {
+        let (app, log, m) = app(PartitionerConfig::default());
+        let body = serde_json::json!({"idempotency_key": "k1", "series": [
+            {"metric": "req", "tags": {"route": "/a"}, "time": 1_764_460_800, "type": "counter", "value": 2},
+            {"metric": "req", "tags": {"route": "/a"}, "time": 1_764_460_810, "type": "counter", "value": 3},
+            {"metric": "lat", "time": 1_764_460_800, "type": "histogram", "values": [1, 2]}]});
+        let (s, v) = post(
+            &app,
+            "application/json",
+            None,
+            body.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!((s, v["accepted"].as_u64()), (200, Some(2)));
+        let recs = log.records.lock().unwrap().clone();
+        assert_eq!(recs.len(), 2);
+        let (k, v) = recs
+            .iter()
+            .find(|(k, _)| k.starts_with("default/req"))
+            .unwrap();
+        assert_eq!(k, "default/req{route=/a}");
+        let r = Record::decode(v).unwrap();
+        assert_eq!(
+            (r.source.as_str(), r.seq, r.minute),
+            ("json:k1", 0, 1_764_460_800)
+        );
+        assert_eq!(
+            r.agg,
+            Aggregate::Counter(Counter {
+                sum: 5.0,
+                samples: 2
+            })
+        );
+        assert!(m.render().contains("thermo_partitioner_sent_total 2"));
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_get_400_naming_the_field() {
+        let (app, log, m) = app(PartitionerConfig::default());
+        let long = "x".repeat(300);
+        let cases = [
+            (
+                serde_json::json!({"series": [{"metric": long, "time": 1_764_460_800, "type": "counter", "value": 1}]}),
+                "series[0].name",
+            ),
+            (
+                serde_json::json!({"series": [{"metric": "a", "tags": {"k": "a b"}, "time": 1_764_460_800, "type": "counter", "value": 1}]}),
+                "series[0].tags.k",
+            ),
+            (
+                serde_json::json!({"series": [{"metric": "a", "time": 1, "type": "counter", "value": 1}]}),
+                "series[0].time",
+            ),
+            (
+                serde_json::json!({"series": [{"metric": "a", "time": 1_764_460_800, "type": "timer", "value": 1}]}),
+                "series[0].type",
+            ),
+            (
+                serde_json::json!({"series": [{"metric": "a", "time": 1_764_460_800, "type": "counter"}]}),
+                "series[0].value",
+            ),
+            (
+                serde_json::json!({"series": [{"metric": "a", "time": 1_764_460_800, "type": "counter", "value": 1, "extra": 1}]}),
+                "body",
+            ),
+        ];
+        for (body, field) in cases {
+            let (s, v) = post(
+                &app,
+                "application/json",
+                None,
+                body.to_string().into_bytes(),
+            )
+            .await;
+            assert_eq!(s, 400, "{v}");
+            assert_eq!(v["field"], field, "{v}");
+            assert!(v["error"].as_str().unwrap().starts_with(field), "{v}");
+        }
+        let (s, v) = post(
+            &app,
+            "application/x-thermo-batch",
+            None,
+            b"garbage".to_vec(),
+        )
+        .await;
+        assert_eq!((s, v["field"].as_str()), (400, Some("body")));
+        let (s, _) = post(&app, "text/plain", None, b"x".to_vec()).await;
+        assert_eq!(s, 415);
+        assert!(log.records.lock().unwrap().is_empty());
+        assert!(
+            m.render()
+                .contains(r#"thermo_partitioner_dropped_total{reason="invalid"} 7"#),
+            "{}",
+            m.render()
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_auth_and_unavailable_log() {
+        let mut cfg = PartitionerConfig {
+            max_body_bytes: 64,
+            ..Default::default()
+        };
+        cfg.api_keys.insert("secret".into(), "acme".into());
+        let (app, log, _) = app(cfg);
+        let (s, v) = post(&app, "application/json", Some("secret"), vec![b' '; 65]).await;
+        assert_eq!(s, 413);
+        assert!(
+            v["error"].as_str().unwrap().contains("max_body_bytes = 64"),
+            "{v}"
+        );
+        let (s, _) = post(&app, "application/json", Some("wrong"), b"{}".to_vec()).await;
+        assert_eq!(s, 401);
+        let batch = Batch {
+            agent_id: "a1".into(),
+            seq: 7,
+            items: vec![Item {
+                name: "up".into(),
+                tags: vec![],
+                minute: 1_764_460_800,
+                agg: Aggregate::Counter(Counter {
+                    sum: 1.0,
+                    samples: 1,
+                }),
+            }],
+        };
+        let (s, _) = post(
+            &app,
+            "application/x-thermo-batch",
+            Some("secret"),
+            batch.encode(),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(log.records.lock().unwrap()[0].0, "acme/up{}");
+        log.down.store(true, Ordering::SeqCst);
+        let (s, v) = post(
+            &app,
+            "application/x-thermo-batch",
+            Some("secret"),
+            batch.encode(),
+        )
+        .await;
+        assert_eq!(s, 503, "{v}");
+    }
+}

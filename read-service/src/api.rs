@@ -1,0 +1,117 @@
+//! The read service's routes: `/api/v1/metrics` and `/api/v1/query`.
+//!
+//! Authentication: with `api_keys` configured, `Authorization: Bearer <key>` selects the tenant, and a
+//! tenant sees only its own metrics; without keys every request reads tenant `default`.
+
+use crate::config::ReadConfig;
+use crate::error::ApiError;
+use crate::query::{evaluate, parse_params, QueryResult};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use thermo_core::window::minute_start;
+use thermo_runtime::telemetry::SelfMetrics;
+use thermo_store::hot::HotStore;
+
+pub struct AppState<H> {
+    cfg: ReadConfig,
+    hot: H,
+    metrics: SelfMetrics,
+}
+
+impl<H: HotStore> AppState<H> {
+    pub fn new(cfg: ReadConfig, hot: H, metrics: SelfMetrics) -> Arc<Self> {
+        Arc::new(Self { cfg, hot, metrics })
+    }
+}
+
+pub fn router<H: HotStore>(state: Arc<AppState<H>>) -> Router {
+    Router::new()
+        .route("/api/v1/metrics", get(list_metrics::<H>))
+        .route("/api/v1/query", get(query::<H>))
+        .with_state(state)
+}
+
+fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {
+    if cfg.api_keys.is_empty() {
+        return Ok("default".into());
+    }
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    cfg.api_keys
+        .get(key.trim())
+        .cloned()
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[derive(Serialize)]
+struct MetricInfo {
+    name: String,
+    #[serde(rename = "type")]
+    metric_type: &'static str,
+    tag_keys: Vec<String>,
+}
+
+async fn list_metrics<H: HotStore>(
+    State(st): State<Arc<AppState<H>>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant(&st.cfg, &headers)?;
+    let since = minute_start(now_s() - st.cfg.hot_retention_hours * 3600);
+    let mut out = Vec::new();
+    for (name, t) in st.hot.metrics(&tenant).await? {
+        let series = st.hot.series(&tenant, &name, since).await?;
+        let tag_keys: BTreeSet<String> = series
+            .iter()
+            .flat_map(|k| k.tags().iter().map(|(k, _)| k.clone()))
+            .collect();
+        out.push(MetricInfo {
+            name,
+            metric_type: t.as_str(),
+            tag_keys: tag_keys.into_iter().collect(),
+        });
+    }
+    Ok(Json(serde_json::json!({ "metrics": out })))
+}
+
+async fn query<H: HotStore>(
+    State(st): State<Arc<AppState<H>>>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Result<Json<QueryResult>, ApiError> {
+    st.metrics.received.inc();
+    let result = async {
+        let tenant = tenant(&st.cfg, &headers)?;
+        let p = parse_params(&raw, now_s(), st.cfg.max_points)?;
+        tokio::time::timeout(
+            Duration::from_millis(st.cfg.query_timeout_ms),
+            evaluate(&st.hot, &tenant, &p, st.cfg.max_series),
+        )
+        .await
+        .map_err(|_| ApiError::Timeout)?
+    }
+    .await;
+    match &result {
+        Ok(_) => st.metrics.sent.inc(),
+        Err(e) => st
+            .metrics
+            .errors
+            .with_label_values(&[e.status().as_str()])
+            .inc(),
+    }
+    result.map(Json)
+}

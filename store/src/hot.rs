@@ -1,0 +1,72 @@
+//! The hot store contract: recent per-minute cells of every series.
+//!
+//! Writes come from aggregators, one per log partition at a time. A write is one atomic
+//! [`HotWrite`]: new cell states plus the partition's applied offset, accepted only if the stored
+//! offset still equals `expected_offset` (a fence against a consumer that lost its partition).
+//! Records at or below the stored offset were applied already and are skipped by the caller.
+
+use crate::StoreError;
+use std::future::Future;
+use thermo_core::aggregate::MetricType;
+use thermo_core::codec::HotCell;
+use thermo_core::key::MetricKey;
+
+/// A log partition, as `topic` and number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// One atomic write of an aggregator.
+#[derive(Debug, Clone)]
+pub struct HotWrite {
+    pub partition: PartitionId,
+    /// The offset the writer read before merging (`-1`: none yet).
+    pub expected_offset: i64,
+    /// The last offset this write applies.
+    pub new_offset: i64,
+    /// `(series, minute, new state, type)`.
+    pub cells: Vec<(MetricKey, i64, HotCell)>,
+}
+
+/// Hot storage: per-minute cells of every series for the last `retention` seconds.
+pub trait HotStore: Send + Sync + 'static {
+    /// The last applied offset of `partition`, `-1` if none.
+    fn offset(
+        &self,
+        partition: &PartitionId,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// The current cells for `(series, minute)` pairs, in order (`None` where there is none).
+    fn cells(
+        &self,
+        wanted: &[(MetricKey, i64)],
+    ) -> impl Future<Output = Result<Vec<Option<HotCell>>, StoreError>> + Send;
+
+    /// Applies `write` atomically. `Ok(false)` if fenced: the stored offset was not
+    /// `expected_offset`, and nothing was written.
+    fn write(&self, write: HotWrite) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The tenant's metric names with their types.
+    fn metrics(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<(String, MetricType)>, StoreError>> + Send;
+
+    /// Series of `tenant`'s metric `name` that have data at or after `since_minute`.
+    fn series(
+        &self,
+        tenant: &str,
+        name: &str,
+        since_minute: i64,
+    ) -> impl Future<Output = Result<Vec<MetricKey>, StoreError>> + Send;
+
+    /// Every cell of `series` for minutes in `[from_minute, to_minute)`, by minute ascending.
+    fn read_range(
+        &self,
+        series: &[MetricKey],
+        from_minute: i64,
+        to_minute: i64,
+    ) -> impl Future<Output = Result<Vec<Vec<(i64, HotCell)>>, StoreError>> + Send;
+}

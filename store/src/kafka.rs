@@ -1,0 +1,182 @@
+//! Kafka backend of the log, through rdkafka (bundled librdkafka).
+//!
+//! Producer: `enable.idempotence=true`, `acks=all`; the partition is chosen by librdkafka's default
+//! partitioner from the message key (the canonical metric key), so one series always lands in one
+//! partition. Consumer: a group member with `enable.auto.commit=false`; offsets are committed by the
+//! aggregator only after the hot store holds the data.
+
+use crate::log::{LogConsumer, LogProducer, LogRecord};
+use crate::StoreError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// An idempotent Kafka producer for one topic.
+pub struct KafkaProducer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+fn kafka_err(e: KafkaError) -> StoreError {
+    StoreError::Unavailable {
+        backend: "kafka",
+        detail: e.to_string(),
+    }
+}
+
+impl KafkaProducer {
+    /// `timeout` bounds how long a record may wait for its acknowledgement.
+    pub fn new(brokers: &str, topic: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()
+            .map_err(|e| StoreError::Invalid(format!("kafka producer config: {e}")))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Whether a broker answers metadata for the topic within `timeout` (readiness).
+    pub fn check(&self, timeout: Duration) -> Result<usize, StoreError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map_err(kafka_err)?;
+        let parts = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map_or(0, |t| t.partitions().len());
+        if parts == 0 {
+            return Err(StoreError::Invalid(format!(
+                "topic {} has no partitions (create it first)",
+                self.topic
+            )));
+        }
+        Ok(parts)
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+impl LogProducer for KafkaProducer {
+    async fn send_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for (key, value) in &records {
+            let rec = FutureRecord::to(&self.topic).key(key).payload(value);
+            match self.producer.send_result(rec) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => return Err(kafka_err(e)),
+            }
+        }
+        let mut first_err = None;
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    first_err.get_or_insert(kafka_err(e));
+                }
+                Err(_) => {
+                    first_err.get_or_insert(StoreError::Unavailable {
+                        backend: "kafka",
+                        detail: "delivery cancelled".into(),
+                    });
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// A Kafka consumer-group member for one topic.
+pub struct KafkaConsumer {
+    consumer: StreamConsumer,
+    topic: String,
+}
+
+impl KafkaConsumer {
+    pub fn new(brokers: &str, topic: &str, group: &str) -> Result<Self, StoreError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()
+            .map_err(|e| StoreError::Invalid(format!("kafka consumer config: {e}")))?;
+        consumer.subscribe(&[topic]).map_err(kafka_err)?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+        })
+    }
+}
+
+impl LogConsumer for KafkaConsumer {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, StoreError> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            // After the first record, only take what is already buffered.
+            let budget = if out.is_empty() {
+                remaining
+            } else {
+                remaining.min(Duration::from_millis(5))
+            };
+            match tokio::time::timeout(budget, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    if out.is_empty() {
+                        return Err(kafka_err(e));
+                    }
+                    break;
+                }
+                Ok(Ok(m)) => out.push(LogRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                    value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), StoreError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next))
+                .map_err(kafka_err)?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(kafka_err)
+    }
+}

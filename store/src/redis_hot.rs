@@ -1,0 +1,230 @@
+//! The Redis hot store.
+//!
+//! Key schema (single Redis instance; every key starts with `thermo:`):
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `thermo:d:<metric key>:<hour start>` | hash | field `<minute start>` (unix s) → `HotCell` bytes; `EXPIREAT` hour end + retention |
+//! | `thermo:s:<tenant>:<metric name>` | sorted set | member `<metric key>`, score = latest minute written; members older than the retention are trimmed on write |
+//! | `thermo:m:<tenant>` | hash | field `<metric name>` → type (`counter`, `gauge`, `histogram`, `set`) |
+//! | `thermo:o:<topic>:<partition>` | string | last log offset applied from that partition |
+//!
+//! `<metric key>` is the canonical encoding `tenant/name{k=v,...}` (see `thermo_core::key`).
+//! A write (cells, index entries and the partition offset) is one Lua script, so it is atomic and
+//! fenced: it applies only if the stored offset equals the writer's expected offset.
+
+use crate::hot::{HotStore, HotWrite, PartitionId};
+use crate::StoreError;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use std::collections::BTreeMap;
+use thermo_core::aggregate::MetricType;
+use thermo_core::codec::HotCell;
+use thermo_core::key::MetricKey;
+use thermo_core::window::{window_start, MINUTE};
+
+const HOUR: i64 = 3600;
+
+const WRITE_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == false then cur = '-1' end
+if cur ~= ARGV[1] then return 0 end
+local n = (#KEYS - 1) / 3
+for i = 0, n - 1 do
+  local k = 2 + i * 3
+  local a = 3 + i * 8
+  redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1])
+  redis.call('EXPIREAT', KEYS[k], ARGV[a + 2])
+  redis.call('ZADD', KEYS[k + 1], 'GT', ARGV[a + 4], ARGV[a + 3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. ARGV[a + 7])
+  redis.call('HSET', KEYS[k + 2], ARGV[a + 5], ARGV[a + 6])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Hot store on Redis.
+#[derive(Clone)]
+pub struct RedisHot {
+    conn: ConnectionManager,
+    retention_secs: i64,
+    script: Script,
+}
+
+fn data_key(series: &MetricKey, hour: i64) -> String {
+    format!("thermo:d:{series}:{hour}")
+}
+
+fn series_key(tenant: &str, name: &str) -> String {
+    format!("thermo:s:{tenant}:{name}")
+}
+
+fn metrics_key(tenant: &str) -> String {
+    format!("thermo:m:{tenant}")
+}
+
+fn offset_key(p: &PartitionId) -> String {
+    format!("thermo:o:{}:{}", p.topic, p.partition)
+}
+
+fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+impl RedisHot {
+    /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
+    pub async fn connect(url: &str, retention_secs: i64) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Invalid(format!("redis_url {url:?}: {e}")))?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(std::time::Duration::from_secs(2))
+            .set_response_timeout(std::time::Duration::from_secs(10))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        Ok(Self {
+            conn,
+            retention_secs,
+            script: Script::new(WRITE_SCRIPT),
+        })
+    }
+
+    /// PING, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+}
+
+impl HotStore for RedisHot {
+    async fn offset(&self, partition: &PartitionId) -> Result<i64, StoreError> {
+        let mut c = self.conn.clone();
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(offset_key(partition))
+            .query_async(&mut c)
+            .await?;
+        Ok(v.unwrap_or(-1))
+    }
+
+    async fn cells(&self, wanted: &[(MetricKey, i64)]) -> Result<Vec<Option<HotCell>>, StoreError> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (k, minute) in wanted {
+            pipe.cmd("HGET")
+                .arg(data_key(k, window_start(*minute, HOUR)))
+                .arg(minute);
+        }
+        let mut c = self.conn.clone();
+        let raw: Vec<Option<Vec<u8>>> = pipe.query_async(&mut c).await?;
+        raw.into_iter()
+            .map(|b| match b {
+                None => Ok(None),
+                Some(b) => HotCell::decode(&b)
+                    .map(Some)
+                    .map_err(|e| corrupt("hot cell", e)),
+            })
+            .collect()
+    }
+
+    async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
+        let mut inv = self.script.prepare_invoke();
+        inv.key(offset_key(&w.partition));
+        inv.arg(w.expected_offset.to_string());
+        inv.arg(w.new_offset.to_string());
+        for (k, minute, cell) in &w.cells {
+            let hour = window_start(*minute, HOUR);
+            inv.key(data_key(k, hour));
+            inv.key(series_key(k.tenant(), k.name()));
+            inv.key(metrics_key(k.tenant()));
+            inv.arg(minute.to_string());
+            inv.arg(cell.encode());
+            inv.arg((hour + HOUR + self.retention_secs).to_string());
+            inv.arg(k.encode());
+            inv.arg(minute.to_string());
+            inv.arg(k.name());
+            inv.arg(cell.agg.metric_type().as_str());
+            inv.arg((minute - self.retention_secs).to_string());
+        }
+        let mut c = self.conn.clone();
+        let applied: i64 = inv.invoke_async(&mut c).await?;
+        Ok(applied == 1)
+    }
+
+    async fn metrics(&self, tenant: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
+        let mut c = self.conn.clone();
+        let m: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(metrics_key(tenant))
+            .query_async(&mut c)
+            .await?;
+        Ok(m.into_iter()
+            .filter_map(|(name, t)| MetricType::parse(&t).map(|t| (name, t)))
+            .collect())
+    }
+
+    async fn series(
+        &self,
+        tenant: &str,
+        name: &str,
+        since_minute: i64,
+    ) -> Result<Vec<MetricKey>, StoreError> {
+        let mut c = self.conn.clone();
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(series_key(tenant, name))
+            .arg(since_minute)
+            .arg("+inf")
+            .query_async(&mut c)
+            .await?;
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            out.push(MetricKey::parse(&m).map_err(|e| corrupt("series index", e))?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read_range(
+        &self,
+        series: &[MetricKey],
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<Vec<(i64, HotCell)>>, StoreError> {
+        if series.is_empty() || to_minute <= from_minute {
+            return Ok(vec![Vec::new(); series.len()]);
+        }
+        let first_hour = window_start(from_minute, HOUR);
+        let hours: Vec<i64> = (0..)
+            .map(|i| first_hour + i * HOUR)
+            .take_while(|h| *h < to_minute)
+            .collect();
+        let mut pipe = redis::pipe();
+        for k in series {
+            for h in &hours {
+                pipe.cmd("HGETALL").arg(data_key(k, *h));
+            }
+        }
+        let mut c = self.conn.clone();
+        let raw: Vec<BTreeMap<i64, Vec<u8>>> = pipe.query_async(&mut c).await?;
+        let mut out = Vec::with_capacity(series.len());
+        for chunk in raw.chunks(hours.len()) {
+            let mut cells = Vec::new();
+            for hour in chunk {
+                for (minute, bytes) in hour.range(from_minute..to_minute) {
+                    if minute.rem_euclid(MINUTE) != 0 {
+                        continue;
+                    }
+                    cells.push((
+                        *minute,
+                        HotCell::decode(bytes).map_err(|e| corrupt("hot cell", e))?,
+                    ));
+                }
+            }
+            out.push(cells);
+        }
+        Ok(out)
+    }
+}
