@@ -103,8 +103,9 @@ pub struct Accumulator {
     cfg: AccumulatorConfig,
     minutes: BTreeMap<i64, FxHashMap<Box<str>, Slot>>,
     open_series: usize,
-    /// Last gauge value per raw id, and the minute it was last set (for pruning).
-    gauges: FxHashMap<Box<str>, (f64, i64)>,
+    /// Last gauge value per raw id, its ordering timestamp, and the minute it was last set (for
+    /// pruning).
+    gauges: FxHashMap<Box<str>, (f64, i64, i64)>,
     scratch: String,
 }
 
@@ -188,11 +189,17 @@ impl Accumulator {
                 }
                 Kind::Set => Aggregate::Set(DistinctSet::default()),
                 Kind::Gauge => {
-                    let prev = self
+                    let (prev, prev_ms) = self
                         .gauges
                         .get(self.scratch.as_str())
-                        .map_or(0.0, |(v, _)| *v);
-                    Aggregate::Gauge(Gauge::new(prev, i64::MIN))
+                        .map_or((0.0, i64::MIN), |(v, ms, _)| (*v, *ms));
+                    // min/max NaN: no value yet this minute; `last` only seeds deltas.
+                    Aggregate::Gauge(Gauge {
+                        last: prev,
+                        last_ms: prev_ms,
+                        min: f64::NAN,
+                        max: f64::NAN,
+                    })
                 }
             };
             self.minutes
@@ -228,12 +235,13 @@ impl Accumulator {
                         Value::Delta(d) => g.last + d,
                         Value::Member(_) => return Err(Drop::Parse(ParseError::BadValue)),
                     };
-                    if g.last_ms == i64::MIN {
-                        // First value of this minute: the carried-over value only seeds deltas.
-                        *g = Gauge::new(value, at_ms);
+                    // Every update of a series gets a strictly later ordering time than the one
+                    // before it, so that when two flushes of one minute are merged downstream,
+                    // the later line wins even with equal `|T` timestamps.
+                    let at = at_ms.max(g.last_ms.saturating_add(1));
+                    if g.min.is_nan() {
+                        *g = Gauge::new(value, at);
                     } else {
-                        // Later lines win ties: receive order is the truth within one agent.
-                        let at = at_ms.max(g.last_ms);
                         g.last = value;
                         g.last_ms = at;
                         g.min = g.min.min(value);
@@ -246,7 +254,7 @@ impl Accumulator {
         }
         if let Aggregate::Gauge(g) = &slot.agg {
             self.gauges
-                .insert(self.scratch.as_str().into(), (g.last, minute));
+                .insert(self.scratch.as_str().into(), (g.last, g.last_ms, minute));
         }
         Ok(())
     }
@@ -269,7 +277,7 @@ impl Accumulator {
             .filter_map(|m| self.take_minute(m, stats))
             .collect();
         // Forget gauge bases not set for an hour, so the map stays bounded by live series.
-        self.gauges.retain(|_, (_, m)| *m + 3600 > now_s);
+        self.gauges.retain(|_, (_, _, m)| *m + 3600 > now_s);
         out
     }
 
@@ -375,6 +383,27 @@ mod tests {
         let out = a.take_all(&mut st);
         match &out[0].1[0].1 {
             Aggregate::Gauge(g) => assert_eq!((g.last, g.min, g.max), (15.0, 15.0, 15.0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minute_flushed_twice_merges_to_the_later_gauge() {
+        let mut a = acc();
+        let mut st = IngestStats::default();
+        let ts = NOW / 1000 - 120;
+        a.ingest(format!("mem:100|g|T{ts}").as_bytes(), NOW, &mut st);
+        let mut first = a.take_all(&mut st);
+        a.ingest(
+            format!("mem:-30|g|T{ts}\nmem:+5|g|T{ts}").as_bytes(),
+            NOW,
+            &mut st,
+        );
+        let second = a.take_all(&mut st);
+        let mut merged = first.remove(0).1.remove(0).1;
+        merged.merge(&second[0].1[0].1).unwrap();
+        match merged {
+            Aggregate::Gauge(g) => assert_eq!((g.last, g.min, g.max), (75.0, 70.0, 100.0)),
             other => panic!("{other:?}"),
         }
     }

@@ -2,7 +2,14 @@
 //!
 //! Producer: `enable.idempotence=true`, `acks=all`; the partition is chosen by librdkafka's default
 //! partitioner from the message key (the canonical metric key), so one series always lands in one
-//! partition. Consumer: a group member with `enable.auto.commit=false`; offsets are committed by the
+//! partition. Records never expire inside librdkafka (`message.timeout.ms=0`): `send_all` gives up
+//! waiting after its own timeout (the caller answers 503 and the sender retries), while librdkafka
+//! keeps the queued records and delivers them when the broker is back. This matters: a record that
+//! times out inside librdkafka makes it bump the idempotent producer's epoch, and tansu 0.6 loses
+//! its storage engine (a panic: "more or less than one row") when it sees that epoch after a
+//! restart. A record delivered both from the queue and from the sender's retry is merged once
+//! downstream (its contribution id), so the duplicate is harmless. The queue is bounded
+//! (`queue.buffering.max.*`); when it is full `send_all` fails at once. Consumer: a group member with `enable.auto.commit=false`; offsets are committed by the
 //! aggregator only after the hot store holds the data.
 
 use crate::log::{LogConsumer, LogProducer, LogRecord};
@@ -19,6 +26,7 @@ use tokio::time::Instant;
 pub struct KafkaProducer {
     producer: FutureProducer,
     topic: String,
+    ack_timeout: Duration,
 }
 
 fn kafka_err(e: KafkaError) -> StoreError {
@@ -29,20 +37,23 @@ fn kafka_err(e: KafkaError) -> StoreError {
 }
 
 impl KafkaProducer {
-    /// `timeout` bounds how long a record may wait for its acknowledgement.
-    pub fn new(brokers: &str, topic: &str, timeout: Duration) -> Result<Self, StoreError> {
+    /// `ack_timeout` bounds how long `send_all` waits for the acknowledgements.
+    pub fn new(brokers: &str, topic: &str, ack_timeout: Duration) -> Result<Self, StoreError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.messages", "500000")
+            .set("queue.buffering.max.kbytes", "262144")
             .set("reconnect.backoff.max.ms", "1000")
             .create()
             .map_err(|e| StoreError::Invalid(format!("kafka producer config: {e}")))?;
         Ok(Self {
             producer,
             topic: topic.to_string(),
+            ack_timeout,
         })
     }
 
@@ -83,9 +94,16 @@ impl LogProducer for KafkaProducer {
                 Err((e, _)) => return Err(kafka_err(e)),
             }
         }
+        let deadline = Instant::now() + self.ack_timeout;
         let mut first_err = None;
         for f in pending {
-            match f.await {
+            let Ok(delivered) = tokio::time::timeout_at(deadline, f).await else {
+                return Err(StoreError::Unavailable {
+                    backend: "kafka",
+                    detail: format!("not acknowledged within {:?}", self.ack_timeout),
+                });
+            };
+            match delivered {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
                     first_err.get_or_insert(kafka_err(e));

@@ -1,0 +1,365 @@
+//! End-to-end harness: real redis-server, a real Kafka-protocol broker (tansu) and the real `thermo`
+//! binary, all on free loopback ports, each in its own temporary directory with its log file.
+//!
+//! Every wait is a bounded loop; a missing service binary fails the test with what to install.
+#![allow(dead_code)]
+
+pub mod stack;
+
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the target dir, removed on success only (kept for post-mortem).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "e2e-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).expect("create temp dir");
+        Self(base)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Finds an executable on PATH or in ~/.cargo/bin, or panics saying how to install it.
+pub fn find_bin(name: &str, install: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(&home).join(".cargo/bin"));
+        dirs.push(PathBuf::from(&home).join(".local/bin"));
+    }
+    for d in dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found on PATH or in ~/.cargo/bin: install it with `{install}` (or run scripts/install-deps.sh)");
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    cmd: Vec<String>,
+    cwd: PathBuf,
+    /// `RUST_LOG` of the child.
+    pub log_level: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[String], cwd: &Path, log: PathBuf) -> Self {
+        let mut p = Self {
+            name: name.to_string(),
+            child: None,
+            log,
+            cmd: std::iter::once(program.display().to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+            cwd: cwd.to_path_buf(),
+            log_level: "info",
+        };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .current_dir(&self.cwd)
+            .env("RUST_LOG", self.log_level)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.cmd[0]));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it exited with 0.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// redis-server on a free port, no persistence.
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Self {
+        let bin = find_bin("redis-server", "apt-get install redis-server");
+        let port = free_port();
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Proc::spawn("redis", &bin, &args, dir, dir.join("redis.log"));
+        wait_until("redis to listen", Duration::from_secs(20), || {
+            port_open(port)
+        });
+        Self { port, proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A tansu broker on a free port with a sqlite store in its own directory.
+pub struct Broker {
+    pub port: u16,
+    pub proc: Proc,
+    bin: PathBuf,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Self {
+        let bin = find_bin("tansu", "cargo install tansu --locked --features libsql");
+        let port = free_port();
+        std::fs::create_dir_all(dir.join("data")).expect("broker data dir");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let args: Vec<String> = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://data/tansu.db",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut proc = Proc::spawn("tansu", &bin, &args, dir, dir.join("tansu.log"));
+        // tansu logs every request at info; keep its log to what matters.
+        proc.log_level = "warn";
+        let b = Self { port, proc, bin };
+        b.wait_listening();
+        b
+    }
+
+    pub fn wait_listening(&self) {
+        let port = self.port;
+        wait_until("the broker to listen", Duration::from_secs(30), || {
+            port_open(port)
+        });
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = Command::new(&self.bin)
+                .args([
+                    "topic",
+                    "create",
+                    "--broker",
+                    &url,
+                    "--partitions",
+                    &partitions.to_string(),
+                    name,
+                ])
+                .output()
+                .expect("run tansu topic create");
+            if out.status.success() {
+                return;
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("tansu topic create failed: {last}");
+    }
+}
+
+/// Which roles to configure, with their ports.
+pub struct Ports {
+    pub http: u16,
+    pub udp: u16,
+}
+
+/// Writes `toml` to `dir/name.toml` and starts `thermo <role> --config` there; waits for /healthz.
+pub fn start_role(dir: &Path, name: &str, role: &str, toml: &str, http_port: u16) -> Proc {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, toml).expect("write config");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
+    let args = vec![
+        role.to_string(),
+        "--config".to_string(),
+        cfg.display().to_string(),
+    ];
+    let p = Proc::spawn(name, &bin, &args, dir, dir.join(format!("{name}.log")));
+    wait_healthy(&p, http_port);
+    p
+}
+
+pub fn wait_healthy(p: &Proc, http_port: u16) {
+    let url = format!("http://127.0.0.1:{http_port}/healthz");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok(r) = http().get(&url).send() {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{} did not become healthy on {http_port}; log:\n{}",
+        p.name,
+        p.log_tail()
+    );
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// GET a JSON document; returns (status, body).
+pub fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = http()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let body = r.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
+/// The value of one sample (`name{labels}` exactly as rendered) in a role's /metrics, 0 if absent.
+pub fn metric(http_port: u16, sample: &str) -> f64 {
+    let text = http()
+        .get(format!("http://127.0.0.1:{http_port}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Sends StatsD datagrams over UDP to `port`, pacing so the receiver's socket buffer never overflows.
+pub fn send_udp(port: u16, datagrams: &[String]) {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    for (i, d) in datagrams.iter().enumerate() {
+        sock.send_to(d.as_bytes(), ("127.0.0.1", port))
+            .expect("udp send");
+        if i % 20 == 19 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}

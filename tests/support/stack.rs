@@ -1,0 +1,208 @@
+//! The distributed stack on loopback: Redis, the broker, one partitioner, N aggregators, a read
+//! service and N agents, each a real process.
+#![allow(dead_code)]
+
+use super::*;
+
+pub const TOPIC: &str = "thermo-minutes";
+
+pub struct Role {
+    pub proc: Proc,
+    pub http: u16,
+    pub udp: u16,
+}
+
+impl Role {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+    pub fn restart(&mut self) {
+        self.proc.start();
+        wait_healthy(&self.proc, self.http);
+    }
+}
+
+pub struct Stack {
+    pub dir: TempDir,
+    pub redis: Redis,
+    pub broker: Broker,
+    pub partitioner: Role,
+    pub aggregators: Vec<Role>,
+    pub read: Role,
+    pub agents: Vec<Role>,
+}
+
+impl Stack {
+    /// Starts everything; `agg_batch` is the aggregators' `batch_max_records`.
+    pub fn start(
+        name: &str,
+        partitions: u32,
+        aggregators: usize,
+        agents: usize,
+        agg_batch: usize,
+    ) -> Self {
+        let dir = TempDir::new(name);
+        let redis = Redis::start(&mkdir(dir.path(), "redis"));
+        let broker = Broker::start(&mkdir(dir.path(), "broker"));
+        broker.create_topic(TOPIC, partitions);
+        let d = dir.path();
+        let pport = free_port();
+        let partitioner = Role {
+            proc: start_role(d, "partitioner", "partitioner", &format!(
+                "http_addr = \"127.0.0.1:{pport}\"\nkafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 3000\n",
+                broker.addr()), pport),
+            http: pport,
+            udp: 0,
+        };
+        let aggregators = (0..aggregators)
+            .map(|i| {
+                let port = free_port();
+                Role {
+                    proc: start_role(d, &format!("aggregator-{i}"), "aggregator", &format!(
+                        "http_addr = \"127.0.0.1:{port}\"\nkafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\n",
+                        broker.addr(), redis.url()), port),
+                    http: port,
+                    udp: 0,
+                }
+            })
+            .collect();
+        let rport = free_port();
+        let read = Role {
+            proc: start_role(
+                d,
+                "read",
+                "read-service",
+                &format!(
+                    "http_addr = \"127.0.0.1:{rport}\"\nredis_url = \"{}\"\n",
+                    redis.url()
+                ),
+                rport,
+            ),
+            http: rport,
+            udp: 0,
+        };
+        let agents = (0..agents)
+            .map(|i| {
+                let http = free_port();
+                let udp = free_udp_port();
+                Role {
+                    proc: start_role(d, &format!("agent-{i}"), "agent", &format!(
+                        "udp_addr = \"127.0.0.1:{udp}\"\nhttp_addr = \"127.0.0.1:{http}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nrequest_timeout_ms = 5000\n[global_tags]\nhost = \"h{}\"\n",
+                        i + 1), http),
+                    http,
+                    udp,
+                }
+            })
+            .collect();
+        Self {
+            dir,
+            redis,
+            broker,
+            partitioner,
+            aggregators,
+            read,
+            agents,
+        }
+    }
+
+    /// Query the read service; panics on a non-200 answer.
+    pub fn query(&self, params: &str) -> serde_json::Value {
+        let (status, body) = get_json(&self.read.url(&format!("/api/v1/query?{params}")));
+        assert_eq!(status, 200, "query {params}: {body}");
+        body
+    }
+
+    /// `POST /flush` on every agent and wait until each spool drained.
+    pub fn flush_agents(&self) {
+        for a in &self.agents {
+            let r = http()
+                .post(a.url("/flush?wait_ms=60000"))
+                .send()
+                .expect("flush");
+            assert_eq!(
+                r.status().as_u16(),
+                200,
+                "agent flush did not drain: {}",
+                r.text().unwrap_or_default()
+            );
+        }
+    }
+
+    /// Waits until every agent has counted `lines` received lines in total.
+    pub fn wait_agent_lines(&self, idx: usize, lines: f64) {
+        let port = self.agents[idx].http;
+        wait_until(
+            &format!("agent {idx} to receive {lines} lines"),
+            Duration::from_secs(30),
+            || metric(port, "thermo_agent_received_total") >= lines,
+        );
+        assert_eq!(
+            metric(port, "thermo_agent_received_total"),
+            lines,
+            "agent {idx} received more lines than sent"
+        );
+    }
+
+    /// Polls `params` until `f(answer)` holds (bounded), returning the last answer.
+    pub fn query_until(
+        &self,
+        params: &str,
+        what: &str,
+        mut f: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        let mut last = serde_json::Value::Null;
+        while start.elapsed() < Duration::from_secs(90) {
+            let (status, body) = get_json(&self.read.url(&format!("/api/v1/query?{params}")));
+            if status == 200 && f(&body) {
+                return body;
+            }
+            last = body;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "timed out waiting for {what}; last answer to {params}: {last}\naggregator log:\n{}",
+            self.aggregators
+                .first()
+                .map(|a| a.proc.log_tail())
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn mkdir(base: &Path, name: &str) -> PathBuf {
+    let p = base.join(name);
+    std::fs::create_dir_all(&p).expect("mkdir");
+    p
+}
+
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// Points of the one series whose tags equal `tags` (as `k=v` pairs), as (time, value).
+pub fn points(answer: &serde_json::Value, tags: &[(&str, &str)]) -> Vec<(i64, f64)> {
+    let series = answer["series"].as_array().expect("series array");
+    let want: serde_json::Map<String, serde_json::Value> = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let s = series
+        .iter()
+        .find(|s| s["tags"].as_object() == Some(&want))
+        .unwrap_or_else(|| panic!("no series with tags {tags:?} in {answer}"));
+    s["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| (p[0].as_i64().expect("t"), p[1].as_f64().expect("v")))
+        .collect()
+}
+
+/// The single value of the single point of the series with `tags`.
+pub fn single(answer: &serde_json::Value, tags: &[(&str, &str)]) -> f64 {
+    let p = points(answer, tags);
+    assert_eq!(p.len(), 1, "expected one point for {tags:?}: {answer}");
+    p[0].1
+}
