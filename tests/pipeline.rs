@@ -232,8 +232,7 @@ fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
             model
                 .gauges
                 .iter()
-                .filter(|((h, m), _)| *h == format!("h{}", i + 1) && in_range(*m))
-                .last()
+                .rfind(|((h, m), _)| *h == format!("h{}", i + 1) && in_range(*m))
                 .unwrap()
                 .1
                  .0

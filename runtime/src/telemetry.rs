@@ -34,9 +34,9 @@ impl SelfMetrics {
         let registry = Registry::new();
         let p = metric_prefix(role);
         let received = IntCounter::new(format!("{p}_received_total"), format!("{what} received"))
-            .unwrap_or_else(|e| invalid(e));
+            .unwrap_or_else(invalid);
         let sent = IntCounter::new(format!("{p}_sent_total"), format!("{what} sent on"))
-            .unwrap_or_else(|e| invalid(e));
+            .unwrap_or_else(invalid);
         let dropped = IntCounterVec::new(
             Opts::new(
                 format!("{p}_dropped_total"),
@@ -44,12 +44,12 @@ impl SelfMetrics {
             ),
             &["reason"],
         )
-        .unwrap_or_else(|e| invalid(e));
+        .unwrap_or_else(invalid);
         let errors = IntCounterVec::new(
             Opts::new(format!("{p}_errors_total"), "errors, by kind"),
             &["kind"],
         )
-        .unwrap_or_else(|e| invalid(e));
+        .unwrap_or_else(invalid);
         for c in [&received, &sent] {
             let _ = registry.register(Box::new(c.clone()));
         }
@@ -68,7 +68,7 @@ impl SelfMetrics {
     /// Registers a role-specific counter `thermo_<role>_<name>`.
     pub fn counter(&self, name: &str, help: &str) -> IntCounter {
         let c = IntCounter::new(format!("{}_{name}", metric_prefix(&self.role)), help)
-            .unwrap_or_else(|e| invalid(e));
+            .unwrap_or_else(invalid);
         let _ = self.registry.register(Box::new(c.clone()));
         c
     }
@@ -76,7 +76,7 @@ impl SelfMetrics {
     /// Registers a role-specific gauge `thermo_<role>_<name>`.
     pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
         let g = IntGauge::new(format!("{}_{name}", metric_prefix(&self.role)), help)
-            .unwrap_or_else(|e| invalid(e));
+            .unwrap_or_else(invalid);
         let _ = self.registry.register(Box::new(g.clone()));
         g
     }

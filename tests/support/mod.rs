@@ -82,6 +82,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, program: &Path, args: &[String], cwd: &Path, log: PathBuf) -> Self {
+        Self::spawn_at_level(name, program, args, cwd, log, "info")
+    }
+
+    /// Like `spawn`, with the child's `RUST_LOG`.
+    pub fn spawn_at_level(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        cwd: &Path,
+        log: PathBuf,
+        log_level: &'static str,
+    ) -> Self {
         let mut p = Self {
             name: name.to_string(),
             child: None,
@@ -90,7 +102,7 @@ impl Proc {
                 .chain(args.iter().cloned())
                 .collect(),
             cwd: cwd.to_path_buf(),
-            log_level: "info",
+            log_level,
         };
         p.start();
         p
@@ -219,9 +231,8 @@ impl Broker {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut proc = Proc::spawn("tansu", &bin, &args, dir, dir.join("tansu.log"));
         // tansu logs every request at info; keep its log to what matters.
-        proc.log_level = "warn";
+        let proc = Proc::spawn_at_level("tansu", &bin, &args, dir, dir.join("tansu.log"), "warn");
         let b = Self { port, proc, bin };
         b.wait_listening();
         b
