@@ -32,6 +32,10 @@ impl From<&AggregatorConfig> for Settings {
 /// What one partition's apply did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// Set when the hot store is behind the records read (it lost data, or the log's committed
+    /// offset ran ahead of it): nothing was applied, and the partition must be re-read from this
+    /// offset (`-1`: from the earliest retained record).
+    pub rewind_to: Option<i64>,
     /// Records skipped because the hot store already had their offset.
     pub replayed: u64,
     /// Contributions skipped because their cell already held them.
@@ -52,19 +56,28 @@ fn now_s() -> i64 {
 
 /// Applies one partition's records (in offset order) to `hot`. Retries when fenced; returns the
 /// store's error when it is unavailable (nothing was written then).
+///
+/// `allow_gap` accepts a first record beyond `stored offset + 1` (after one rewind found that the
+/// log has no records in between, e.g. they left its retention); otherwise such a gap asks for a
+/// rewind, so that a hot store that lost data is rebuilt from the log.
 pub async fn apply_partition<H: HotStore>(
     hot: &H,
     partition: &PartitionId,
     records: &[LogRecord],
     hot_retention_secs: i64,
     now_s: i64,
+    allow_gap: bool,
 ) -> Result<Applied, StoreError> {
-    let Some(last) = records.last() else {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Ok(Applied::default());
     };
     loop {
         let mut out = Applied::default();
         let expected = hot.offset(partition).await?;
+        if first.offset > expected + 1 && !allow_gap {
+            out.rewind_to = Some(if expected < 0 { -1 } else { expected + 1 });
+            return Ok(out);
+        }
         // (series, minute) → contributions in offset order.
         let mut groups: BTreeMap<(MetricKey, i64), Vec<Record>> = BTreeMap::new();
         for r in records {
@@ -184,8 +197,19 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
             "cells_written_total",
             "series-minute cells written to the hot store",
         );
+        let rewinds = self.metrics.counter(
+            "rewinds_total",
+            "partitions re-read because the hot store was behind the log",
+        );
+        // Partitions just rewound, with the offset they were rewound to: a gap there is real.
+        let mut rewound: BTreeMap<i32, i64> = BTreeMap::new();
+        let assigned = self.metrics.gauge(
+            "assigned_partitions",
+            "log partitions assigned to this aggregator",
+        );
         tokio::pin!(shutdown);
         loop {
+            assigned.set(self.consumer.assignment().len() as i64);
             let polled = tokio::select! {
                 _ = &mut shutdown => break,
                 r = self.consumer.poll(self.settings.batch_max_records, self.settings.batch_max_wait) => r,
@@ -214,6 +238,7 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                     partition: p,
                 };
                 let mut backoff = Duration::from_millis(100);
+                let allow_gap = rewound.remove(&p).is_some();
                 let applied = loop {
                     match apply_partition(
                         &self.hot,
@@ -221,12 +246,26 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                         &recs,
                         self.settings.hot_retention_secs,
                         now_s(),
+                        allow_gap,
                     )
                     .await
                     {
                         Ok(a) => {
                             self.ready.set_ready();
                             break a;
+                        }
+                        Err(e) if !e.retryable() => {
+                            // Undecodable state: retrying cannot help. Count, log, move on.
+                            self.metrics
+                                .dropped
+                                .with_label_values(&["corrupt_state"])
+                                .inc_by(recs.len() as u64);
+                            tracing::error!(
+                                partition = p,
+                                records = recs.len(),
+                                "records skipped: {e}"
+                            );
+                            break Applied::default();
                         }
                         Err(e) => {
                             self.metrics.errors.with_label_values(&["hot_store"]).inc();
@@ -240,6 +279,21 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                         }
                     }
                 };
+                if let Some(to) = applied.rewind_to {
+                    rewinds.inc();
+                    tracing::warn!(
+                        partition = p,
+                        from = recs[0].offset,
+                        to,
+                        "hot store is behind the log: re-reading the partition"
+                    );
+                    if let Err(e) = self.consumer.seek(p, to) {
+                        self.metrics.errors.with_label_values(&["seek"]).inc();
+                        tracing::warn!(partition = p, "seek failed: {e}");
+                    }
+                    rewound.insert(p, to);
+                    continue;
+                }
                 replayed.inc_by(applied.replayed);
                 duplicates.inc_by(applied.duplicates);
                 cells.inc_by(applied.cells);

@@ -32,6 +32,7 @@ AGGREGATOR_PORT=8128
 READ_PORT=8129
 AGENT_UDP_PORT=8125
 AGENT_HTTP_PORT=8126
+FLUSH_DELAY_SECS=5 # the agent sends a minute this long after it closes
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
@@ -232,7 +233,7 @@ http_addr = "$HOST:$AGENT_HTTP_PORT"
 partitioner_url = "http://$HOST:$PARTITIONER_PORT"
 agent_id = "local-$hostname"
 api_key = ""
-flush_delay_secs = 5
+flush_delay_secs = $FLUSH_DELAY_SECS
 global_tags = { host = "$hostname" }
 EOF
 
@@ -243,7 +244,8 @@ start_role() {
     say "$role: already running (pid $pid)"
   else
     ensure_free "$role" "$port"
-    start "$role" "$THERMO_HOME" "$BIN" "$role" --config "$CONF/$role.toml"
+    # NO_COLOR: plain log files (no ANSI escapes from the tracing formatter)
+    start "$role" "$THERMO_HOME" env NO_COLOR=1 "$BIN" "$role" --config "$CONF/$role.toml"
   fi
   wait_until "$role" "http://$HOST:$port/healthz" healthz "$port"
   say "$role: healthy on $HOST:$port"
@@ -283,9 +285,20 @@ thermo local stack is up (folder: $THERMO_HOME)
   configs $CONF/<role>.toml
   pids    $RUN/<name>.pid
 
-Try it (the agent flushes a minute after it closes, plus flush_delay_secs):
-  echo "hits:1|c|#route:/home" | nc -u -w0 $HOST $AGENT_UDP_PORT
-  curl 'http://$HOST:$READ_PORT/api/v1/query?metric=hits&stat=sum'
+Try it:
+  # StatsD over UDP (nc -w1: with -w0, nc may quit before echo has written the line, losing it)
+  echo "hits:1|c|#route:/home" | nc -u -w1 $HOST $AGENT_UDP_PORT
+  echo "latency:42|ms|#route:/home" | nc -u -w1 $HOST $AGENT_UDP_PORT
+  # or over HTTP, one line per line of the body (answers how many lines were accepted)
+  curl -s --data-binary \$'hits:1|c|#route:/about\nlatency:7|ms|#route:/about' http://$HOST:$AGENT_HTTP_PORT/api/v1/statsd
+
+  # The agent sends a minute $FLUSH_DELAY_SECS s after it closes; to send the open minutes now:
+  curl -s -X POST http://$HOST:$AGENT_HTTP_PORT/flush
+  # then (the aggregator applies it within a second or so):
+  curl -s 'http://$HOST:$READ_PORT/api/v1/query?metric=hits&stat=sum&group_by=route'
+  curl -s 'http://$HOST:$READ_PORT/api/v1/query?metric=latency&stat=p99'
+  curl -s http://$HOST:$READ_PORT/api/v1/metrics
+  (queries cover the last hour by default; add &from=<unix seconds>&to=... for another range)
 
 Stop: deploy/local/down.sh   (keeps data; --purge deletes $THERMO_HOME)
 EOF

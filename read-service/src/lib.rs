@@ -32,6 +32,19 @@ pub async fn run(
         }
     };
     ready.set_ready();
+    {
+        // Readiness follows whether Redis answers.
+        let (hot, ready) = (hot.clone(), ready.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                match hot.ping().await {
+                    Ok(()) => ready.set_ready(),
+                    Err(e) => ready.set_not_ready(format!("redis: {e}")),
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|e| ApiError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;

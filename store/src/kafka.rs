@@ -138,6 +138,8 @@ impl KafkaConsumer {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long the group waits for members to rejoin.
+            .set("max.poll.interval.ms", "20000")
             .set("reconnect.backoff.max.ms", "1000")
             .create()
             .map_err(|e| StoreError::Invalid(format!("kafka consumer config: {e}")))?;
@@ -195,6 +197,24 @@ impl LogConsumer for KafkaConsumer {
         }
         self.consumer
             .commit(&tpl, CommitMode::Async)
+            .map_err(kafka_err)
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        self.consumer
+            .assignment()
+            .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default()
+    }
+
+    fn seek(&mut self, partition: i32, offset: i64) -> Result<(), StoreError> {
+        let to = if offset < 0 {
+            Offset::Beginning
+        } else {
+            Offset::Offset(offset)
+        };
+        self.consumer
+            .seek(&self.topic, partition, to, Duration::from_secs(5))
             .map_err(kafka_err)
     }
 }

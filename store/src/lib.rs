@@ -2,15 +2,20 @@
 //!
 //! - [`hot`]: the hot store contract (per-minute cells, series index, partition offsets) and its
 //!   Redis backend ([`redis_hot`]); the key schema is in `docs/storage.md` and in `redis_hot`.
+//! - [`cold`]: the cold object store contract, its S3 backend ([`s3`]) and a local directory;
+//!   [`cold_format`] is the Parquet layout of its objects.
 //! - [`log`]: the log contract (produce keyed records, consume as a group) and its Kafka backend
 //!   ([`kafka`]).
 //!
 //! One error enum, [`StoreError`], says for each failure whether a retry may help.
 
+pub mod cold;
+pub mod cold_format;
 pub mod hot;
 pub mod kafka;
 pub mod log;
 pub mod redis_hot;
+pub mod s3;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -40,4 +40,10 @@ pub trait LogConsumer: Send + 'static {
 
     /// Records that the group has processed every record below `next_offset` of each partition.
     fn commit(&mut self, offsets: &[(i32, i64)]) -> Result<(), StoreError>;
+
+    /// Partitions currently assigned to this member.
+    fn assignment(&self) -> Vec<i32>;
+
+    /// Makes the next records of `partition` start at `offset` (`-1`: the earliest retained).
+    fn seek(&mut self, partition: i32, offset: i64) -> Result<(), StoreError>;
 }

@@ -160,8 +160,13 @@ impl Stack {
             last = body;
             std::thread::sleep(Duration::from_millis(250));
         }
+        let assigned: Vec<f64> = self
+            .aggregators
+            .iter()
+            .map(|a| metric(a.http, "thermo_aggregator_assigned_partitions"))
+            .collect();
         panic!(
-            "timed out waiting for {what}; last answer to {params}: {last}\naggregator log:\n{}",
+            "timed out waiting for {what}; last answer to {params}: {last}\nassigned partitions per aggregator: {assigned:?}\naggregator log:\n{}",
             self.aggregators
                 .first()
                 .map(|a| a.proc.log_tail())

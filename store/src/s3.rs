@@ -1,0 +1,173 @@
+//! S3 backend of the cold store (aws-sdk-s3): path-style addressing, static credentials, any
+//! S3-compatible endpoint (AWS, MinIO, moto, s3s).
+
+use crate::cold::ColdStore;
+use crate::StoreError;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use std::time::Duration;
+
+/// Where and how to reach the bucket.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Bound of one operation, retries included.
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct S3Cold {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        backend: "s3",
+        detail: e.to_string(),
+    }
+}
+
+impl S3Cold {
+    pub fn new(s: &S3Settings) -> Self {
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(s.timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .build();
+        let mut b = aws_sdk_s3::config::Builder::new()
+            .behavior_version_latest()
+            .region(Region::new(s.region.clone()))
+            .credentials_provider(Credentials::new(
+                s.access_key.clone(),
+                s.secret_key.clone(),
+                None,
+                None,
+                "thermo-config",
+            ))
+            .force_path_style(true)
+            .timeout_config(timeouts);
+        if !s.endpoint.is_empty() {
+            b = b.endpoint_url(s.endpoint.clone());
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            bucket: s.bucket.clone(),
+        }
+    }
+
+    /// Creates the bucket if it does not exist (local stacks and tests).
+    pub async fn ensure_bucket(&self) -> Result<(), StoreError> {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let svc = e
+                    .as_service_error()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                if svc.contains("BucketAlreadyOwnedByYou") || svc.contains("BucketAlreadyExists") {
+                    Ok(())
+                } else {
+                    Err(unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))
+                }
+            }
+        }
+    }
+}
+
+impl ColdStore for S3Cold {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let data = out.body.collect().await.map_err(unavailable)?;
+                Ok(Some(data.into_bytes().to_vec()))
+            }
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    Ok(None)
+                } else {
+                    Err(unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))
+                }
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix);
+            if let Some(t) = &token {
+                req = req.continuation_token(t);
+            }
+            let page = req
+                .send()
+                .await
+                .map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+}
