@@ -6,17 +6,28 @@ use std::time::Duration;
 use thermo_core::aggregate::fnv1a;
 use thermo_core::codec::{HotCell, Record};
 use thermo_core::key::MetricKey;
+use thermo_core::window::window_start;
 use thermo_runtime::telemetry::{Readiness, SelfMetrics};
 use thermo_store::hot::{HotStore, HotWrite, PartitionId};
 use thermo_store::log::{LogConsumer, LogRecord};
 use thermo_store::StoreError;
+
+/// Which old minutes are still accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lateness {
+    /// No cold storage: minutes older than the hot retention are dropped (`beyond_retention`).
+    HotOnly { retention_secs: i64 },
+    /// Cold storage: a minute whose hour was rolled up more than `grace_secs` after the hour
+    /// ended is dropped (`late`); one older than `max_age_secs` is dropped (`too_old`).
+    Cold { grace_secs: i64, max_age_secs: i64 },
+}
 
 /// Tunables of the apply loop.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
-    pub hot_retention_secs: i64,
+    pub lateness: Lateness,
 }
 
 impl From<&AggregatorConfig> for Settings {
@@ -24,7 +35,16 @@ impl From<&AggregatorConfig> for Settings {
         Self {
             batch_max_records: c.batch_max_records.max(1),
             batch_max_wait: Duration::from_millis(c.batch_max_wait_ms),
-            hot_retention_secs: c.hot_retention_hours * 3600,
+            lateness: if c.cold_enabled {
+                Lateness::Cold {
+                    grace_secs: c.late_grace_secs,
+                    max_age_secs: c.retention_1m_days * 86_400,
+                }
+            } else {
+                Lateness::HotOnly {
+                    retention_secs: c.hot_retention_hours * 3600,
+                }
+            },
         }
     }
 }
@@ -64,7 +84,7 @@ pub async fn apply_partition<H: HotStore>(
     hot: &H,
     partition: &PartitionId,
     records: &[LogRecord],
-    hot_retention_secs: i64,
+    lateness: Lateness,
     now_s: i64,
     allow_gap: bool,
 ) -> Result<Applied, StoreError> {
@@ -97,11 +117,44 @@ pub async fn apply_partition<H: HotStore>(
                 );
                 continue;
             };
-            if rec.minute < now_s - hot_retention_secs {
-                *out.dropped.entry("beyond_retention").or_insert(0) += 1;
-                continue;
+            match lateness {
+                Lateness::HotOnly { retention_secs } if rec.minute < now_s - retention_secs => {
+                    *out.dropped.entry("beyond_retention").or_insert(0) += 1;
+                    continue;
+                }
+                Lateness::Cold { max_age_secs, .. } if rec.minute < now_s - max_age_secs => {
+                    *out.dropped.entry("too_old").or_insert(0) += 1;
+                    continue;
+                }
+                _ => {}
             }
             groups.entry((key, rec.minute)).or_default().push(rec);
+        }
+        if let Lateness::Cold { grace_secs, .. } = lateness {
+            // Hours that ended more than the grace period ago and were rolled up: too late.
+            let old_hours: Vec<i64> = groups
+                .keys()
+                .map(|(_, m)| window_start(*m, 3600))
+                .filter(|h| now_s - (h + 3600) > grace_secs)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let rolled = hot.rolled_up(&old_hours).await?;
+            let late: Vec<i64> = old_hours
+                .into_iter()
+                .zip(rolled)
+                .filter_map(|(h, r)| r.then_some(h))
+                .collect();
+            if !late.is_empty() {
+                groups.retain(|(key, m), recs| {
+                    let keep = !late.contains(&window_start(*m, 3600));
+                    if !keep {
+                        *out.dropped.entry("late").or_insert(0) += recs.len() as u64;
+                        tracing::warn!(series = %key, minute = m, "late minute dropped: its hour was rolled up beyond the grace period");
+                    }
+                    keep
+                });
+            }
         }
         if last.offset <= expected {
             return Ok(out);
@@ -244,7 +297,7 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                         &self.hot,
                         &pid,
                         &recs,
-                        self.settings.hot_retention_secs,
+                        self.settings.lateness,
                         now_s(),
                         allow_gap,
                     )

@@ -13,14 +13,18 @@
 //! role is not ready meanwhile.
 
 pub mod apply;
+pub mod compactor;
 pub mod config;
 
 pub use config::AggregatorConfig;
 
 use std::time::Duration;
 use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
+use thermo_store::catalog::Catalog;
+use thermo_store::cold::LocalDirCold;
 use thermo_store::kafka::KafkaConsumer;
 use thermo_store::redis_hot::RedisHot;
+use thermo_store::s3::{S3Cold, S3Settings};
 
 /// A failure that stops the aggregator.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,14 @@ pub async fn run(
             }
         }
     };
+    let hot = if cfg.cold_enabled {
+        hot.with_expiry_margin(cfg.hot_expiry_margin_hours * 3600)
+    } else {
+        hot
+    };
+    let compactor = cfg
+        .cold_enabled
+        .then(|| start_compactor(&cfg, hot.clone(), metrics.clone(), stop_tx.subscribe()));
     let consumer = KafkaConsumer::new(&cfg.kafka_brokers, &cfg.topic, &cfg.group_id)
         .map_err(|e| AggregatorError::Startup(e.to_string()))?;
     tracing::info!(
@@ -70,6 +82,61 @@ pub async fn run(
     worker.run(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(c) = compactor {
+        let _ = c.await;
+    }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// Starts the compactor on the configured cold store (a local directory or S3).
+fn start_compactor(
+    cfg: &AggregatorConfig,
+    hot: RedisHot,
+    metrics: SelfMetrics,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let settings = compactor::CompactorSettings {
+        prefix: cfg.cold_prefix.clone(),
+        lag_secs: cfg.cold_lag_secs,
+        interval: Duration::from_secs(cfg.cold_interval_secs.max(1)),
+        hot_retention_secs: cfg.hot_retention_hours * 3600,
+        retention_secs: [
+            cfg.retention_1m_days * 86_400,
+            cfg.retention_5m_days * 86_400,
+            cfg.retention_1h_days * 86_400,
+        ],
+    };
+    let catalog = Catalog::new(hot);
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if !cfg.cold_dir.is_empty() {
+        tracing::info!(dir = %cfg.cold_dir, "cold storage in a local directory");
+        let c = compactor::Compactor::new(LocalDirCold::new(&cfg.cold_dir), catalog, settings);
+        return tokio::spawn(c.run(metrics, stopped));
+    }
+    let s3 = S3Cold::new(&S3Settings {
+        endpoint: cfg.s3_endpoint.clone(),
+        bucket: cfg.s3_bucket.clone(),
+        region: cfg.s3_region.clone(),
+        access_key: cfg.s3_access_key.clone(),
+        secret_key: cfg.s3_secret_key.clone(),
+        timeout: Duration::from_secs(30),
+    })
+    .creating_bucket(cfg.s3_create_bucket);
+    let create = cfg.s3_create_bucket;
+    tracing::info!(endpoint = %cfg.s3_endpoint, bucket = %cfg.s3_bucket, "cold storage in S3");
+    tokio::spawn(async move {
+        if create {
+            if let Err(e) = s3.ensure_bucket().await {
+                tracing::warn!(
+                    "cannot create the bucket yet (the compactor retries every cycle): {e}"
+                );
+            }
+        }
+        compactor::Compactor::new(s3, catalog, settings)
+            .run(metrics, stopped)
+            .await;
+    })
 }

@@ -18,7 +18,9 @@
 //! A decoder refuses trailing bytes, unknown versions and lengths that exceed the input, so a
 //! hostile body cannot make it allocate more than its own size.
 
-use crate::aggregate::{new_hdr, Aggregate, Counter, DistinctSet, Gauge, Hist, HIST_SIGFIGS};
+use crate::aggregate::{
+    new_hdr, Aggregate, Counter, DistinctSet, Gauge, Hist, TypeConflict, HIST_SIGFIGS,
+};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 
 /// Current version byte of every framed structure.
@@ -414,6 +416,50 @@ impl HotCell {
     pub fn has(&self, source: u64, seq: u64) -> bool {
         self.contributors.contains(&(source, seq))
     }
+
+    /// Combines two states of one series-minute that may share contributions (a cold row and the
+    /// hot cell it was built from, plus later contributions). If one holds every contribution of
+    /// the other it wins whole; if they share none they are merged; a partial overlap (never made
+    /// by thermo's own flows) keeps the state with more contributions and reports it.
+    pub fn absorb(&mut self, other: &HotCell) -> Result<Absorbed, TypeConflict> {
+        let mine_in_other = self
+            .contributors
+            .iter()
+            .all(|c| other.contributors.contains(c));
+        let other_in_mine = other
+            .contributors
+            .iter()
+            .all(|c| self.contributors.contains(c));
+        if other_in_mine {
+            return Ok(Absorbed::Kept);
+        }
+        if mine_in_other {
+            *self = other.clone();
+            return Ok(Absorbed::Replaced);
+        }
+        let shared = other
+            .contributors
+            .iter()
+            .any(|c| self.contributors.contains(c));
+        if shared {
+            if other.contributors.len() > self.contributors.len() {
+                *self = other.clone();
+            }
+            return Ok(Absorbed::Conflict);
+        }
+        self.agg.merge(&other.agg)?;
+        self.contributors.extend_from_slice(&other.contributors);
+        Ok(Absorbed::Merged)
+    }
+}
+
+/// What [`HotCell::absorb`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorbed {
+    Kept,
+    Replaced,
+    Merged,
+    Conflict,
 }
 
 #[cfg(test)]
@@ -476,6 +522,33 @@ mod tests {
             };
             assert_eq!(HotCell::decode(&c.encode()).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn absorb_counts_each_contribution_once() {
+        let c = |sum: f64, contributors: Vec<(u64, u64)>| HotCell {
+            contributors,
+            agg: Aggregate::Counter(Counter { sum, samples: 1 }),
+        };
+        let mut row = c(5.0, vec![(1, 1)]);
+        assert_eq!(row.absorb(&c(5.0, vec![(1, 1)])).unwrap(), Absorbed::Kept);
+        assert_eq!(
+            row.absorb(&c(7.0, vec![(1, 1), (2, 1)])).unwrap(),
+            Absorbed::Replaced
+        );
+        assert_eq!(row.absorb(&c(3.0, vec![(3, 1)])).unwrap(), Absorbed::Merged);
+        assert_eq!(
+            row.agg,
+            Aggregate::Counter(Counter {
+                sum: 10.0,
+                samples: 2
+            })
+        );
+        assert_eq!(row.contributors, vec![(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(
+            row.absorb(&c(1.0, vec![(3, 1), (4, 1)])).unwrap(),
+            Absorbed::Conflict
+        );
     }
 
     #[test]

@@ -55,6 +55,48 @@ impl Resolution {
     pub fn start(self, ts: i64) -> i64 {
         window_start(ts, self.seconds())
     }
+
+    /// The time one cold object of this resolution covers: an hour of 1m windows, a day of 5m
+    /// windows, a week (epoch-aligned, 604800 s) of 1h windows.
+    pub fn chunk_seconds(self) -> i64 {
+        match self {
+            Self::OneMinute => 3600,
+            Self::FiveMinutes => 86_400,
+            Self::OneHour => 604_800,
+        }
+    }
+
+    /// The start of the chunk that contains `ts`.
+    pub fn chunk_start(self, ts: i64) -> i64 {
+        window_start(ts, self.chunk_seconds())
+    }
+
+    /// The next finer resolution, the one this resolution is rolled up from.
+    pub fn finer(self) -> Option<Resolution> {
+        match self {
+            Self::OneMinute => None,
+            Self::FiveMinutes => Some(Self::OneMinute),
+            Self::OneHour => Some(Self::FiveMinutes),
+        }
+    }
+
+    /// The coarsest resolution whose windows a step of `step` seconds is a multiple of.
+    pub fn for_step(step: i64) -> Resolution {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|r| step % r.seconds() == 0)
+            .unwrap_or(Self::OneMinute)
+    }
+}
+
+/// The chunk starts of resolution `r` that overlap `[from, to)`.
+pub fn chunks_in(r: Resolution, from: i64, to: i64) -> impl Iterator<Item = i64> {
+    let first = r.chunk_start(from);
+    let len = r.chunk_seconds();
+    (0..)
+        .map(move |i| first + i * len)
+        .take_while(move |c| *c < to)
 }
 
 /// The minutes `[from, to)` covers, as minute starts: the first minute is the one containing `from`,
@@ -85,6 +127,21 @@ mod tests {
         assert_eq!(minutes_in(60, 180).collect::<Vec<_>>(), vec![60, 120]);
         assert_eq!(minutes_in(61, 181).collect::<Vec<_>>(), vec![60, 120, 180]);
         assert_eq!(minutes_in(60, 60).count(), 0);
+    }
+
+    #[test]
+    fn chunks_and_steps() {
+        assert_eq!(Resolution::OneMinute.chunk_start(7199), 3600);
+        assert_eq!(Resolution::OneHour.chunk_start(-1), -604_800);
+        assert_eq!(Resolution::for_step(60), Resolution::OneMinute);
+        assert_eq!(Resolution::for_step(600), Resolution::FiveMinutes);
+        assert_eq!(Resolution::for_step(7200), Resolution::OneHour);
+        assert_eq!(Resolution::for_step(90 * 60), Resolution::FiveMinutes);
+        assert_eq!(
+            chunks_in(Resolution::OneMinute, 3599, 7201).collect::<Vec<_>>(),
+            vec![0, 3600, 7200]
+        );
+        assert_eq!(Resolution::OneHour.finer(), Some(Resolution::FiveMinutes));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! One error enum, [`StoreError`], says for each failure whether a retry may help.
 
+pub mod catalog;
 pub mod cold;
 pub mod cold_format;
 pub mod hot;

@@ -8,6 +8,11 @@
 //! | `thermo:s:<tenant>:<metric name>` | sorted set | member `<metric key>`, score = latest minute written; members older than the retention are trimmed on write |
 //! | `thermo:m:<tenant>` | hash | field `<metric name>` → type (`counter`, `gauge`, `histogram`, `set`) |
 //! | `thermo:o:<topic>:<partition>` | string | last log offset applied from that partition |
+//! | `thermo:tenants` | set | every tenant that wrote |
+//! | `thermo:pending` | sorted set | hour starts with hot cells not yet rolled up to cold storage |
+//! | `thermo:hv` | hash | hour start → write version (bumped by every write into that hour) |
+//!
+//! The cold-storage catalog keys are described in `catalog.rs`.
 //!
 //! `<metric key>` is the canonical encoding `tenant/name{k=v,...}` (see `thermo_core::key`).
 //! A write (cells, index entries and the partition offset) is one Lua script, so it is atomic and
@@ -32,12 +37,15 @@ if cur ~= ARGV[1] then return 0 end
 local n = (#KEYS - 1) / 3
 for i = 0, n - 1 do
   local k = 2 + i * 3
-  local a = 3 + i * 8
+  local a = 3 + i * 10
   redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1])
   redis.call('EXPIREAT', KEYS[k], ARGV[a + 2])
   redis.call('ZADD', KEYS[k + 1], 'GT', ARGV[a + 4], ARGV[a + 3])
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. ARGV[a + 7])
   redis.call('HSET', KEYS[k + 2], ARGV[a + 5], ARGV[a + 6])
+  redis.call('SADD', 'thermo:tenants', ARGV[a + 8])
+  redis.call('ZADD', 'thermo:pending', ARGV[a + 9], ARGV[a + 9])
+  redis.call('HINCRBY', 'thermo:hv', ARGV[a + 9], 1)
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -48,10 +56,14 @@ return 1
 pub struct RedisHot {
     conn: ConnectionManager,
     retention_secs: i64,
+    /// Extra time before Redis expires an hour by itself. 0 without cold storage; with it, the
+    /// compactor trims hours once S3 holds them, and this margin only bounds memory if the
+    /// compactor cannot run for that long (the documented bound of an S3 outage).
+    expiry_margin_secs: i64,
     script: Script,
 }
 
-fn data_key(series: &MetricKey, hour: i64) -> String {
+pub(crate) fn data_key(series: &MetricKey, hour: i64) -> String {
     format!("thermo:d:{series}:{hour}")
 }
 
@@ -87,8 +99,25 @@ impl RedisHot {
         Ok(Self {
             conn,
             retention_secs,
+            expiry_margin_secs: 0,
             script: Script::new(WRITE_SCRIPT),
         })
+    }
+
+    /// Lets hours live `secs` longer than the retention before Redis expires them by itself.
+    pub fn with_expiry_margin(mut self, secs: i64) -> Self {
+        self.expiry_margin_secs = secs;
+        self
+    }
+
+    /// The connection, for the cold-storage catalog.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Hot retention in seconds.
+    pub fn retention_secs(&self) -> i64 {
+        self.retention_secs
     }
 
     /// PING, for readiness.
@@ -143,12 +172,14 @@ impl HotStore for RedisHot {
             inv.key(metrics_key(k.tenant()));
             inv.arg(minute.to_string());
             inv.arg(cell.encode());
-            inv.arg((hour + HOUR + self.retention_secs).to_string());
+            inv.arg((hour + HOUR + self.retention_secs + self.expiry_margin_secs).to_string());
             inv.arg(k.encode());
             inv.arg(minute.to_string());
             inv.arg(k.name());
             inv.arg(cell.agg.metric_type().as_str());
             inv.arg((minute - self.retention_secs).to_string());
+            inv.arg(k.tenant());
+            inv.arg(hour.to_string());
         }
         let mut c = self.conn.clone();
         let applied: i64 = inv.invoke_async(&mut c).await?;
@@ -185,6 +216,19 @@ impl HotStore for RedisHot {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<bool>, StoreError> {
+        if hours.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for h in hours {
+            pipe.cmd("ZSCORE").arg("thermo:cold:1m").arg(h);
+        }
+        let mut c = self.conn.clone();
+        let scores: Vec<Option<f64>> = pipe.query_async(&mut c).await?;
+        Ok(scores.into_iter().map(|s| s.is_some()).collect())
     }
 
     async fn read_range(

@@ -23,6 +23,8 @@ pub struct S3Settings {
 pub struct S3Cold {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// Create the bucket when a PUT finds it missing (local stacks, tests, a wiped server).
+    create_bucket: bool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -56,7 +58,14 @@ impl S3Cold {
         Self {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             bucket: s.bucket.clone(),
+            create_bucket: false,
         }
+    }
+
+    /// Creates the bucket when a PUT finds it missing.
+    pub fn creating_bucket(mut self, yes: bool) -> Self {
+        self.create_bucket = yes;
+        self
     }
 
     /// Creates the bucket if it does not exist (local stacks and tests).
@@ -96,15 +105,32 @@ impl S3Cold {
 
 impl ColdStore for S3Cold {
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        Ok(())
+        let send = |body: Vec<u8>| {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+        };
+        match send(body.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let missing = e
+                    .as_service_error()
+                    .and_then(|s| s.meta().code())
+                    .is_some_and(|c| c == "NoSuchBucket");
+                if !(missing && self.create_bucket) {
+                    return Err(unavailable(aws_sdk_s3::error::DisplayErrorContext(e)));
+                }
+                tracing::warn!(bucket = %self.bucket, "bucket missing: creating it");
+                self.ensure_bucket().await?;
+                send(body)
+                    .await
+                    .map_err(|e| unavailable(aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                Ok(())
+            }
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
