@@ -213,7 +213,11 @@ async fn handle<P: LogProducer>(
     let mut merged: BTreeMap<(MetricKey, i64), Aggregate> = BTreeMap::new();
     for (i, it) in items.into_iter().enumerate() {
         let key = MetricKey::new(tenant.clone(), it.name, it.tags)
-            .map_err(|e| IngestError::invalid(format!("series[{i}].{}", e.field), e.problem))?;
+            .map_err(|e| {
+                // The JSON form calls the name `metric`; so do the errors of both forms.
+                let field = if e.field == "name" { "metric" } else { e.field.as_str() };
+                IngestError::invalid(format!("series[{i}].{field}"), e.problem)
+            })?;
         if it.minute < now_s - st.cfg.max_past_secs || it.minute > now_s + st.cfg.max_future_secs {
             return Err(IngestError::invalid(
                 format!("series[{i}].time"),
@@ -368,7 +372,7 @@ mod tests {
         let cases = [
             (
                 serde_json::json!({"series": [{"metric": long, "time": 1_764_460_800, "type": "counter", "value": 1}]}),
-                "series[0].name",
+                "series[0].metric",
             ),
             (
                 serde_json::json!({"series": [{"metric": "a", "tags": {"k": "a b"}, "time": 1_764_460_800, "type": "counter", "value": 1}]}),

@@ -4,8 +4,8 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `thermo:d:<metric key>:<hour start>` | hash | field `<minute start>` (unix s) → `HotCell` bytes; `EXPIREAT` hour end + retention |
-//! | `thermo:s:<tenant>:<metric name>` | sorted set | member `<metric key>`, score = latest minute written; members older than the retention are trimmed on write |
+//! | `thermo:d:<metric key>:<hour start>` | hash | field `<minute start>` (unix s) → `HotCell` bytes; `EXPIREAT` max(hour end + retention, now) + margin (margin 0 without cold storage) |
+//! | `thermo:s:<tenant>:<metric name>` | sorted set | member `<metric key>`, score = latest max(minute, write time); members whose data cannot be in Redis any more (score < now − retention − margin − 2 h) are trimmed on write |
 //! | `thermo:m:<tenant>` | hash | field `<metric name>` → type (`counter`, `gauge`, `histogram`, `set`) |
 //! | `thermo:o:<topic>:<partition>` | string | last log offset applied from that partition |
 //! | `thermo:tenants` | set | every tenant that wrote |
@@ -163,6 +163,9 @@ impl HotStore for RedisHot {
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
         let mut inv = self.script.prepare_invoke();
         inv.key(offset_key(&w.partition));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         inv.arg(w.expected_offset.to_string());
         inv.arg(w.new_offset.to_string());
         for (k, minute, cell) in &w.cells {
@@ -172,12 +175,17 @@ impl HotStore for RedisHot {
             inv.key(metrics_key(k.tenant()));
             inv.arg(minute.to_string());
             inv.arg(cell.encode());
-            inv.arg((hour + HOUR + self.retention_secs + self.expiry_margin_secs).to_string());
+            // Never in the past: a backfilled hour lives until the compactor (or the margin) ends it.
+            let expire_at = (hour + HOUR + self.retention_secs).max(now) + self.expiry_margin_secs;
+            inv.arg(expire_at.to_string());
             inv.arg(k.encode());
-            inv.arg(minute.to_string());
+            // Index score: the later of the minute and the write time, so that a backfilled
+            // series stays listed while its data can still be in Redis.
+            inv.arg((*minute).max(now).to_string());
             inv.arg(k.name());
             inv.arg(cell.agg.metric_type().as_str());
-            inv.arg((minute - self.retention_secs).to_string());
+            // Index entries go when no data of theirs can be left in Redis (wall clock).
+            inv.arg((now - self.retention_secs - self.expiry_margin_secs - 2 * HOUR).to_string());
             inv.arg(k.tenant());
             inv.arg(hour.to_string());
         }
