@@ -2,10 +2,14 @@
 //!
 //! Authentication: with `api_keys` configured, `Authorization: Bearer <key>` selects the tenant, and a
 //! tenant sees only its own metrics; without keys every request reads tenant `default`.
+//!
+//! With cold storage, a query reads the catalog first ([`ColdView::load`]), then stitches Redis and
+//! the objects (see [`crate::query`]). `/api/v1/metrics` lists what Redis indexes.
 
+use crate::cold::{ColdReader, ColdView};
 use crate::config::ReadConfig;
 use crate::error::ApiError;
-use crate::query::{evaluate, parse_params, QueryResult};
+use crate::query::{evaluate, parse_params, window_range, Cold, QueryParams, QueryResult};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
@@ -16,24 +20,44 @@ use std::sync::Arc;
 use std::time::Duration;
 use thermo_core::window::minute_start;
 use thermo_runtime::telemetry::SelfMetrics;
+use thermo_store::catalog::Catalog;
+use thermo_store::cold::ColdStore;
 use thermo_store::hot::HotStore;
 
-pub struct AppState<H> {
+/// Cold storage for the routes: the catalog and the object reader.
+pub struct ColdSide<C> {
+    pub catalog: Catalog,
+    pub reader: ColdReader<C>,
+}
+
+pub struct AppState<H, C> {
     cfg: ReadConfig,
     hot: H,
+    cold: Option<ColdSide<C>>,
     metrics: SelfMetrics,
 }
 
-impl<H: HotStore> AppState<H> {
-    pub fn new(cfg: ReadConfig, hot: H, metrics: SelfMetrics) -> Arc<Self> {
-        Arc::new(Self { cfg, hot, metrics })
+impl<H: HotStore, C: ColdStore> AppState<H, C> {
+    /// `cold`: `None` reads Redis only.
+    pub fn new(
+        cfg: ReadConfig,
+        hot: H,
+        cold: Option<ColdSide<C>>,
+        metrics: SelfMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            hot,
+            cold,
+            metrics,
+        })
     }
 }
 
-pub fn router<H: HotStore>(state: Arc<AppState<H>>) -> Router {
+pub fn router<H: HotStore, C: ColdStore>(state: Arc<AppState<H, C>>) -> Router {
     Router::new()
-        .route("/api/v1/metrics", get(list_metrics::<H>))
-        .route("/api/v1/query", get(query::<H>))
+        .route("/api/v1/metrics", get(list_metrics::<H, C>))
+        .route("/api/v1/query", get(query::<H, C>))
         .with_state(state)
 }
 
@@ -66,8 +90,8 @@ struct MetricInfo {
     tag_keys: Vec<String>,
 }
 
-async fn list_metrics<H: HotStore>(
-    State(st): State<Arc<AppState<H>>>,
+async fn list_metrics<H: HotStore, C: ColdStore>(
+    State(st): State<Arc<AppState<H, C>>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant(&st.cfg, &headers)?;
@@ -88,8 +112,27 @@ async fn list_metrics<H: HotStore>(
     Ok(Json(serde_json::json!({ "metrics": out })))
 }
 
-async fn query<H: HotStore>(
-    State(st): State<Arc<AppState<H>>>,
+/// Evaluates `p`, with the catalog read first when cold storage is on.
+async fn run_query<H: HotStore, C: ColdStore>(
+    st: &AppState<H, C>,
+    tenant: &str,
+    p: &QueryParams,
+) -> Result<QueryResult, ApiError> {
+    let max_series = st.cfg.max_series;
+    let Some(cold) = &st.cold else {
+        return evaluate::<H, C>(&st.hot, None, tenant, p, max_series).await;
+    };
+    let (_, until) = window_range(p.resolution, p.from, p.to);
+    let view = ColdView::load(&cold.catalog, p.resolution, until).await?;
+    let cold = Cold {
+        reader: &cold.reader,
+        view: &view,
+    };
+    evaluate(&st.hot, Some(cold), tenant, p, max_series).await
+}
+
+async fn query<H: HotStore, C: ColdStore>(
+    State(st): State<Arc<AppState<H, C>>>,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<QueryResult>, ApiError> {
@@ -99,7 +142,7 @@ async fn query<H: HotStore>(
         let p = parse_params(&raw, now_s(), st.cfg.max_points)?;
         tokio::time::timeout(
             Duration::from_millis(st.cfg.query_timeout_ms),
-            evaluate(&st.hot, &tenant, &p, st.cfg.max_series),
+            run_query(&st, &tenant, &p),
         )
         .await
         .map_err(|_| ApiError::Timeout)?

@@ -18,8 +18,24 @@ pub struct ReadConfig {
     pub max_points: i64,
     /// Most series one query may read (400 above).
     pub max_series: usize,
-    /// Query timeout.
+    /// Query timeout (also the bound of one cold-store request).
     pub query_timeout_ms: u64,
+    /// Read cold storage too (objects written by the aggregators' compactor), stitched with Redis.
+    /// Off: Redis only, as without cold storage.
+    pub cold_enabled: bool,
+    /// S3 endpoint (empty: AWS's default for the region).
+    pub s3_endpoint: String,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_access_key: String,
+    pub s3_secret_key: String,
+    /// Object key prefix; must equal the aggregators' `cold_prefix`.
+    pub cold_prefix: String,
+    /// If set, read cold objects from this local directory instead of S3 (the aggregators'
+    /// `cold_dir`).
+    pub cold_dir: String,
+    /// Bytes of cold objects (as stored) kept decoded in memory, least recently used out first.
+    pub cold_cache_bytes: u64,
 }
 
 impl Default for ReadConfig {
@@ -32,6 +48,33 @@ impl Default for ReadConfig {
             max_points: 11_000,
             max_series: 10_000,
             query_timeout_ms: 30_000,
+            cold_enabled: false,
+            s3_endpoint: "http://127.0.0.1:9000".into(),
+            s3_bucket: "thermo".into(),
+            s3_region: "us-east-1".into(),
+            s3_access_key: "thermo".into(),
+            s3_secret_key: "thermo".into(),
+            cold_prefix: "cold/v1".into(),
+            cold_dir: String::new(),
+            cold_cache_bytes: 256 << 20,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cold_keys_have_defaults_and_unknown_keys_are_refused() {
+        let c: ReadConfig =
+            serde_json::from_str(r#"{"cold_enabled": true, "cold_dir": "/tmp/x"}"#).unwrap();
+        assert!(c.cold_enabled);
+        assert_eq!(c.cold_dir, "/tmp/x");
+        assert_eq!(c.cold_cache_bytes, 268_435_456);
+        assert_eq!(c.cold_prefix, "cold/v1");
+        assert_eq!(c.s3_endpoint, "http://127.0.0.1:9000");
+        assert!(!ReadConfig::default().cold_enabled);
+        assert!(serde_json::from_str::<ReadConfig>(r#"{"cold_cache": 1}"#).is_err());
     }
 }

@@ -1,19 +1,80 @@
-//! thermo-read-service: the HTTP query API over the hot store.
+//! thermo-read-service: the HTTP query API over the hot store and, optionally, cold storage.
 //!
 //! - `GET /api/v1/metrics`: the tenant's metric names with their type and tag keys.
 //! - `GET /api/v1/query`: one statistic of a metric per step bucket, filtered by `where`, grouped
-//!   by `group_by` (see [`query`] and docs/api.md).
+//!   by `group_by` (see [`query`] and docs/api.md); with `cold_enabled`, Redis and the cold
+//!   objects are stitched ([`stitch`]) and decoded objects are cached ([`cache`]).
 
 pub mod api;
+pub mod cache;
+pub mod cold;
 pub mod config;
 pub mod error;
 pub mod query;
+pub mod stitch;
 
 pub use config::ReadConfig;
 pub use error::ApiError;
 
+use api::ColdSide;
+use cache::ColdCache;
+use cold::ColdReader;
+use std::time::Duration;
 use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
+use thermo_store::catalog::Catalog;
+use thermo_store::cold::{ColdStore, LocalDirCold};
 use thermo_store::redis_hot::RedisHot;
+use thermo_store::s3::{S3Cold, S3Settings};
+
+fn cold_side<C: ColdStore>(
+    cfg: &ReadConfig,
+    hot: &RedisHot,
+    store: C,
+    metrics: &SelfMetrics,
+) -> ColdSide<C> {
+    let cache = ColdCache::with_metrics(cfg.cold_cache_bytes, metrics);
+    let corrupt = metrics.counter(
+        "cold_objects_corrupt_total",
+        "cold objects that could not be decoded and were skipped",
+    );
+    ColdSide {
+        catalog: Catalog::new(hot.clone()),
+        reader: ColdReader::new(store, &cfg.cold_prefix, cache, corrupt),
+    }
+}
+
+fn s3_settings(cfg: &ReadConfig) -> S3Settings {
+    S3Settings {
+        endpoint: cfg.s3_endpoint.clone(),
+        bucket: cfg.s3_bucket.clone(),
+        region: cfg.s3_region.clone(),
+        access_key: cfg.s3_access_key.clone(),
+        secret_key: cfg.s3_secret_key.clone(),
+        timeout: Duration::from_millis(cfg.query_timeout_ms),
+    }
+}
+
+async fn serve<C: ColdStore>(
+    cfg: ReadConfig,
+    hot: RedisHot,
+    cold: Option<ColdSide<C>>,
+    metrics: SelfMetrics,
+    ready: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .map_err(|e| ApiError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;
+    let state = api::AppState::new(cfg.clone(), hot, cold, metrics.clone());
+    let app = api::router(state).merge(telemetry::router(metrics, ready));
+    tracing::info!(addr = %cfg.http_addr, redis = %cfg.redis_url, cold = cfg.cold_enabled, "read service listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ApiError::Startup(e.to_string()))?;
+    tracing::info!("read service stopped");
+    Ok(())
+}
 
 /// Runs the read service until `shutdown` resolves.
 pub async fn run(
@@ -45,16 +106,13 @@ pub async fn run(
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
-        .await
-        .map_err(|e| ApiError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;
-    let state = api::AppState::new(cfg.clone(), hot, metrics.clone());
-    let app = api::router(state).merge(telemetry::router(metrics, ready));
-    tracing::info!(addr = %cfg.http_addr, redis = %cfg.redis_url, "read service listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| ApiError::Startup(e.to_string()))?;
-    tracing::info!("read service stopped");
-    Ok(())
+    if !cfg.cold_enabled {
+        return serve::<LocalDirCold>(cfg, hot, None, metrics, ready, shutdown).await;
+    }
+    if !cfg.cold_dir.is_empty() {
+        let cold = cold_side(&cfg, &hot, LocalDirCold::new(&cfg.cold_dir), &metrics);
+        return serve(cfg, hot, Some(cold), metrics, ready, shutdown).await;
+    }
+    let cold = cold_side(&cfg, &hot, S3Cold::new(&s3_settings(&cfg)), &metrics);
+    serve(cfg, hot, Some(cold), metrics, ready, shutdown).await
 }

@@ -1,25 +1,50 @@
 //! Query parameters and evaluation.
 //!
-//! `GET /api/v1/query?metric=NAME&from=T&to=T&step=S&stat=STAT&where=k:v,k2:v2&group_by=k,k2`
+//! `GET /api/v1/query?metric=NAME&from=T&to=T&step=S&stat=STAT&where=k:v,k2:v2&group_by=k,k2&resolution=R`
 //!
 //! - `from`, `to`: unix seconds or RFC 3339; default the last hour. The range is `[from, to)` and
-//!   covers the minutes from the one containing `from` up to the one containing `to - 1`.
+//!   covers the windows of the resolution from the one containing `from` up to the one containing
+//!   `to - 1` (at 1m: the minutes; a coarser window is read whole).
 //! - `step`: seconds, a positive multiple of 60 (default 60); buckets are aligned to the epoch, a
 //!   bucket's point is stamped with its start. Buckets with no data are left out.
+//! - `resolution`: `1m`, `5m` or `1h`, the windows read; it must divide `step`. Default: the
+//!   coarsest that divides `step` ([`Resolution::for_step`]). Without cold storage every read is
+//!   of Redis's minutes, whatever the resolution.
 //! - `stat`: see [`thermo_core::query`].
 //! - `where`: `k:v` pairs, all of which a series' tags must equal.
 //! - `group_by`: absent, every matching series is combined into one answer series with tags `{}`;
 //!   `k1,k2`, one answer series per distinct value of those tags (a missing tag is left out of the
 //!   group's tags); `*`, every stored series on its own.
+//!
+//! # Hot and cold: the stitching invariant
+//!
+//! With cold storage, every window of the range is read from exactly one place, so there is no
+//! gap and no double count (see [`crate::stitch`]):
+//!
+//! - a 5m / 1h chunk (day / week) comes from its object only if the object is complete: listed in
+//!   the catalog, not dirty, no dirty finer chunk inside it, no pending hour inside it; otherwise
+//!   it is computed from the next finer resolution (1h from 5m, 5m from 1m) and re-bucketed;
+//! - an hour of minutes is the union of its 1m object's rows and the cells Redis still has for it,
+//!   merged by contribution `(source, seq)`: a contribution in both is counted once. This is
+//!   correct whether or not Redis was trimmed yet; Redis is skipped only for an hour that has an
+//!   object and is not pending (every write marks its hour pending in the same atomic step, and
+//!   an hour leaves `pending` only once an object holds every write up to then).
+//!
+//! Every series found is used: the object rows' own keys and, for the Redis part, the series index.
+//! `"sources"` says which stores served data: `["hot"]`, `["cold"]`, `["hot","cold"]`, or `[]` when
+//! nothing matched. Without cold storage it is always `["hot"]`, as before.
 
+use crate::cold::{ColdReader, ColdView};
 use crate::error::ApiError;
+use crate::stitch::{plan, read, Buckets, Selector};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use thermo_core::aggregate::{Aggregate, MetricType};
 use thermo_core::key::MetricKey;
 use thermo_core::query::{GroupCell, Stat};
 use thermo_core::timefmt::parse_time;
-use thermo_core::window::{minute_start, window_start, MINUTE};
+use thermo_core::window::{window_start, Resolution, MINUTE};
+use thermo_store::cold::ColdStore;
 use thermo_store::hot::HotStore;
 
 /// How series are combined.
@@ -40,9 +65,35 @@ pub struct QueryParams {
     pub stat: Stat,
     pub filters: Vec<(String, String)>,
     pub group_by: GroupBy,
+    /// The windows read; divides `step`.
+    pub resolution: Resolution,
 }
 
-const PARAMS: [&str; 7] = ["metric", "from", "to", "step", "stat", "where", "group_by"];
+const PARAMS: [&str; 8] = [
+    "metric",
+    "from",
+    "to",
+    "step",
+    "stat",
+    "where",
+    "group_by",
+    "resolution",
+];
+
+fn parse_resolution(raw: Option<&String>, step: i64) -> Result<Resolution, ApiError> {
+    let Some(s) = raw else {
+        return Ok(Resolution::for_step(step));
+    };
+    let r = Resolution::parse(s)
+        .ok_or_else(|| ApiError::param("resolution", format!("{s:?} is not 1m, 5m or 1h")))?;
+    if step % r.seconds() != 0 {
+        return Err(ApiError::param(
+            "resolution",
+            format!("{s} windows do not divide step {step}"),
+        ));
+    }
+    Ok(r)
+}
 
 /// Parses and checks the query string parameters.
 pub fn parse_params(
@@ -119,6 +170,7 @@ pub fn parse_params(
             GroupBy::Keys(keys)
         }
     };
+    let resolution = parse_resolution(raw.get("resolution"), step)?;
     Ok(QueryParams {
         metric,
         from,
@@ -127,6 +179,7 @@ pub fn parse_params(
         stat,
         filters,
         group_by,
+        resolution,
     })
 }
 
@@ -162,71 +215,113 @@ fn group_tags(key: &MetricKey, g: &GroupBy) -> BTreeMap<String, String> {
     }
 }
 
-/// Evaluates `p` for `tenant` over the hot store.
-pub async fn evaluate<H: HotStore>(
+/// Cold storage as one query sees it: the object reader and the catalog read at its start.
+pub struct Cold<'a, C> {
+    pub reader: &'a ColdReader<C>,
+    pub view: &'a ColdView,
+}
+
+/// The windows `[from, to)` of resolution `res` that cover `[p.from, p.to)`.
+pub fn window_range(res: Resolution, from: i64, to: i64) -> (i64, i64) {
+    (res.start(from), res.start(to - 1) + res.seconds())
+}
+
+/// The type of `metric` from the hot store's index, if it is there.
+async fn indexed_type<H: HotStore>(
     hot: &H,
+    tenant: &str,
+    metric: &str,
+) -> Result<Option<MetricType>, ApiError> {
+    Ok(hot
+        .metrics(tenant)
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == metric)
+        .map(|(_, t)| t))
+}
+
+/// The type of the first state read (for a metric Redis no longer indexes).
+fn read_type(buckets: &Buckets) -> Option<MetricType> {
+    buckets
+        .series()
+        .values()
+        .flat_map(BTreeMap::values)
+        .map(Aggregate::metric_type)
+        .next()
+}
+
+fn unknown(metric: &str) -> ApiError {
+    ApiError::NotFound(format!("unknown metric {metric:?}"))
+}
+
+/// Evaluates `p` for `tenant` over the hot store and, if given, cold storage (see the module docs).
+pub async fn evaluate<H: HotStore, C: ColdStore>(
+    hot: &H,
+    cold: Option<Cold<'_, C>>,
     tenant: &str,
     p: &QueryParams,
     max_series: usize,
 ) -> Result<QueryResult, ApiError> {
-    let types = hot.metrics(tenant).await?;
-    let metric_type: MetricType = types
-        .iter()
-        .find(|(n, _)| *n == p.metric)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown metric {:?}", p.metric)))?;
-    p.stat
-        .check(metric_type)
-        .map_err(|e| ApiError::param("stat", e))?;
-    let first_minute = minute_start(p.from);
-    let all = hot.series(tenant, &p.metric, first_minute).await?;
-    let matched: Vec<MetricKey> = all
-        .into_iter()
-        .filter(|k| {
-            p.filters
-                .iter()
-                .all(|(fk, fv)| k.tag(fk) == Some(fv.as_str()))
-        })
-        .collect();
-    if matched.len() > max_series {
-        return Err(ApiError::param(
-            "where",
-            format!(
-                "{} series match; at most {max_series} (max_series): narrow the filter",
-                matched.len()
-            ),
-        ));
+    let cold_enabled = cold.is_some();
+    let indexed = indexed_type(hot, tenant, &p.metric).await?;
+    if indexed.is_none() && !cold_enabled {
+        return Err(unknown(&p.metric));
     }
-    let cells = hot.read_range(&matched, first_minute, p.to).await?;
+    if let Some(t) = indexed {
+        p.stat.check(t).map_err(|e| ApiError::param("stat", e))?;
+    }
+    let no_cold = ColdView::default();
+    let (res, view) = match &cold {
+        Some(c) => (p.resolution, c.view),
+        None => (Resolution::OneMinute, &no_cold),
+    };
+    let (from, to) = window_range(res, p.from, p.to);
+    let sel = Selector {
+        tenant,
+        metric: &p.metric,
+        filters: &p.filters,
+        max_series,
+    };
+    let parts = plan(view, res, from, to);
+    let (buckets, served) = read(hot, cold.map(|c| c.reader), sel, &parts, p.step).await?;
+    let metric_type = match indexed {
+        Some(t) => t,
+        None => {
+            let t = read_type(&buckets).ok_or_else(|| unknown(&p.metric))?;
+            p.stat.check(t).map_err(|e| ApiError::param("stat", e))?;
+            t
+        }
+    };
+    let sources = if cold_enabled {
+        served.sources()
+    } else {
+        vec!["hot"]
+    };
+    Ok(QueryResult {
+        metric: p.metric.clone(),
+        metric_type: metric_type.as_str(),
+        stat: p.stat.name(),
+        step: p.step,
+        from: p.from,
+        to: p.to,
+        sources,
+        series: answer_series(buckets, p),
+    })
+}
+
+/// Combines the series of each group per bucket and reads the stat.
+fn answer_series(buckets: Buckets, p: &QueryParams) -> Vec<SeriesOut> {
     // group tags → bucket start → combined cell
     let mut groups: BTreeMap<BTreeMap<String, String>, BTreeMap<i64, GroupCell>> = BTreeMap::new();
-    for (key, minutes) in matched.iter().zip(cells) {
-        // Merge this series' minutes per bucket first (in time), then add it to its group.
-        let mut buckets: BTreeMap<i64, Aggregate> = BTreeMap::new();
-        for (minute, cell) in minutes {
-            let b = window_start(minute, p.step);
-            match buckets.get_mut(&b) {
-                Some(a) => {
-                    if let Err(e) = a.merge(&cell.agg) {
-                        tracing::warn!(series = %key, minute, "skipped cell: {e}");
-                    }
-                }
-                None => {
-                    buckets.insert(b, cell.agg);
-                }
-            }
-        }
-        if buckets.is_empty() {
-            continue;
-        }
-        let group = groups.entry(group_tags(key, &p.group_by)).or_default();
-        for (b, agg) in buckets {
+    for (key, series_buckets) in buckets.into_series() {
+        let group = groups.entry(group_tags(&key, &p.group_by)).or_default();
+        for (b, agg) in series_buckets {
             if let Err(e) = group.entry(b).or_default().add_series(&agg) {
                 tracing::warn!(series = %key, bucket = b, "skipped series: {e}");
             }
         }
     }
-    let series = groups
+    groups
         .into_iter()
         .map(|(tags, buckets)| SeriesOut {
             tags,
@@ -236,17 +331,7 @@ pub async fn evaluate<H: HotStore>(
                 .collect(),
         })
         .filter(|s| !s.points.is_empty())
-        .collect();
-    Ok(QueryResult {
-        metric: p.metric.clone(),
-        metric_type: metric_type.as_str(),
-        stat: p.stat.name(),
-        step: p.step,
-        from: p.from,
-        to: p.to,
-        sources: vec!["hot"],
-        series,
-    })
+        .collect()
 }
 
 #[cfg(test)]
@@ -311,5 +396,429 @@ mod tests {
         );
         assert_eq!(param_of(q(&[("metric", "req"), ("limit", "5")])), "limit");
         assert_eq!(param_of(q(&[("metric", "bad name")])), "metric");
+    }
+
+    #[test]
+    fn resolution_defaults_to_the_step_and_must_divide_it() {
+        let r = |pairs: &[(&str, &str)]| q(pairs).map(|p| p.resolution);
+        assert_eq!(r(&[("metric", "m")]).unwrap(), Resolution::OneMinute);
+        assert_eq!(
+            r(&[("metric", "m"), ("step", "600")]).unwrap(),
+            Resolution::FiveMinutes
+        );
+        assert_eq!(
+            r(&[("metric", "m"), ("step", "7200")]).unwrap(),
+            Resolution::OneHour
+        );
+        assert_eq!(
+            r(&[("metric", "m"), ("step", "7200"), ("resolution", "1m")]).unwrap(),
+            Resolution::OneMinute
+        );
+        assert_eq!(
+            param_of(q(&[("metric", "m"), ("step", "60"), ("resolution", "5m")])),
+            "resolution"
+        );
+        assert_eq!(
+            param_of(q(&[
+                ("metric", "m"),
+                ("step", "5400"),
+                ("resolution", "1h")
+            ])),
+            "resolution"
+        );
+        assert_eq!(
+            param_of(q(&[("metric", "m"), ("resolution", "2m")])),
+            "resolution"
+        );
+        assert_eq!(window_range(Resolution::FiveMinutes, 330, 601), (300, 900));
+        assert_eq!(window_range(Resolution::OneMinute, 61, 120), (60, 120));
+    }
+
+    mod stitched {
+        use super::*;
+        use crate::cache::ColdCache;
+        use prometheus::{IntCounter, IntGauge};
+        use thermo_core::aggregate::Counter;
+        use thermo_core::codec::HotCell;
+        use thermo_store::cold::LocalDirCold;
+        use thermo_store::cold_format::{encode, ColdRow};
+        use thermo_store::hot::{HotWrite, PartitionId};
+        use thermo_store::StoreError;
+
+        /// A hot store in memory.
+        #[derive(Default)]
+        struct MemHot {
+            cells: BTreeMap<MetricKey, BTreeMap<i64, HotCell>>,
+            types: Vec<(String, MetricType)>,
+        }
+
+        impl HotStore for MemHot {
+            async fn offset(&self, _: &PartitionId) -> Result<i64, StoreError> {
+                Ok(-1)
+            }
+            async fn cells(
+                &self,
+                wanted: &[(MetricKey, i64)],
+            ) -> Result<Vec<Option<HotCell>>, StoreError> {
+                Ok(wanted
+                    .iter()
+                    .map(|(k, m)| self.cells.get(k).and_then(|c| c.get(m)).cloned())
+                    .collect())
+            }
+            async fn write(&self, _: HotWrite) -> Result<bool, StoreError> {
+                Ok(false)
+            }
+            async fn metrics(&self, _: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
+                Ok(self.types.clone())
+            }
+            async fn series(
+                &self,
+                tenant: &str,
+                name: &str,
+                since: i64,
+            ) -> Result<Vec<MetricKey>, StoreError> {
+                Ok(self
+                    .cells
+                    .iter()
+                    .filter(|(k, c)| {
+                        k.tenant() == tenant
+                            && k.name() == name
+                            && c.range(since..).next().is_some()
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect())
+            }
+            async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<bool>, StoreError> {
+                Ok(vec![false; hours.len()])
+            }
+            async fn read_range(
+                &self,
+                series: &[MetricKey],
+                from: i64,
+                to: i64,
+            ) -> Result<Vec<Vec<(i64, HotCell)>>, StoreError> {
+                Ok(series
+                    .iter()
+                    .map(|k| {
+                        self.cells
+                            .get(k)
+                            .map(|c| c.range(from..to).map(|(m, c)| (*m, c.clone())).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect())
+            }
+        }
+
+        /// A day start (so an hour and a 5-minute window start too): 2025-11-30T00:00:00Z.
+        const D: i64 = 1_764_460_800;
+        const H: i64 = 3600;
+
+        fn key(name: &str, host: &str) -> MetricKey {
+            MetricKey::new("acme", name, vec![("host".into(), host.into())]).unwrap()
+        }
+
+        fn cell(sum: f64, contributors: &[(u64, u64)]) -> HotCell {
+            HotCell {
+                contributors: contributors.to_vec(),
+                agg: Aggregate::Counter(Counter {
+                    sum,
+                    samples: contributors.len().max(1) as u64,
+                }),
+            }
+        }
+
+        fn row(k: &MetricKey, window_start: i64, c: HotCell) -> ColdRow {
+            ColdRow {
+                series: k.clone(),
+                window_start,
+                cell: c,
+            }
+        }
+
+        struct Fixture {
+            dir: std::path::PathBuf,
+            reader: ColdReader<LocalDirCold>,
+        }
+
+        impl Fixture {
+            fn new(name: &str) -> Self {
+                let dir =
+                    std::env::temp_dir().join(format!("thermo-read-{}-{name}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                let cache = ColdCache::new(
+                    1 << 20,
+                    IntCounter::new("h", "h").unwrap(),
+                    IntCounter::new("m", "m").unwrap(),
+                    IntGauge::new("b", "b").unwrap(),
+                );
+                let corrupt = IntCounter::new("c", "c").unwrap();
+                let reader = ColdReader::new(LocalDirCold::new(&dir), "cold/v1", cache, corrupt);
+                Self { dir, reader }
+            }
+
+            fn put(&self, res: Resolution, chunk: i64, rows: Vec<ColdRow>) {
+                let key = thermo_store::catalog::object_key("cold/v1", "acme", res, chunk);
+                let path = self.dir.join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, encode(res, rows).unwrap()).unwrap();
+            }
+
+            async fn query(
+                &self,
+                hot: &MemHot,
+                view: &ColdView,
+                pairs: &[(&str, &str)],
+            ) -> QueryResult {
+                let raw = pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let p = parse_params(&raw, D + 86_400, 11_000).unwrap();
+                let cold = Cold {
+                    reader: &self.reader,
+                    view,
+                };
+                evaluate(hot, Some(cold), "acme", &p, 100).await.unwrap()
+            }
+        }
+
+        impl Drop for Fixture {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+
+        type Points = Vec<(BTreeMap<String, String>, Vec<(i64, f64)>)>;
+
+        fn points(r: &QueryResult) -> Points {
+            r.series
+                .iter()
+                .map(|s| (s.tags.clone(), s.points.clone()))
+                .collect()
+        }
+
+        fn counter_types() -> Vec<(String, MetricType)> {
+            vec![("req".into(), MetricType::Counter)]
+        }
+
+        #[tokio::test]
+        async fn a_cold_hour_and_a_hot_hour_stitch_exactly_once() {
+            let f = Fixture::new("stitch");
+            let (a, b) = (key("req", "a"), key("req", "b"));
+            // Hour D was rolled up: its object holds three minutes (and another metric).
+            f.put(
+                Resolution::OneMinute,
+                D,
+                vec![
+                    row(&a, D, cell(1.0, &[(1, 1)])),
+                    row(&a, D + 60, cell(2.0, &[(1, 2)])),
+                    row(&b, D + 120, cell(4.0, &[(2, 1)])),
+                    row(&key("other", "a"), D, cell(100.0, &[(9, 1)])),
+                ],
+            );
+            let mut hot = MemHot {
+                types: counter_types(),
+                ..MemHot::default()
+            };
+            let a_cells = hot.cells.entry(a.clone()).or_default();
+            a_cells.insert(D + 60, cell(2.0, &[(1, 2)])); // not trimmed yet: also in the object
+            a_cells.insert(D + 180, cell(0.5, &[(3, 1)])); // a late minute, after the roll-up
+            a_cells.insert(D + H, cell(10.0, &[(1, 3)])); // hour D+1h: Redis only
+            hot.cells
+                .entry(b.clone())
+                .or_default()
+                .insert(D + H + 60, cell(20.0, &[(2, 2)]));
+            let mut view = ColdView::default();
+            view.cold.insert(Resolution::OneMinute, [(D, 1)].into());
+            view.pending.extend([D, D + H]); // the late minute made hour D pending again
+
+            let (d0, d1, d2) = (D.to_string(), (D + H).to_string(), (D + 2 * H).to_string());
+            let span = [
+                ("metric", "req"),
+                ("from", d0.as_str()),
+                ("to", d2.as_str()),
+            ];
+            let r = f
+                .query(&hot, &view, &[span[0], span[1], span[2], ("step", "7200")])
+                .await;
+            assert_eq!(r.sources, vec!["hot", "cold"]);
+            assert_eq!(points(&r), vec![(BTreeMap::new(), vec![(D, 37.5)])]);
+
+            let r = f
+                .query(
+                    &hot,
+                    &view,
+                    &[
+                        span[0],
+                        span[1],
+                        span[2],
+                        ("step", "3600"),
+                        ("group_by", "host"),
+                    ],
+                )
+                .await;
+            let tags = |h: &str| BTreeMap::from([("host".to_string(), h.to_string())]);
+            assert_eq!(
+                points(&r),
+                vec![
+                    (tags("a"), vec![(D, 3.5), (D + H, 10.0)]),
+                    (tags("b"), vec![(D, 4.0), (D + H, 20.0)]),
+                ]
+            );
+
+            // Once hour D is no longer pending, Redis is not read for it: the object alone.
+            view.pending.clear();
+            hot.cells.get_mut(&a).unwrap().remove(&(D + 180));
+            let r = f
+                .query(
+                    &hot,
+                    &view,
+                    &[span[0], span[1], ("to", &d1), ("where", "host:a")],
+                )
+                .await;
+            assert_eq!(r.sources, vec!["cold"]);
+            assert_eq!(
+                points(&r),
+                vec![(BTreeMap::new(), vec![(D, 1.0), (D + 60, 2.0)])]
+            );
+
+            // A metric Redis no longer indexes is still found in the objects.
+            let r = f
+                .query(&hot, &view, &[("metric", "other"), span[1], span[2]])
+                .await;
+            assert_eq!(
+                (r.metric_type, r.sources.clone()),
+                ("counter", vec!["cold"])
+            );
+            assert_eq!(points(&r), vec![(BTreeMap::new(), vec![(D, 100.0)])]);
+        }
+
+        #[tokio::test]
+        async fn five_minute_windows_come_from_minutes_without_a_complete_object() {
+            let f = Fixture::new("five");
+            let a = key("req", "a");
+            // Hours 0 and 1 of day D rolled up; hour 2 only in Redis.
+            f.put(
+                Resolution::OneMinute,
+                D,
+                vec![
+                    row(&a, D, cell(1.0, &[(1, 1)])),
+                    row(&a, D + 240, cell(2.0, &[(1, 2)])),
+                ],
+            );
+            f.put(
+                Resolution::OneMinute,
+                D + H,
+                vec![row(&a, D + H + 300, cell(4.0, &[(1, 3)]))],
+            );
+            let mut hot = MemHot {
+                types: counter_types(),
+                ..MemHot::default()
+            };
+            hot.cells
+                .entry(a.clone())
+                .or_default()
+                .insert(D + 2 * H + 60, cell(8.0, &[(1, 4)]));
+            let mut view = ColdView::default();
+            view.cold
+                .insert(Resolution::OneMinute, [(D, 1), (D + H, 1)].into());
+            let (d0, d1) = (D.to_string(), (D + 86_400).to_string());
+            let day = [
+                ("metric", "req"),
+                ("from", d0.as_str()),
+                ("to", d1.as_str()),
+            ];
+
+            let r = f
+                .query(&hot, &view, &[day[0], day[1], day[2], ("step", "300")])
+                .await;
+            assert_eq!(r.sources, vec!["hot", "cold"]);
+            assert_eq!(
+                points(&r),
+                vec![(
+                    BTreeMap::new(),
+                    vec![(D, 3.0), (D + H + 300, 4.0), (D + 2 * H, 8.0)]
+                )]
+            );
+            let r = f
+                .query(&hot, &view, &[day[0], day[1], day[2], ("step", "86400")])
+                .await;
+            assert_eq!(points(&r), vec![(BTreeMap::new(), vec![(D, 15.0)])]);
+            assert!(f.reader.cache().bytes() > 0);
+
+            // A complete 5m object for the day is read instead of the minutes...
+            f.put(
+                Resolution::FiveMinutes,
+                D,
+                vec![
+                    row(&a, D, cell(3.0, &[])),
+                    row(&a, D + 3600, cell(12.0, &[])),
+                ],
+            );
+            view.cold.insert(Resolution::FiveMinutes, [(D, 1)].into());
+            let r = f
+                .query(
+                    &hot,
+                    &view,
+                    &[
+                        day[0],
+                        day[1],
+                        day[2],
+                        ("step", "86400"),
+                        ("resolution", "5m"),
+                    ],
+                )
+                .await;
+            assert_eq!(r.sources, vec!["cold"]);
+            assert_eq!(points(&r), vec![(BTreeMap::new(), vec![(D, 15.0)])]);
+            let r = f
+                .query(&hot, &view, &[day[0], day[1], day[2], ("step", "300")])
+                .await;
+            assert_eq!(
+                points(&r),
+                vec![(BTreeMap::new(), vec![(D, 3.0), (D + H, 12.0)])]
+            );
+            // ...but not while the day is dirty (being rebuilt).
+            view.dirty.insert(Resolution::FiveMinutes, [D].into());
+            let r = f
+                .query(&hot, &view, &[day[0], day[1], day[2], ("step", "300")])
+                .await;
+            assert_eq!(r.sources, vec!["hot", "cold"]);
+            assert_eq!(points(&r)[0].1.len(), 3);
+        }
+
+        #[tokio::test]
+        async fn without_cold_storage_only_redis_is_read() {
+            let a = key("req", "a");
+            let mut hot = MemHot {
+                types: counter_types(),
+                ..MemHot::default()
+            };
+            hot.cells
+                .entry(a)
+                .or_default()
+                .insert(D + 60, cell(5.0, &[(1, 1)]));
+            let (from, to) = ((D + 30).to_string(), (D + H).to_string());
+            let raw = [
+                ("metric", "req"),
+                ("from", &from),
+                ("to", &to),
+                ("step", "3600"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let p = parse_params(&raw, D + 86_400, 11_000).unwrap();
+            assert_eq!(p.resolution, Resolution::OneHour);
+            let r = evaluate::<_, LocalDirCold>(&hot, None, "acme", &p, 100)
+                .await
+                .unwrap();
+            assert_eq!(r.sources, vec!["hot"]);
+            assert_eq!(r.series[0].points, vec![(D, 5.0)]);
+            let mut other = p.clone();
+            other.metric = "nope".into();
+            let e = evaluate::<_, LocalDirCold>(&hot, None, "acme", &other, 100).await;
+            assert!(matches!(e, Err(ApiError::NotFound(_))));
+        }
     }
 }
