@@ -212,12 +212,15 @@ async fn handle<P: LogProducer>(
     // Merge duplicates of one series-minute so that each becomes one record of this contribution.
     let mut merged: BTreeMap<(MetricKey, i64), Aggregate> = BTreeMap::new();
     for (i, it) in items.into_iter().enumerate() {
-        let key = MetricKey::new(tenant.clone(), it.name, it.tags)
-            .map_err(|e| {
-                // The JSON form calls the name `metric`; so do the errors of both forms.
-                let field = if e.field == "name" { "metric" } else { e.field.as_str() };
-                IngestError::invalid(format!("series[{i}].{field}"), e.problem)
-            })?;
+        let key = MetricKey::new(tenant.clone(), it.name, it.tags).map_err(|e| {
+            // The JSON form calls the name `metric`; so do the errors of both forms.
+            let field = if e.field == "name" {
+                "metric"
+            } else {
+                e.field.as_str()
+            };
+            IngestError::invalid(format!("series[{i}].{field}"), e.problem)
+        })?;
         if it.minute < now_s - st.cfg.max_past_secs || it.minute > now_s + st.cfg.max_future_secs {
             return Err(IngestError::invalid(
                 format!("series[{i}].time"),
