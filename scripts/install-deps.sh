@@ -5,7 +5,7 @@
 # machine (apt-get) as root (or with sudo); the Rust toolchain (cargo) must already be installed.
 #
 #   scripts/install-deps.sh                        # everything, in the foreground
-#   scripts/install-deps.sh redis moto             # only some components
+#   scripts/install-deps.sh redis moto duckdb      # only some components
 #   scripts/install-deps.sh --tansu-log FILE       # everything else now; tansu in the background,
 #                                                  # output to FILE, exit status to FILE.status
 #
@@ -16,7 +16,9 @@
 #   redis  redis-server and redis-cli (Debian package redis-server)
 #   tansu  Kafka-compatible broker: cargo install tansu --locked --features libsql (~20 min on 2 cores;
 #          the default build has no storage engine). Set TANSU_VERSION to pin a version.
-#   moto   S3-compatible server: pip install 'moto[server]' (provides moto_server)
+#   moto   S3-compatible server: pip install 'moto[server]' (provides moto_server; deploy/local
+#          and the end-to-end tests use it as the cold store)
+#   duckdb DuckDB for Python: pip install duckdb (the tests read the cold Parquet objects with it)
 set -euo pipefail
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -35,11 +37,11 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --tansu-log) [ $# -ge 2 ] || die "--tansu-log needs a file"; tansu_log="$2"; shift 2 ;;
     --tansu-log=*) tansu_log="${1#*=}"; shift ;;
-    build|rust|redis|tansu|moto) components+=("$1"); shift ;;
+    build|rust|redis|tansu|moto|duckdb) components+=("$1"); shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[ ${#components[@]} -gt 0 ] || components=(build rust redis moto tansu)
+[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb tansu)
 
 want() { local c; for c in "${components[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
@@ -191,36 +193,59 @@ install_tansu() {
   log "tansu: installed $t in $((SECONDS - start))s"
 }
 
-install_moto() {
-  if command -v moto_server >/dev/null 2>&1; then
-    log "moto: already installed ($(command -v moto_server))"
-    return 0
+# python3 with pip (Debian's python3-pip if there is no pip yet); prints the interpreter.
+python_with_pip() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install python3 python3-pip >&2
   fi
-  local py=""
-  if command -v python3 >/dev/null 2>&1; then py=python3; fi
-  if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
-    apt_install python3 python3-pip
-    py=python3
-  fi
-  log "moto: $py -m pip install 'moto[server]'"
-  local out
-  if ! out=$("$py" -m pip install 'moto[server]' 2>&1); then
+  command -v python3 >/dev/null 2>&1 || die "python3 still not on PATH after apt-get install"
+  echo python3
+}
+
+# pip_install WHAT PKG...: pip install PKG... into python3 (WHAT names it in messages).
+pip_install() {
+  local what="$1" py out
+  shift
+  py=$(python_with_pip)
+  log "$what: $py -m pip install $*"
+  if ! out=$("$py" -m pip install "$@" 2>&1); then
     if [[ "$out" == *externally-managed-environment* ]]; then
       # Debian 12's system Python refuses pip installs (PEP 668); this is a test machine.
-      log "moto: system Python is externally managed; retrying with --break-system-packages"
-      "$py" -m pip install --break-system-packages 'moto[server]' || die "pip install 'moto[server]' failed"
+      log "$what: system Python is externally managed; retrying with --break-system-packages"
+      "$py" -m pip install --break-system-packages "$@" || die "pip install $* failed"
     else
       printf '%s\n' "$out" >&2
-      die "pip install 'moto[server]' failed"
+      die "pip install $* failed"
     fi
   else
     printf '%s\n' "$out" | tail -n 3
   fi
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash 2>/dev/null || true; fi
   hash -r
+}
+
+install_moto() {
+  if command -v moto_server >/dev/null 2>&1; then
+    log "moto: already installed ($(command -v moto_server))"
+    return 0
+  fi
+  pip_install moto 'moto[server]'
   command -v moto_server >/dev/null 2>&1 ||
     die "moto installed but moto_server is not on PATH (is pip's script directory, e.g. ~/.local/bin, on PATH?)"
   log "moto: installed $(command -v moto_server)"
+}
+
+duckdb_version() { python3 -c 'import duckdb; print(duckdb.__version__)' 2>/dev/null; }
+
+install_duckdb() {
+  local v
+  if v=$(duckdb_version); then
+    log "duckdb: already installed (python3 module, version $v)"
+    return 0
+  fi
+  pip_install duckdb duckdb
+  v=$(duckdb_version) || die "pip install duckdb succeeded but python3 cannot import duckdb"
+  log "duckdb: installed (python3 module, version $v)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +268,7 @@ if [ -n "$tansu_log" ] && want tansu; then
   components=("${new[@]+"${new[@]}"}")
 fi
 
-for c in build rust redis moto tansu; do
+for c in build rust redis moto duckdb tansu; do
   if [ ${#components[@]} -gt 0 ] && want "$c"; then "install_$c"; fi
 done
 log "done"

@@ -3,8 +3,8 @@
 #
 # On a fresh Debian machine with Rust installed it does everything:
 #   1. deps    installs what is missing (scripts/install-deps.sh): build tools, rustfmt/clippy,
-#              redis-server, moto_server in the foreground; tansu (a ~20 min cargo install) in
-#              the background, logging to target/deps/tansu-install.log
+#              redis-server, moto_server, DuckDB for Python in the foreground; tansu (a ~20 min
+#              cargo install) in the background, logging to target/deps/tansu-install.log
 #   2. fmt     cargo fmt --all -- --check
 #   3. build   cargo build --workspace --all-targets            (while tansu compiles)
 #   4. clippy  cargo clippy --workspace --all-targets -- -D warnings
@@ -13,8 +13,9 @@
 # and prints the time of each phase at the end.
 #
 # The end-to-end tests in tests/ start and stop redis-server, tansu and moto_server themselves on
-# free loopback ports (found on PATH, which includes ~/.cargo/bin here), so this script starts no
-# services. `--locked` is passed to cargo when Cargo.lock exists.
+# free loopback ports (found on PATH, which includes ~/.cargo/bin here), and read the cold Parquet
+# objects with DuckDB through python3, so this script starts no services. `--locked` is passed to
+# cargo when Cargo.lock exists.
 #
 # Environment: THERMO_SKIP_DEPS=1 skips phase 1 and 5 (the tools must already be on PATH).
 set -euo pipefail
@@ -87,7 +88,7 @@ if [ "${THERMO_SKIP_DEPS:-0}" != 1 ]; then
     scripts/install-deps.sh tansu >"$TANSU_LOG" 2>&1 </dev/null &
     TANSU_PID=$!
   fi
-  scripts/install-deps.sh build rust redis moto
+  scripts/install-deps.sh build rust redis moto duckdb
   end
 fi
 
@@ -123,8 +124,9 @@ missing=()
 for tool in redis-server tansu moto_server; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+python3 -c 'import duckdb' >/dev/null 2>&1 || missing+=("python3 module duckdb")
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "missing on PATH: ${missing[*]} (run scripts/install-deps.sh)" >&2
+  echo "missing: ${missing[*]} (run scripts/install-deps.sh)" >&2
   exit 1
 fi
 

@@ -2,10 +2,12 @@
 # Stop the local stack started by deploy/local/up.sh.
 #
 # Usage: deploy/local/down.sh [--purge]
-#   Stops agent, partitioner, aggregator, read-service, then tansu and redis (in that order, so
-#   the agent can flush and the aggregator can commit): SIGTERM, then SIGKILL after 15 s.
+#   Stops agent, partitioner, aggregator, read-service, then moto (S3), tansu and redis (in that
+#   order, so the agent can flush and the aggregator can commit and finish a roll-up): SIGTERM,
+#   then SIGKILL after 15 s.
 #   Data, logs and configs in ${THERMO_HOME:-<repo>/.thermo} are kept unless --purge is given,
-#   which deletes that folder.
+#   which deletes that folder. moto holds S3 in memory; up.sh replays its request log
+#   (data/s3/recording.jsonl) into the next moto, so the cold objects come back.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -79,6 +81,7 @@ if [ -d "$RUN" ]; then
   for role in agent partitioner aggregator read-service; do
     stop "$role" "thermo $role" || rc=1
   done
+  if stop moto moto_server; then rm -f "$RUN/moto.replayed"; else rc=1; fi
   stop tansu tansu || rc=1
   stop redis redis-server || rc=1
 else

@@ -15,6 +15,7 @@ pub mod cold_format;
 pub mod hot;
 pub mod kafka;
 pub mod log;
+pub mod mem_hot;
 pub mod redis_hot;
 pub mod s3;
 
