@@ -101,18 +101,7 @@ async fn ingest<P: LogProducer>(
 }
 
 fn tenant_of(cfg: &PartitionerConfig, headers: &HeaderMap) -> Result<String, IngestError> {
-    if cfg.api_keys.is_empty() {
-        return Ok("default".to_string());
-    }
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(IngestError::Unauthorized)?;
-    cfg.api_keys
-        .get(key.trim())
-        .cloned()
-        .ok_or(IngestError::Unauthorized)
+    thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(IngestError::Unauthorized)
 }
 
 fn decode_body(

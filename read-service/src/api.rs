@@ -62,18 +62,7 @@ pub fn router<H: HotStore, C: ColdStore>(state: Arc<AppState<H, C>>) -> Router {
 }
 
 fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {
-    if cfg.api_keys.is_empty() {
-        return Ok("default".into());
-    }
-    let key = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    cfg.api_keys
-        .get(key.trim())
-        .cloned()
-        .ok_or(ApiError::Unauthorized)
+    thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(ApiError::Unauthorized)
 }
 
 fn now_s() -> i64 {

@@ -442,72 +442,8 @@ mod tests {
         use thermo_core::codec::HotCell;
         use thermo_store::cold::LocalDirCold;
         use thermo_store::cold_format::{encode, ColdRow};
-        use thermo_store::hot::{HotWrite, PartitionId};
-        use thermo_store::StoreError;
 
-        /// A hot store in memory.
-        #[derive(Default)]
-        struct MemHot {
-            cells: BTreeMap<MetricKey, BTreeMap<i64, HotCell>>,
-            types: Vec<(String, MetricType)>,
-        }
-
-        impl HotStore for MemHot {
-            async fn offset(&self, _: &PartitionId) -> Result<i64, StoreError> {
-                Ok(-1)
-            }
-            async fn cells(
-                &self,
-                wanted: &[(MetricKey, i64)],
-            ) -> Result<Vec<Option<HotCell>>, StoreError> {
-                Ok(wanted
-                    .iter()
-                    .map(|(k, m)| self.cells.get(k).and_then(|c| c.get(m)).cloned())
-                    .collect())
-            }
-            async fn write(&self, _: HotWrite) -> Result<bool, StoreError> {
-                Ok(false)
-            }
-            async fn metrics(&self, _: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
-                Ok(self.types.clone())
-            }
-            async fn series(
-                &self,
-                tenant: &str,
-                name: &str,
-                since: i64,
-            ) -> Result<Vec<MetricKey>, StoreError> {
-                Ok(self
-                    .cells
-                    .iter()
-                    .filter(|(k, c)| {
-                        k.tenant() == tenant
-                            && k.name() == name
-                            && c.range(since..).next().is_some()
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect())
-            }
-            async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<bool>, StoreError> {
-                Ok(vec![false; hours.len()])
-            }
-            async fn read_range(
-                &self,
-                series: &[MetricKey],
-                from: i64,
-                to: i64,
-            ) -> Result<Vec<Vec<(i64, HotCell)>>, StoreError> {
-                Ok(series
-                    .iter()
-                    .map(|k| {
-                        self.cells
-                            .get(k)
-                            .map(|c| c.range(from..to).map(|(m, c)| (*m, c.clone())).collect())
-                            .unwrap_or_default()
-                    })
-                    .collect())
-            }
-        }
+        use thermo_store::mem_hot::MemHot;
 
         /// A day start (so an hour and a 5-minute window start too): 2025-11-30T00:00:00Z.
         const D: i64 = 1_764_460_800;
@@ -597,10 +533,6 @@ mod tests {
                 .collect()
         }
 
-        fn counter_types() -> Vec<(String, MetricType)> {
-            vec![("req".into(), MetricType::Counter)]
-        }
-
         #[tokio::test]
         async fn a_cold_hour_and_a_hot_hour_stitch_exactly_once() {
             let f = Fixture::new("stitch");
@@ -616,18 +548,11 @@ mod tests {
                     row(&key("other", "a"), D, cell(100.0, &[(9, 1)])),
                 ],
             );
-            let mut hot = MemHot {
-                types: counter_types(),
-                ..MemHot::default()
-            };
-            let a_cells = hot.cells.entry(a.clone()).or_default();
-            a_cells.insert(D + 60, cell(2.0, &[(1, 2)])); // not trimmed yet: also in the object
-            a_cells.insert(D + 180, cell(0.5, &[(3, 1)])); // a late minute, after the roll-up
-            a_cells.insert(D + H, cell(10.0, &[(1, 3)])); // hour D+1h: Redis only
-            hot.cells
-                .entry(b.clone())
-                .or_default()
-                .insert(D + H + 60, cell(20.0, &[(2, 2)]));
+            let hot = MemHot::new();
+            hot.insert(a.clone(), D + 60, cell(2.0, &[(1, 2)])); // not trimmed yet: also in the object
+            hot.insert(a.clone(), D + 180, cell(0.5, &[(3, 1)])); // a late minute, after the roll-up
+            hot.insert(a.clone(), D + H, cell(10.0, &[(1, 3)])); // hour D+1h: Redis only
+            hot.insert(b.clone(), D + H + 60, cell(20.0, &[(2, 2)]));
             let mut view = ColdView::default();
             view.cold.insert(Resolution::OneMinute, [(D, 1)].into());
             view.pending.extend([D, D + H]); // the late minute made hour D pending again
@@ -668,7 +593,7 @@ mod tests {
 
             // Once hour D is no longer pending, Redis is not read for it: the object alone.
             view.pending.clear();
-            hot.cells.get_mut(&a).unwrap().remove(&(D + 180));
+            hot.remove(&a, D + 180);
             let r = f
                 .query(
                     &hot,
@@ -711,14 +636,8 @@ mod tests {
                 D + H,
                 vec![row(&a, D + H + 300, cell(4.0, &[(1, 3)]))],
             );
-            let mut hot = MemHot {
-                types: counter_types(),
-                ..MemHot::default()
-            };
-            hot.cells
-                .entry(a.clone())
-                .or_default()
-                .insert(D + 2 * H + 60, cell(8.0, &[(1, 4)]));
+            let hot = MemHot::new();
+            hot.insert(a.clone(), D + 2 * H + 60, cell(8.0, &[(1, 4)]));
             let mut view = ColdView::default();
             view.cold
                 .insert(Resolution::OneMinute, [(D, 1), (D + H, 1)].into());
@@ -790,14 +709,8 @@ mod tests {
         #[tokio::test]
         async fn without_cold_storage_only_redis_is_read() {
             let a = key("req", "a");
-            let mut hot = MemHot {
-                types: counter_types(),
-                ..MemHot::default()
-            };
-            hot.cells
-                .entry(a)
-                .or_default()
-                .insert(D + 60, cell(5.0, &[(1, 1)]));
+            let hot = MemHot::new();
+            hot.insert(a.clone(), D + 60, cell(5.0, &[(1, 1)]));
             let (from, to) = ((D + 30).to_string(), (D + H).to_string());
             let raw = [
                 ("metric", "req"),

@@ -1,10 +1,12 @@
 //! thermo-runtime: what every role shares.
 //!
+//! - [`auth`]: API key → tenant.
 //! - [`config`]: one TOML file per role, unknown keys rejected, overridden by `THERMO_<ROLE>_<KEY>`
 //!   environment variables and `--set key=value` flags (in that order of precedence, flags last).
 //! - [`telemetry`]: the self-metrics registry (`/metrics`), `/healthz`, `/readyz`, logging.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a future, so roles flush before they exit.
 
+pub mod auth;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;

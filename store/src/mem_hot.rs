@@ -43,6 +43,13 @@ impl MemHot {
         g.cells.entry(key).or_default().insert(minute, cell);
     }
 
+    /// Removes a cell (tests: a trim).
+    pub fn remove(&self, key: &MetricKey, minute: i64) {
+        if let Some(c) = self.lock().cells.get_mut(key) {
+            c.remove(&minute);
+        }
+    }
+
     /// Marks an hour as rolled up into cold storage.
     pub fn mark_rolled(&self, hour: i64) {
         self.lock().rolled.insert(hour);
