@@ -12,7 +12,8 @@
 //!    after S3 acknowledged their object, and not if new cells arrived since.
 //! 4. **retention**: objects older than their resolution's retention are deleted.
 //!
-//! A failed S3 call aborts the cycle; nothing is marked or trimmed, and the next cycle retries.
+//! A failed S3 call aborts the cycle: what was not acknowledged is not marked (its hour stays
+//! pending, its chunk dirty) and nothing is trimmed; the next cycle retries.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,10 +104,7 @@ impl<C: ColdStore> Compactor<C> {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {}
             }
-            let ttl = (self.s.interval.as_millis() as u64)
-                .saturating_mul(6)
-                .max(30_000);
-            match self.catalog.lease(&self.owner, ttl).await {
+            match self.catalog.lease(&self.owner, self.lease_ms()).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -128,6 +126,13 @@ impl<C: ColdStore> Compactor<C> {
                 }
             }
         }
+    }
+
+    /// How long a lease lasts: several cycles, and never less than a slow S3 call.
+    fn lease_ms(&self) -> u64 {
+        (self.s.interval.as_millis() as u64)
+            .saturating_mul(6)
+            .max(60_000)
     }
 
     /// One cycle at time `now`.
@@ -167,6 +172,10 @@ impl<C: ColdStore> Compactor<C> {
         }
         let tenants = self.catalog.tenants().await?;
         for (hour, version) in pending {
+            // A catch-up can take long: keep the lease while working, stop if it was lost.
+            if !self.catalog.lease(&self.owner, self.lease_ms()).await? {
+                return Ok(());
+            }
             let has_object = self
                 .catalog
                 .cold_chunks(Resolution::OneMinute)
@@ -254,6 +263,7 @@ impl<C: ColdStore> Compactor<C> {
             .map(|(c, _)| c)
             .collect();
         let finer_chunks = self.catalog.cold_chunks(finer).await?;
+        let own_chunks = self.catalog.cold_chunks(res).await?;
         let tenants = self.catalog.tenants().await?;
         for (chunk, seq) in dirty {
             if chunk + len + self.s.lag_secs > now
@@ -263,7 +273,17 @@ impl<C: ColdStore> Compactor<C> {
                 continue;
             }
             for tenant in &tenants {
+                let key = object_key(&self.s.prefix, tenant, res, chunk);
                 let mut windows: BTreeMap<(MetricKey, i64), Aggregate> = BTreeMap::new();
+                // Windows whose finer chunk has no object any more (its retention is shorter)
+                // keep their state from the existing object: a rebuild never loses them.
+                if own_chunks.contains_key(&chunk) {
+                    for row in self.read_object(&key).await? {
+                        if !finer_chunks.contains_key(&finer.chunk_start(row.window_start)) {
+                            windows.insert((row.series, row.window_start), row.cell.agg);
+                        }
+                    }
+                }
                 for f in
                     chunks_in(finer, chunk, chunk + len).filter(|f| finer_chunks.contains_key(f))
                 {
@@ -298,7 +318,6 @@ impl<C: ColdStore> Compactor<C> {
                         },
                     })
                     .collect();
-                let key = object_key(&self.s.prefix, tenant, res, chunk);
                 self.cold.put(&key, cold_format::encode(res, rows)?).await?;
                 r.objects_written += 1;
             }

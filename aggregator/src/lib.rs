@@ -64,7 +64,7 @@ pub async fn run(
         }
     };
     let hot = if cfg.cold_enabled {
-        hot.with_expiry_margin(cfg.hot_expiry_margin_hours * 3600)
+        hot.with_cold(cfg.hot_expiry_margin_hours * 3600)
     } else {
         hot
     };

@@ -9,8 +9,8 @@
 //! | `thermo:m:<tenant>` | hash | field `<metric name>` → type (`counter`, `gauge`, `histogram`, `set`) |
 //! | `thermo:o:<topic>:<partition>` | string | last log offset applied from that partition |
 //! | `thermo:tenants` | set | every tenant that wrote |
-//! | `thermo:pending` | sorted set | hour starts with hot cells not yet rolled up to cold storage |
-//! | `thermo:hv` | hash | hour start → write version (bumped by every write into that hour) |
+//! | `thermo:pending` | sorted set | hour starts with hot cells not yet rolled up to cold storage (cold storage on only) |
+//! | `thermo:hv` | hash | hour start → write version (bumped by every write into that hour; cold storage on only) |
 //!
 //! The cold-storage catalog keys are described in `catalog.rs`.
 //!
@@ -37,15 +37,17 @@ if cur ~= ARGV[1] then return 0 end
 local n = (#KEYS - 1) / 3
 for i = 0, n - 1 do
   local k = 2 + i * 3
-  local a = 3 + i * 10
+  local a = 4 + i * 10
   redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1])
   redis.call('EXPIREAT', KEYS[k], ARGV[a + 2])
   redis.call('ZADD', KEYS[k + 1], 'GT', ARGV[a + 4], ARGV[a + 3])
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. ARGV[a + 7])
   redis.call('HSET', KEYS[k + 2], ARGV[a + 5], ARGV[a + 6])
   redis.call('SADD', 'thermo:tenants', ARGV[a + 8])
-  redis.call('ZADD', 'thermo:pending', ARGV[a + 9], ARGV[a + 9])
-  redis.call('HINCRBY', 'thermo:hv', ARGV[a + 9], 1)
+  if ARGV[3] == '1' then
+    redis.call('ZADD', 'thermo:pending', ARGV[a + 9], ARGV[a + 9])
+    redis.call('HINCRBY', 'thermo:hv', ARGV[a + 9], 1)
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -60,6 +62,8 @@ pub struct RedisHot {
     /// compactor trims hours once S3 holds them, and this margin only bounds memory if the
     /// compactor cannot run for that long (the documented bound of an S3 outage).
     expiry_margin_secs: i64,
+    /// Cold storage is on: writes also maintain `thermo:pending` and `thermo:hv`.
+    cold: bool,
     script: Script,
 }
 
@@ -86,6 +90,19 @@ fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     }
 }
 
+/// Decodes a stored cell. A cell that cannot be decoded is logged and treated as absent: the next
+/// write of that series-minute replaces it (its previous contributions are lost, and said so),
+/// rather than blocking the partition or the compactor forever.
+fn decode_or_log(bytes: &[u8], series: &MetricKey, minute: i64) -> Option<HotCell> {
+    match HotCell::decode(bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(%series, minute, "corrupt hot cell ignored (it will be overwritten): {e}");
+            None
+        }
+    }
+}
+
 impl RedisHot {
     /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
     pub async fn connect(url: &str, retention_secs: i64) -> Result<Self, StoreError> {
@@ -100,13 +117,16 @@ impl RedisHot {
             conn,
             retention_secs,
             expiry_margin_secs: 0,
+            cold: false,
             script: Script::new(WRITE_SCRIPT),
         })
     }
 
-    /// Lets hours live `secs` longer than the retention before Redis expires them by itself.
-    pub fn with_expiry_margin(mut self, secs: i64) -> Self {
-        self.expiry_margin_secs = secs;
+    /// Turns on cold-storage bookkeeping: hours live `margin_secs` longer than the retention before
+    /// Redis expires them by itself, and writes mark their hours pending for the compactor.
+    pub fn with_cold(mut self, margin_secs: i64) -> Self {
+        self.expiry_margin_secs = margin_secs;
+        self.cold = true;
         self
     }
 
@@ -150,14 +170,11 @@ impl HotStore for RedisHot {
         }
         let mut c = self.conn.clone();
         let raw: Vec<Option<Vec<u8>>> = pipe.query_async(&mut c).await?;
-        raw.into_iter()
-            .map(|b| match b {
-                None => Ok(None),
-                Some(b) => HotCell::decode(&b)
-                    .map(Some)
-                    .map_err(|e| corrupt("hot cell", e)),
-            })
-            .collect()
+        Ok(raw
+            .into_iter()
+            .zip(wanted)
+            .map(|(b, (k, minute))| b.and_then(|b| decode_or_log(&b, k, *minute)))
+            .collect())
     }
 
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
@@ -168,6 +185,7 @@ impl HotStore for RedisHot {
             .map_or(0, |d| d.as_secs() as i64);
         inv.arg(w.expected_offset.to_string());
         inv.arg(w.new_offset.to_string());
+        inv.arg(if self.cold { "1" } else { "0" });
         for (k, minute, cell) in &w.cells {
             let hour = window_start(*minute, HOUR);
             inv.key(data_key(k, hour));
@@ -269,10 +287,9 @@ impl HotStore for RedisHot {
                     if minute.rem_euclid(MINUTE) != 0 {
                         continue;
                     }
-                    cells.push((
-                        *minute,
-                        HotCell::decode(bytes).map_err(|e| corrupt("hot cell", e))?,
-                    ));
+                    if let Some(cell) = decode_or_log(bytes, &series[out.len()], *minute) {
+                        cells.push((*minute, cell));
+                    }
                 }
             }
             out.push(cells);
