@@ -14,6 +14,7 @@ pub mod cold;
 pub mod cold_format;
 pub mod hot;
 pub mod kafka;
+pub mod local_log;
 pub mod log;
 pub mod mem_hot;
 pub mod redis_hot;
