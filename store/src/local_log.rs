@@ -24,11 +24,14 @@ use thermo_core::aggregate::fnv1a;
 use thermo_core::codec::{Reader, Writer};
 use tokio::sync::Notify;
 
+/// A partition's records in memory: `(key, value)` from `base` on.
+type Records = VecDeque<(Vec<u8>, Vec<u8>)>;
+
 struct Partition {
     file: std::fs::File,
     path: PathBuf,
     base: i64,
-    records: VecDeque<(Vec<u8>, Vec<u8>)>,
+    records: Records,
     committed: i64,
 }
 
@@ -72,7 +75,7 @@ fn frame(key: &[u8], value: &[u8]) -> Vec<u8> {
 }
 
 /// Reads a partition file; returns its base, records and the length of the valid prefix.
-fn read_partition(bytes: &[u8]) -> (i64, VecDeque<(Vec<u8>, Vec<u8>)>, usize) {
+fn read_partition(bytes: &[u8]) -> (i64, Records, usize) {
     let mut records = VecDeque::new();
     if bytes.len() < 8 {
         return (0, records, 0);
@@ -379,9 +382,8 @@ mod tests {
         let last: Vec<(i32, i64)> = (0..2)
             .filter_map(|p| {
                 got.iter()
-                    .filter(|r| r.partition == p)
+                    .rfind(|r| r.partition == p)
                     .map(|r| (p, r.offset + 1))
-                    .last()
             })
             .collect();
         c.commit(&last[..1]).unwrap();

@@ -169,7 +169,10 @@ mod tests {
         );
         assert_eq!(h.offset(&p).await.unwrap(), 5);
         assert_eq!(
-            h.read_range(&[k.clone()], 0, 120).await.unwrap()[0].len(),
+            h.read_range(std::slice::from_ref(&k), 0, 120)
+                .await
+                .unwrap()[0]
+                .len(),
             1
         );
         assert_eq!(
