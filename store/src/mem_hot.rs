@@ -1,13 +1,23 @@
 //! An in-memory hot store: the same contract as Redis (fenced writes, per-partition offsets,
-//! series and metric indexes), for tests, benchmarks and embedded use. Nothing survives the
-//! process; retention is not enforced.
+//! series and metric indexes), for tests, benchmarks and embedded use. Retention is not enforced.
+//!
+//! Durability ([`MemHot::open`]): every accepted write is appended to a write-ahead file and
+//! `fsync`ed before it is applied, so what a write acknowledged survives a crash; opening replays
+//! the file (a torn tail is cut off). Frame: `u32 LE length | u32 LE FNV-1a of the body | body`,
+//! body = `"TW" 0x01 str topic, iv partition, iv new_offset, uv n, n × (str metric key, iv minute,
+//! uv len, HotCell bytes)`. When the file passes `compact_bytes` it is rewritten as one frame per
+//! partition offset plus one per cell (a snapshot), through a temporary file and a rename.
 
 use crate::hot::{HotStore, HotWrite, PartitionId};
 use crate::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use thermo_core::aggregate::fnv1a;
 use thermo_core::aggregate::MetricType;
 use thermo_core::codec::HotCell;
+use thermo_core::codec::{Reader, Writer};
 use thermo_core::key::MetricKey;
 
 #[derive(Default)]
@@ -22,11 +32,193 @@ struct Inner {
 #[derive(Default)]
 pub struct MemHot {
     inner: Mutex<Inner>,
+    wal: Option<Mutex<Wal>>,
+}
+
+struct Wal {
+    path: PathBuf,
+    file: std::fs::File,
+    bytes: u64,
+    compact_bytes: u64,
+}
+
+fn io(e: std::io::Error, path: &Path) -> StoreError {
+    StoreError::Unavailable {
+        backend: "embedded hot store",
+        detail: format!("{}: {e}", path.display()),
+    }
+}
+
+fn frame_write(
+    partition: &PartitionId,
+    new_offset: i64,
+    cells: &[(MetricKey, i64, HotCell)],
+) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.bytes(b"TW");
+    w.bytes(&[1]);
+    w.str(&partition.topic);
+    w.iv(i64::from(partition.partition));
+    w.iv(new_offset);
+    w.uv(cells.len() as u64);
+    for (k, minute, cell) in cells {
+        w.str(&k.encode());
+        w.iv(*minute);
+        let c = cell.encode();
+        w.uv(c.len() as u64);
+        w.bytes(&c);
+    }
+    let mut out = Vec::with_capacity(w.buf.len() + 8);
+    out.extend_from_slice(&(w.buf.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(fnv1a(&w.buf) as u32).to_le_bytes());
+    out.extend_from_slice(&w.buf);
+    out
+}
+
+type Replayed = (PartitionId, i64, Vec<(MetricKey, i64, HotCell)>);
+
+fn parse_write(body: &[u8]) -> Result<Replayed, thermo_core::codec::CodecError> {
+    let mut r = Reader::new(body, "hot store log");
+    if r.take(3)? != b"TW\x01" {
+        return Err(thermo_core::codec::CodecError {
+            what: "hot store log",
+            problem: "bad header".into(),
+        });
+    }
+    let topic = r.str()?.to_string();
+    let partition = r.iv()? as i32;
+    let offset = r.iv()?;
+    let n = r.len(3)?;
+    let mut cells = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key = MetricKey::parse(r.str()?).map_err(|e| thermo_core::codec::CodecError {
+            what: "hot store log",
+            problem: e.to_string(),
+        })?;
+        let minute = r.iv()?;
+        let len = r.len(1)?;
+        cells.push((key, minute, HotCell::decode(r.take(len)?)?));
+    }
+    r.finish()?;
+    Ok((PartitionId { topic, partition }, offset, cells))
 }
 
 impl MemHot {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A durable store whose writes go through the write-ahead file `path` (replayed now).
+    pub fn open(path: impl Into<PathBuf>, compact_bytes: u64) -> Result<Self, StoreError> {
+        let path = path.into();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+        }
+        let bytes = std::fs::read(&path).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(Vec::new())
+            } else {
+                Err(io(e, &path))
+            }
+        })?;
+        let store = Self::default();
+        let mut pos = 0usize;
+        while pos + 8 <= bytes.len() {
+            let len =
+                u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
+                    as usize;
+            let sum = u32::from_le_bytes([
+                bytes[pos + 4],
+                bytes[pos + 5],
+                bytes[pos + 6],
+                bytes[pos + 7],
+            ]);
+            let Some(body) = bytes.get(pos + 8..pos + 8 + len) else {
+                break;
+            };
+            if fnv1a(body) as u32 != sum {
+                break;
+            }
+            let Ok((p, offset, cells)) = parse_write(body) else {
+                break;
+            };
+            store.apply(p, offset, cells);
+            pos += 8 + len;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(e, &path))?;
+        if pos < bytes.len() {
+            tracing::warn!(
+                cut = bytes.len() - pos,
+                "torn tail of the hot store log cut off"
+            );
+            file.set_len(pos as u64).map_err(|e| io(e, &path))?;
+        }
+        Ok(Self {
+            inner: store.inner,
+            wal: Some(Mutex::new(Wal {
+                path,
+                file,
+                bytes: pos as u64,
+                compact_bytes,
+            })),
+        })
+    }
+
+    fn apply(
+        &self,
+        partition: PartitionId,
+        new_offset: i64,
+        cells: Vec<(MetricKey, i64, HotCell)>,
+    ) {
+        let mut g = self.lock();
+        for (k, minute, cell) in cells {
+            g.types.insert(
+                (k.tenant().to_string(), k.name().to_string()),
+                cell.agg.metric_type(),
+            );
+            g.cells.entry(k).or_default().insert(minute, cell);
+        }
+        // Snapshot frames of cells carry no partition (-1).
+        if partition.partition >= 0 {
+            g.offsets.insert(partition, new_offset);
+        }
+    }
+
+    /// Rewrites the write-ahead file as a snapshot of the current state.
+    fn compact(&self, wal: &mut Wal) -> Result<(), StoreError> {
+        let g = self.lock();
+        let tmp = wal.path.with_extension("tmp");
+        let mut buf = Vec::new();
+        for (p, o) in &g.offsets {
+            buf.extend_from_slice(&frame_write(p, *o, &[]));
+        }
+        let none = PartitionId {
+            topic: String::new(),
+            partition: -1,
+        };
+        for (k, minutes) in &g.cells {
+            let cells: Vec<(MetricKey, i64, HotCell)> = minutes
+                .iter()
+                .map(|(m, c)| (k.clone(), *m, c.clone()))
+                .collect();
+            buf.extend_from_slice(&frame_write(&none, -1, &cells));
+        }
+        drop(g);
+        std::fs::write(&tmp, &buf).map_err(|e| io(e, &tmp))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(e, &tmp))?;
+        std::fs::rename(&tmp, &wal.path).map_err(|e| io(e, &wal.path))?;
+        wal.file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&wal.path)
+            .map_err(|e| io(e, &wal.path))?;
+        wal.bytes = buf.len() as u64;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -70,18 +262,26 @@ impl HotStore for MemHot {
     }
 
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
-        let mut g = self.lock();
-        if g.offsets.get(&w.partition).copied().unwrap_or(-1) != w.expected_offset {
+        // One writer at a time per store: the WAL lock orders the check, the append and the apply.
+        let mut wal = self
+            .wal
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.lock().offsets.get(&w.partition).copied().unwrap_or(-1) != w.expected_offset {
             return Ok(false);
         }
-        for (k, minute, cell) in w.cells {
-            g.types.insert(
-                (k.tenant().to_string(), k.name().to_string()),
-                cell.agg.metric_type(),
-            );
-            g.cells.entry(k).or_default().insert(minute, cell);
+        if let Some(wal) = wal.as_mut() {
+            let frame = frame_write(&w.partition, w.new_offset, &w.cells);
+            wal.file.write_all(&frame).map_err(|e| io(e, &wal.path))?;
+            wal.file.sync_data().map_err(|e| io(e, &wal.path))?;
+            wal.bytes += frame.len() as u64;
         }
-        g.offsets.insert(w.partition, w.new_offset);
+        self.apply(w.partition, w.new_offset, w.cells);
+        if let Some(wal) = wal.as_mut() {
+            if wal.bytes > wal.compact_bytes {
+                self.compact(wal)?;
+            }
+        }
         Ok(true)
     }
 
@@ -139,6 +339,64 @@ impl HotStore for MemHot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_a_reopen_and_a_compaction() {
+        let dir = std::env::temp_dir().join(format!("thermo-memhot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("hot.log");
+        let p = PartitionId {
+            topic: "t".into(),
+            partition: 1,
+        };
+        let k = MetricKey::new("acme", "req", vec![]).unwrap();
+        let cell = |s: f64| HotCell {
+            contributors: vec![(1, s as u64)],
+            agg: Aggregate::Counter(Counter { sum: s, samples: 1 }),
+        };
+        {
+            let h = MemHot::open(&path, 1 << 20).unwrap();
+            for i in 0..5 {
+                let w = HotWrite {
+                    partition: p.clone(),
+                    expected_offset: i - 1,
+                    new_offset: i,
+                    cells: vec![(k.clone(), 60 * i, cell(i as f64))],
+                };
+                assert!(h.write(w).await.unwrap());
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        std::fs::write(&path, bytes).unwrap();
+        let h = MemHot::open(&path, 200).unwrap(); // tiny threshold: the next write compacts
+        assert_eq!(h.offset(&p).await.unwrap(), 4);
+        assert_eq!(
+            h.read_range(std::slice::from_ref(&k), 0, 1000)
+                .await
+                .unwrap()[0]
+                .len(),
+            5
+        );
+        let w = HotWrite {
+            partition: p.clone(),
+            expected_offset: 4,
+            new_offset: 5,
+            cells: vec![(k.clone(), 600, cell(9.0))],
+        };
+        assert!(h.write(w).await.unwrap());
+        drop(h);
+        let h = MemHot::open(&path, 1 << 20).unwrap();
+        assert_eq!(h.offset(&p).await.unwrap(), 5);
+        assert_eq!(
+            h.read_range(std::slice::from_ref(&k), 0, 1000)
+                .await
+                .unwrap()[0]
+                .len(),
+            6
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use thermo_core::aggregate::{Aggregate, Counter};
 
     #[tokio::test]
