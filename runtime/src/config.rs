@@ -2,7 +2,8 @@
 //!
 //! Sources, later ones winning: the role's defaults (the struct's `Default`), the TOML file given
 //! with `--config`, environment variables `THERMO_<ROLE>_<KEY>` (role upper-cased with `-` as `_`,
-//! a nested key joined by `__`, e.g. `THERMO_AGENT_GLOBAL_TAGS__HOST=web-1`), and `--set key=value`
+//! a nested key joined by `__` and kept as written, e.g. `THERMO_AGENT_GLOBAL_TAGS__host=web-1`),
+//! and `--set key=value`
 //! flags (nested keys joined by `.`). A value is read as a TOML value when it parses as one
 //! (`8125`, `true`, `["a"]`), else as a string. Unknown keys are errors that name the key.
 
@@ -74,8 +75,11 @@ pub fn load<T: DeserializeOwned>(
         .collect();
     vars.sort();
     for (k, v) in vars {
-        let key = k[prefix.len()..].to_lowercase();
-        let path: Vec<&str> = key.split("__").collect();
+        // The top-level key is lower-cased (`UDP_ADDR` → `udp_addr`); nested keys are map keys
+        // (API keys, tag names) and keep their case.
+        let mut parts = k[prefix.len()..].split("__");
+        let top = parts.next().unwrap_or_default().to_lowercase();
+        let path: Vec<&str> = std::iter::once(top.as_str()).chain(parts).collect();
         set_path(&mut table, &path, parse_value(&v))?;
     }
     for s in sets {
@@ -123,7 +127,7 @@ mod tests {
         let env = vec![
             ("THERMO_READ_SERVICE_PORT".to_string(), "3".to_string()),
             (
-                "THERMO_READ_SERVICE_TAGS__HOST".to_string(),
+                "THERMO_READ_SERVICE_TAGS__Host".to_string(),
                 "web-1".to_string(),
             ),
             ("THERMO_AGENT_PORT".to_string(), "9".to_string()),
@@ -131,7 +135,7 @@ mod tests {
         let c: Cfg = load("read-service", Some(&f), env, &["name=flag".to_string()]).unwrap();
         assert_eq!(c.port, 3);
         assert_eq!(c.name, "flag");
-        assert_eq!(c.tags.get("host").map(String::as_str), Some("web-1"));
+        assert_eq!(c.tags.get("Host").map(String::as_str), Some("web-1"));
         let d: Cfg = load("x", None, vec![], &[]).unwrap();
         assert_eq!(d, Cfg::default());
     }
