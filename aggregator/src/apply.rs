@@ -12,13 +12,16 @@ use thermo_store::hot::{HotStore, HotWrite, PartitionId};
 use thermo_store::log::{LogConsumer, LogRecord};
 use thermo_store::StoreError;
 
+/// A decoded record and when it was produced (unix ms), if known.
+type Contribution = (Record, Option<i64>);
+
 /// Which old minutes are still accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lateness {
     /// No cold storage: minutes older than the hot retention are dropped (`beyond_retention`).
     HotOnly { retention_secs: i64 },
-    /// Cold storage: a minute whose hour was rolled up more than `grace_secs` after the hour
-    /// ended is dropped (`late`); one older than `max_age_secs` is dropped (`too_old`).
+    /// Cold storage: a minute produced after its hour was rolled up, when the hour ended more than
+    /// `grace_secs` ago, is dropped (`late`); one older than `max_age_secs` is dropped (`too_old`).
     Cold { grace_secs: i64, max_age_secs: i64 },
 }
 
@@ -98,8 +101,8 @@ pub async fn apply_partition<H: HotStore>(
             out.rewind_to = Some(if expected < 0 { -1 } else { expected + 1 });
             return Ok(out);
         }
-        // (series, minute) → contributions in offset order.
-        let mut groups: BTreeMap<(MetricKey, i64), Vec<Record>> = BTreeMap::new();
+        // (series, minute) → contributions in offset order, with when they were produced.
+        let mut groups: BTreeMap<(MetricKey, i64), Vec<Contribution>> = BTreeMap::new();
         for r in records {
             if r.offset <= expected {
                 out.replayed += 1;
@@ -128,31 +131,43 @@ pub async fn apply_partition<H: HotStore>(
                 }
                 _ => {}
             }
-            groups.entry((key, rec.minute)).or_default().push(rec);
+            groups
+                .entry((key, rec.minute))
+                .or_default()
+                .push((rec, r.produced_ms));
         }
         if let Lateness::Cold { grace_secs, .. } = lateness {
-            // Hours that ended more than the grace period ago and were rolled up: too late.
-            let old_hours: Vec<i64> = groups
+            // Late: the hour ended more than the grace period ago, and the record was produced
+            // after the hour was rolled up. A record produced before the roll-up (a backfill
+            // still being applied when the compactor got to its hour) is not late.
+            let hours: Vec<i64> = groups
                 .keys()
                 .map(|(_, m)| window_start(*m, 3600))
                 .filter(|h| now_s - (h + 3600) > grace_secs)
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let rolled = hot.rolled_up(&old_hours).await?;
-            let late: Vec<i64> = old_hours
-                .into_iter()
-                .zip(rolled)
-                .filter_map(|(h, r)| r.then_some(h))
+            let rolled: BTreeMap<i64, i64> = hours
+                .iter()
+                .copied()
+                .zip(hot.rolled_up(&hours).await?)
+                .filter_map(|(h, at)| at.map(|at| (h, at)))
                 .collect();
-            if !late.is_empty() {
+            if !rolled.is_empty() {
                 groups.retain(|(key, m), recs| {
-                    let keep = !late.contains(&window_start(*m, 3600));
-                    if !keep {
-                        *out.dropped.entry("late").or_insert(0) += recs.len() as u64;
-                        tracing::warn!(series = %key, minute = m, "late minute dropped: its hour was rolled up beyond the grace period");
+                    let Some(rolled_at) = rolled.get(&window_start(*m, 3600)) else {
+                        return true;
+                    };
+                    let before = recs.len();
+                    recs.retain(|(_, produced_ms)| {
+                        produced_ms.is_some_and(|p| p.div_euclid(1000) < *rolled_at)
+                    });
+                    let late = before - recs.len();
+                    if late > 0 {
+                        *out.dropped.entry("late").or_insert(0) += late as u64;
+                        tracing::warn!(series = %key, minute = m, "late minute dropped: it arrived after its hour was rolled up, beyond the grace period");
                     }
-                    keep
+                    !recs.is_empty()
                 });
             }
         }
@@ -165,7 +180,7 @@ pub async fn apply_partition<H: HotStore>(
         for (((key, minute), recs), cell) in groups.into_iter().zip(existing) {
             let mut cell = cell;
             let mut changed = false;
-            for rec in recs {
+            for (rec, _) in recs {
                 let src = fnv1a(rec.source.as_bytes());
                 match &mut cell {
                     Some(c) if c.has(src, rec.seq) => out.duplicates += 1,

@@ -101,7 +101,11 @@ impl<C: ColdStore> Compactor<C> {
         let mut tick = tokio::time::interval(self.s.interval);
         loop {
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => {
+                    // Let another aggregator take over at once.
+                    let _ = self.catalog.release(&self.owner).await;
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             match self.catalog.lease(&self.owner, self.lease_ms()).await {

@@ -59,6 +59,7 @@ pub fn router<H: HotStore, C: ColdStore>(state: Arc<AppState<H, C>>) -> Router {
         .route("/api/v1/metrics", get(list_metrics::<H, C>))
         .route("/api/v1/query", get(query::<H, C>))
         .with_state(state)
+        .merge(crate::dashboard::router())
 }
 
 fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {

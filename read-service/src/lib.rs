@@ -9,6 +9,7 @@ pub mod api;
 pub mod cache;
 pub mod cold;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod query;
 pub mod stitch;

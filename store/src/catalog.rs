@@ -7,6 +7,7 @@
 //! | `thermo:hv` | hash | hour → write version; a roll-up clears `pending` only if the version it read is still current |
 //! | `thermo:cold:<res>` | sorted set | member chunk start, score = generation (bumped at every rewrite); a chunk listed here has an object |
 //! | `thermo:dirty:<res>` | sorted set | 5m/1h chunks to (re)build from finer objects; score = a sequence number, so a clear cannot lose a newer mark |
+//! | `thermo:rolled_at` | hash | hour → when it was first rolled up (records produced after that, for hours older than `late_grace_secs`, are late) |
 //! | `thermo:trim` | sorted set | hours rolled up but still in Redis; trimmed once older than the hot retention |
 //! | `thermo:cold:lock` | string | compactor lease (`SET NX PX`): one compactor at a time |
 //!
@@ -115,6 +116,19 @@ impl Catalog {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Gives the compactor lease up if `owner` holds it (shutdown).
+    pub async fn release(&self, owner: &str) -> Result<(), StoreError> {
+        let mut c = self.hot.connection();
+        let _: i64 = Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key("thermo:cold:lock")
+        .arg(owner)
+        .invoke_async(&mut c)
+        .await?;
+        Ok(())
     }
 
     pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
@@ -239,6 +253,17 @@ impl Catalog {
     /// Records that chunk `chunk` of `res` has a (new) object.
     pub async fn mark_cold(&self, res: Resolution, chunk: i64) -> Result<(), StoreError> {
         let mut c = self.hot.connection();
+        if res == Resolution::OneMinute {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let _: i64 = redis::cmd("HSETNX")
+                .arg("thermo:rolled_at")
+                .arg(chunk)
+                .arg(now)
+                .query_async(&mut c)
+                .await?;
+        }
         let _: f64 = redis::cmd("ZINCRBY")
             .arg(format!("thermo:cold:{}", res.as_str()))
             .arg(1)
@@ -256,6 +281,13 @@ impl Catalog {
             .arg(chunk)
             .query_async(&mut c)
             .await?;
+        if res == Resolution::OneMinute {
+            let _: i64 = redis::cmd("HDEL")
+                .arg("thermo:rolled_at")
+                .arg(chunk)
+                .query_async(&mut c)
+                .await?;
+        }
         Ok(())
     }
 

@@ -62,11 +62,11 @@ pub trait HotStore: Send + Sync + 'static {
         since_minute: i64,
     ) -> impl Future<Output = Result<Vec<MetricKey>, StoreError>> + Send;
 
-    /// For each hour start, whether it was already rolled up into cold storage.
+    /// For each hour start, when (unix seconds) it was first rolled up into cold storage, if it was.
     fn rolled_up(
         &self,
         hours: &[i64],
-    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + Send;
 
     /// Every cell of `series` for minutes in `[from_minute, to_minute)`, by minute ascending.
     fn read_range(

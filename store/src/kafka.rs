@@ -180,6 +180,7 @@ impl LogConsumer for KafkaConsumer {
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
                     value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    produced_ms: m.timestamp().to_millis(),
                 }),
             }
         }

@@ -260,6 +260,7 @@ impl LocalConsumer {
                     offset: part.base + i as i64,
                     key: k.clone(),
                     value: v.clone(),
+                    produced_ms: None,
                 });
             }
         }

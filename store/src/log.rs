@@ -15,6 +15,8 @@ pub struct LogRecord {
     pub offset: i64,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+    /// When the record was produced (unix ms), if the backend knows.
+    pub produced_ms: Option<i64>,
 }
 
 /// Produces keyed records.

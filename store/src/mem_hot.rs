@@ -10,7 +10,7 @@
 
 use crate::hot::{HotStore, HotWrite, PartitionId};
 use crate::StoreError;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,7 +25,7 @@ struct Inner {
     offsets: BTreeMap<PartitionId, i64>,
     cells: BTreeMap<MetricKey, BTreeMap<i64, HotCell>>,
     types: BTreeMap<(String, String), MetricType>,
-    rolled: BTreeSet<i64>,
+    rolled: BTreeMap<i64, i64>,
 }
 
 /// Hot store in memory.
@@ -242,9 +242,9 @@ impl MemHot {
         }
     }
 
-    /// Marks an hour as rolled up into cold storage.
-    pub fn mark_rolled(&self, hour: i64) {
-        self.lock().rolled.insert(hour);
+    /// Marks an hour as rolled up into cold storage at time `at`.
+    pub fn mark_rolled(&self, hour: i64, at: i64) {
+        self.lock().rolled.entry(hour).or_insert(at);
     }
 }
 
@@ -312,9 +312,9 @@ impl HotStore for MemHot {
             .collect())
     }
 
-    async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<bool>, StoreError> {
+    async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
         let g = self.lock();
-        Ok(hours.iter().map(|h| g.rolled.contains(h)).collect())
+        Ok(hours.iter().map(|h| g.rolled.get(h).copied()).collect())
     }
 
     async fn read_range(

@@ -11,6 +11,7 @@
 //! | `thermo:tenants` | set | every tenant that wrote |
 //! | `thermo:pending` | sorted set | hour starts with hot cells not yet rolled up to cold storage (cold storage on only) |
 //! | `thermo:hv` | hash | hour start → write version (bumped by every write into that hour; cold storage on only) |
+//! | `thermo:rolled_at` | hash | hour start → when it was first rolled up (see `catalog.rs`) |
 //!
 //! The cold-storage catalog keys are described in `catalog.rs`.
 //!
@@ -244,17 +245,16 @@ impl HotStore for RedisHot {
         Ok(out)
     }
 
-    async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<bool>, StoreError> {
+    async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
         if hours.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for h in hours {
-            pipe.cmd("ZSCORE").arg("thermo:cold:1m").arg(h);
+            pipe.cmd("HGET").arg("thermo:rolled_at").arg(h);
         }
         let mut c = self.conn.clone();
-        let scores: Vec<Option<f64>> = pipe.query_async(&mut c).await?;
-        Ok(scores.into_iter().map(|s| s.is_some()).collect())
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     async fn read_range(

@@ -4,6 +4,7 @@
 //! Every wait is a bounded loop; a missing service binary fails the test with what to install.
 #![allow(dead_code)]
 
+pub mod s3;
 pub mod stack;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -203,6 +204,24 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli -p PORT <args>` and returns its output (one value per line); panics if it
+    /// fails or answers an error.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let bin = find_bin("redis-cli", "apt-get install redis-tools");
+        let out = Command::new(&bin)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success() && !text.starts_with("ERR") && !text.starts_with("(error)"),
+            "redis-cli {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 }
 
