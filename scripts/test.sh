@@ -31,6 +31,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 DEPS_DIR="$TARGET_DIR/deps"
 TANSU_LOG="$DEPS_DIR/tansu-install.log"
+TEST_LOG="$DEPS_DIR/cargo-test.log"
+rm -f "$TEST_LOG"
 mkdir -p "$DEPS_DIR"
 
 LOCKED=()
@@ -72,6 +74,13 @@ summary() {
     printf '      the next scripts/test.sh run waits for it instead of starting another.\n'
   fi
   if [ "$rc" -eq 0 ]; then printf '\nscripts/test.sh: OK\n'; else printf '\nscripts/test.sh: FAILED (exit %s)\n' "$rc"; fi
+  # Last line: the totals of every `test result:` line of cargo test, in the plain form
+  # "N passed, N failed, N skipped" (ignored tests count as skipped).
+  if [ -s "$TEST_LOG" ]; then
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+           if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+         END { printf "thermo: %d passed, %d failed, %d skipped\n", p, f, s }' "$TEST_LOG"
+  fi
   exit "$rc"
 }
 trap summary EXIT
@@ -132,5 +141,5 @@ fi
 
 # --- 6. test ---------------------------------------------------------------------------------
 begin test "cargo test --workspace ${LOCKED[*]} $*"
-cargo test --workspace "${LOCKED[@]}" "$@"
+cargo test --workspace "${LOCKED[@]}" "$@" 2>&1 | tee "$TEST_LOG"
 end
