@@ -526,6 +526,25 @@ fn answer_series(a: &serde_json::Value) -> BTreeMap<Tags, Vec<(i64, f64)>> {
         .collect()
 }
 
+/// The hour `hour` of `req` is exact at every resolution and served by `source` alone.
+fn check_hour_sources(c: &Cold, model: &Model, hour: i64, source: &str, when: &str) {
+    for res in RESOLUTIONS {
+        let step = if res == "1h" { HOUR } else { 300 };
+        let a = check(
+            c,
+            model,
+            "req",
+            Stat::Sum,
+            hour,
+            hour + HOUR,
+            step,
+            res,
+            true,
+        );
+        assert_eq!(sources(&a), vec![source], "hour {hour} at {res} {when}");
+    }
+}
+
 fn sources(a: &serde_json::Value) -> Vec<String> {
     a["sources"]
         .as_array()
@@ -1060,25 +1079,7 @@ fn cold_roll_up_trim_late_data_s3_outage_and_duckdb() {
                 || c.agg("cold_cycle_failures_total") > failures,
             );
             // The new hour is only in Redis: answered exactly, from Redis alone.
-            for res in RESOLUTIONS {
-                let step = if res == "1h" { HOUR } else { 300 };
-                let a = check(
-                    &c,
-                    &model,
-                    "req",
-                    Stat::Sum,
-                    gap,
-                    gap + HOUR,
-                    step,
-                    res,
-                    true,
-                );
-                assert_eq!(
-                    sources(&a),
-                    vec!["hot"],
-                    "gap hour at {res} while S3 is down"
-                );
-            }
+            check_hour_sources(&c, &model, gap, "hot", "while S3 is down");
             check(
                 &c,
                 &model,
@@ -1148,25 +1149,7 @@ fn cold_roll_up_trim_late_data_s3_outage_and_duckdb() {
                 "the gap hour is rolled up"
             );
             assert!(!c.redis_hours().contains(&gap), "the gap hour is trimmed");
-            for res in RESOLUTIONS {
-                let step = if res == "1h" { HOUR } else { 300 };
-                let a = check(
-                    &c,
-                    &model,
-                    "req",
-                    Stat::Sum,
-                    gap,
-                    gap + HOUR,
-                    step,
-                    res,
-                    true,
-                );
-                assert_eq!(
-                    sources(&a),
-                    vec!["cold"],
-                    "gap hour at {res} after the outage"
-                );
-            }
+            check_hour_sources(&c, &model, gap, "cold", "after the outage");
             check_everything(&c, &model, &plan);
             check_5m(
                 &c,

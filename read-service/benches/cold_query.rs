@@ -121,47 +121,28 @@ fn bench(c: &mut Criterion) {
         resolution: Resolution::OneHour,
     };
     let corrupt = IntCounter::new("corrupt", "corrupt").expect("counter");
-    let check = |points: usize| assert_eq!(points, 30 * 24, "every hour of 30 days answered");
+    let reader = || ColdReader::new(store.clone(), "cold/v1", cache(256 << 20), corrupt.clone());
+    // One query through `reader`; checks that every hour of the 30 days was answered.
+    let run = |reader: &ColdReader<LocalDirCold>| {
+        let cold = Cold {
+            reader,
+            view: &view,
+        };
+        let r = rt
+            .block_on(evaluate(&hot, Some(cold), "acme", &p, 10_000))
+            .expect("query");
+        assert_eq!(
+            r.series[0].points.len(),
+            30 * 24,
+            "every hour of 30 days answered"
+        );
+    };
 
     let mut g = c.benchmark_group("cold_query_30d_1h");
     g.sample_size(20);
-    g.bench_function("cold_cache", |b| {
-        b.iter(|| {
-            let reader =
-                ColdReader::new(store.clone(), "cold/v1", cache(256 << 20), corrupt.clone());
-            let r = rt
-                .block_on(evaluate(
-                    &hot,
-                    Some(Cold {
-                        reader: &reader,
-                        view: &view,
-                    }),
-                    "acme",
-                    &p,
-                    10_000,
-                ))
-                .expect("query");
-            check(r.series[0].points.len());
-        })
-    });
-    let reader = ColdReader::new(store.clone(), "cold/v1", cache(256 << 20), corrupt.clone());
-    g.bench_function("warm_cache", |b| {
-        b.iter(|| {
-            let r = rt
-                .block_on(evaluate(
-                    &hot,
-                    Some(Cold {
-                        reader: &reader,
-                        view: &view,
-                    }),
-                    "acme",
-                    &p,
-                    10_000,
-                ))
-                .expect("query");
-            check(r.series[0].points.len());
-        })
-    });
+    g.bench_function("cold_cache", |b| b.iter(|| run(&reader())));
+    let warm = reader();
+    g.bench_function("warm_cache", |b| b.iter(|| run(&warm)));
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
