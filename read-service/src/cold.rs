@@ -121,8 +121,13 @@ impl<C: ColdStore> ColdReader<C> {
             return Ok(Some(o));
         }
         let Some(bytes) = self.store.get(&key).await? else {
-            tracing::warn!(%key, "cold object listed in the catalog is missing; skipped");
-            return Ok(None);
+            // The catalog lists chunks, not tenants: a tenant with no data in a chunk has no
+            // object there. Remember the absence (as an empty object) so it costs one GET.
+            tracing::debug!(%key, "no cold object for this tenant and chunk");
+            let empty = Arc::new(DecodedObject::new(Vec::new()));
+            self.cache
+                .insert(&key, generation, empty.clone(), key.len() as u64);
+            return Ok(Some(empty));
         };
         let size = bytes.len() as u64;
         let decoded = tokio::task::spawn_blocking(move || decode(bytes).map(DecodedObject::new))
