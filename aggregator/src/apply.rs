@@ -342,7 +342,15 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                                 partition = p,
                                 "hot store write failed, retrying in {backoff:?}: {e}"
                             );
-                            tokio::time::sleep(backoff).await;
+                            tokio::select! {
+                                // Stopping now loses nothing: nothing of this batch was written
+                                // or committed, so it is read again after the restart.
+                                _ = &mut shutdown => {
+                                    tracing::info!("shutdown while the hot store is unavailable: batch left uncommitted");
+                                    return;
+                                }
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     }
