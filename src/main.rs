@@ -6,6 +6,8 @@
 //!
 //! Configuration: defaults ← `--config` TOML ← `THERMO_<ROLE>_<KEY>` env ← `--set` flags.
 
+mod loadgen;
+
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -15,7 +17,9 @@ roles:
   agent          StatsD/DogStatsD sidecar (UDP 127.0.0.1:8125, HTTP 127.0.0.1:8126)
   partitioner    ingest gateway into Kafka (HTTP 127.0.0.1:8127)
   aggregator     Kafka consumer that merges minutes into Redis (HTTP 127.0.0.1:8128)
-  read-service   query API (HTTP 127.0.0.1:8129)
+  read-service   query API and dashboard (HTTP 127.0.0.1:8129)
+  loadgen        sends realistic StatsD traffic to an agent:
+                 thermo loadgen [--agent 127.0.0.1:8125] [--rate 500] [--seconds 10] [--seed 1]
 
 Every key of a role's TOML file can also be set with THERMO_<ROLE>_<KEY> (for example
 THERMO_AGENT_UDP_ADDR=0.0.0.0:8125, THERMO_READ_SERVICE_HTTP_ADDR=...) or --set key=value.
@@ -67,6 +71,9 @@ fn load<T: serde::de::DeserializeOwned>(args: &Args) -> Result<T> {
 }
 
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("loadgen") {
+        return loadgen::run(std::env::args().skip(2));
+    }
     let args = parse_args(std::env::args().skip(1))?;
     thermo_runtime::telemetry::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()

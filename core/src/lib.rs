@@ -5,6 +5,7 @@
 //! - [`window`]: minute and roll-up window arithmetic.
 //! - [`aggregate`]: mergeable per-window states (counter, gauge, HDR histogram, set).
 //! - [`accumulator`]: the agent's per-minute pre-aggregation.
+//! - [`demo`]: realistic demo traffic (StatsD lines of a few services).
 //! - [`codec`]: versioned binary formats (agent batches, Kafka records, hot cells).
 //! - [`json`]: the JSON ingest form.
 //! - [`timefmt`]: unix seconds and RFC 3339 time parameters.
@@ -13,6 +14,7 @@
 pub mod accumulator;
 pub mod aggregate;
 pub mod codec;
+pub mod demo;
 pub mod json;
 pub mod key;
 pub mod query;

@@ -1,0 +1,74 @@
+//! `thermo loadgen`: sends realistic StatsD traffic (see `thermo_core::demo`) to an agent over UDP
+//! at a fixed request rate for a bounded time, and prints what it sent.
+//!
+//! ```text
+//! thermo loadgen [--agent 127.0.0.1:8125] [--rate 500] [--seconds 10] [--seed 1]
+//! ```
+
+use anyhow::{bail, Context, Result};
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+use thermo_core::demo::DemoTraffic;
+
+struct Opts {
+    agent: String,
+    rate: u64,
+    seconds: u64,
+    seed: u64,
+}
+
+fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
+    let mut o = Opts {
+        agent: "127.0.0.1:8125".into(),
+        rate: 500,
+        seconds: 10,
+        seed: 1,
+    };
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--agent" => o.agent = value("--agent")?,
+            "--rate" => o.rate = value("--rate")?.parse().context("--rate: requests per second")?,
+            "--seconds" => o.seconds = value("--seconds")?.parse().context("--seconds: a whole number")?,
+            "--seed" => o.seed = value("--seed")?.parse().context("--seed: a whole number")?,
+            other => bail!("unknown argument {other:?}; usage: thermo loadgen [--agent ADDR] [--rate N] [--seconds N] [--seed N]"),
+        }
+    }
+    if o.rate == 0 || o.seconds == 0 || o.seconds > 86_400 {
+        bail!("--rate must be positive and --seconds between 1 and 86400");
+    }
+    Ok(o)
+}
+
+/// Runs the load generator with the arguments after `loadgen`.
+pub fn run(args: impl Iterator<Item = String>) -> Result<()> {
+    let o = parse(args)?;
+    let sock = UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
+    let mut traffic = DemoTraffic::new(o.seed);
+    let start = Instant::now();
+    let (mut lines, mut datagrams, mut bytes) = (0u64, 0u64, 0u64);
+    // Send every 10 ms the requests due by then, 20 lines per datagram.
+    let per_tick = (o.rate as f64 / 100.0).max(1.0);
+    let mut due = 0.0;
+    let end = start + Duration::from_secs(o.seconds);
+    while Instant::now() < end {
+        due += per_tick;
+        let n = due.floor() as usize;
+        due -= n as f64;
+        for d in traffic.datagrams(n, 20) {
+            sock.send_to(d.as_bytes(), &o.agent)
+                .with_context(|| format!("send to {}", o.agent))?;
+            lines += d.lines().count() as u64;
+            datagrams += 1;
+            bytes += d.len() as u64;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "sent {lines} lines in {datagrams} datagrams ({bytes} bytes) to {} in {secs:.1} s: {:.0} lines/s",
+        o.agent,
+        lines as f64 / secs
+    );
+    Ok(())
+}
