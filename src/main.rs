@@ -7,6 +7,7 @@
 //! Configuration: defaults ← `--config` TOML ← `THERMO_<ROLE>_<KEY>` env ← `--set` flags.
 
 mod loadgen;
+mod standalone;
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ roles:
   partitioner    ingest gateway into Kafka (HTTP 127.0.0.1:8127)
   aggregator     Kafka consumer that merges minutes into Redis (HTTP 127.0.0.1:8128)
   read-service   query API and dashboard (HTTP 127.0.0.1:8129)
+  standalone     every role in one process on embedded storage (UDP 8125, HTTP 8129):
+                 thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--demo]
   loadgen        sends realistic StatsD traffic to an agent:
                  thermo loadgen [--agent 127.0.0.1:8125] [--rate 500] [--seconds 10] [--seed 1]
 
@@ -74,12 +77,20 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("loadgen") {
         return loadgen::run(std::env::args().skip(2));
     }
-    let args = parse_args(std::env::args().skip(1))?;
+    let standalone = std::env::args().nth(1).as_deref() == Some("standalone");
+    let args = if standalone {
+        None
+    } else {
+        Some(parse_args(std::env::args().skip(1))?)
+    };
     thermo_runtime::telemetry::init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let Some(args) = args else {
+        return rt.block_on(standalone::run(std::env::args().skip(2)));
+    };
     let shutdown = thermo_runtime::shutdown::signal();
     rt.block_on(async {
         match args.role.as_str() {

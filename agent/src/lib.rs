@@ -90,11 +90,20 @@ impl Shared {
     }
 }
 
-/// Runs the agent until `shutdown` resolves, then flushes and drains the spool.
-pub async fn run(
-    cfg: AgentConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), AgentError> {
+/// A started agent: its routes (to serve on any listener) and what shutdown needs.
+pub struct Agent {
+    pub router: axum::Router,
+    pub metrics: SelfMetrics,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sender_task: tokio::task::JoinHandle<()>,
+    stop_tx: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    shutdown_timeout: Duration,
+}
+
+/// Binds the UDP socket and starts receiving, flushing and sending. The HTTP routes are returned,
+/// not served: `run` serves them on `http_addr`, standalone mode on its one port.
+pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let metrics = SelfMetrics::new("agent", "statsd lines");
     let acc = Accumulator::new(AccumulatorConfig {
         tenant: "default".into(),
@@ -103,7 +112,7 @@ pub async fn run(
         max_future_secs: cfg.max_future_secs,
         max_series: cfg.max_series,
     });
-    let spool = Arc::new(sender::Spool::new(&cfg, now_ms()));
+    let spool = Arc::new(sender::Spool::new(cfg, now_ms()));
     let shared = Arc::new(Shared {
         acc: Mutex::new(acc),
         spool: spool.clone(),
@@ -113,13 +122,9 @@ pub async fn run(
     let udp = tokio::net::UdpSocket::bind(&cfg.udp_addr)
         .await
         .map_err(|e| AgentError::Startup(format!("bind udp {}: {e}", cfg.udp_addr)))?;
-    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
-        .await
-        .map_err(|e| AgentError::Startup(format!("bind http {}: {e}", cfg.http_addr)))?;
-    let sender = sender::Sender::new(&cfg).map_err(|e| AgentError::Startup(e.to_string()))?;
+    let sender = sender::Sender::new(cfg).map_err(|e| AgentError::Startup(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let sender_task = tokio::spawn(sender.run(spool.clone(), metrics.clone(), stop_rx));
-
     let udp_task = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -150,25 +155,56 @@ pub async fn run(
             }
         })
     };
-    let ready = Readiness::default();
-    let app = http::router(shared.clone())
-        .merge(thermo_runtime::telemetry::router(metrics.clone(), ready));
+    Ok(Agent {
+        router: http::router(shared.clone()),
+        metrics,
+        shared,
+        tasks: vec![udp_task, flusher],
+        sender_task,
+        stop_tx,
+        shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs),
+    })
+}
+
+impl Agent {
+    /// Stops receiving, flushes every open minute and waits (bounded) for the spool to drain.
+    pub async fn finish(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let n = self.shared.flush(true, 0);
+        tracing::info!(
+            series = n,
+            "shutting down: flushed every open minute, draining the spool"
+        );
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let _ = self.stop_tx.send(Some(deadline));
+        let _ = self.sender_task.await;
+        tracing::info!("agent stopped");
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then flushes and drains the spool.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+        .await
+        .map_err(|e| AgentError::Startup(format!("bind http {}: {e}", cfg.http_addr)))?;
+    let agent = start(&cfg).await?;
+    let app = agent
+        .router
+        .clone()
+        .merge(thermo_runtime::telemetry::router(
+            agent.metrics.clone(),
+            Readiness::default(),
+        ));
     tracing::info!(udp = %cfg.udp_addr, http = %cfg.http_addr, partitioner = %cfg.partitioner_url, agent_id = %cfg.agent_id, "agent listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| AgentError::Startup(e.to_string()))?;
-
-    udp_task.abort();
-    flusher.abort();
-    let n = shared.flush(true, 0);
-    tracing::info!(
-        series = n,
-        "shutting down: flushed every open minute, draining the spool"
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.shutdown_timeout_secs);
-    let _ = stop_tx.send(Some(deadline));
-    let _ = sender_task.await;
-    tracing::info!("agent stopped");
+    agent.finish().await;
     Ok(())
 }

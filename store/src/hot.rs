@@ -76,3 +76,38 @@ pub trait HotStore: Send + Sync + 'static {
         to_minute: i64,
     ) -> impl Future<Output = Result<Vec<Vec<(i64, HotCell)>>, StoreError>> + Send;
 }
+
+/// A shared store is a store (standalone mode shares one between its roles).
+impl<T: HotStore> HotStore for std::sync::Arc<T> {
+    async fn offset(&self, partition: &PartitionId) -> Result<i64, StoreError> {
+        (**self).offset(partition).await
+    }
+    async fn cells(&self, wanted: &[(MetricKey, i64)]) -> Result<Vec<Option<HotCell>>, StoreError> {
+        (**self).cells(wanted).await
+    }
+    async fn write(&self, write: HotWrite) -> Result<bool, StoreError> {
+        (**self).write(write).await
+    }
+    async fn metrics(&self, tenant: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
+        (**self).metrics(tenant).await
+    }
+    async fn series(
+        &self,
+        tenant: &str,
+        name: &str,
+        since_minute: i64,
+    ) -> Result<Vec<MetricKey>, StoreError> {
+        (**self).series(tenant, name, since_minute).await
+    }
+    async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
+        (**self).rolled_up(hours).await
+    }
+    async fn read_range(
+        &self,
+        series: &[MetricKey],
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<Vec<Vec<(i64, HotCell)>>, StoreError> {
+        (**self).read_range(series, from_minute, to_minute).await
+    }
+}

@@ -1,0 +1,218 @@
+//! `thermo standalone`: every role in one process, on embedded backends.
+//!
+//! ```text
+//! thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--demo]
+//! ```
+//!
+//! - StatsD on UDP (`--udp`, default 127.0.0.1:8125) into the agent;
+//! - one HTTP port (`--http`, default 127.0.0.1:8129) for the query API, the dashboard, the
+//!   partitioner's ingest API, the agent's `/api/v1/statsd` and `/flush`, `/metrics` (every
+//!   role's self-metrics), `/healthz` and `/readyz`;
+//! - the log is the embedded durable log (`<data>/log`), the hot store the embedded durable store
+//!   (`<data>/hot.log`): what the ingest API acknowledged survives a crash;
+//! - `--demo` sends realistic traffic to the UDP port (about 100 requests per second).
+//!
+//! The roles are the same code as in the distributed mode, wired to the embedded backends.
+//! Not yet: cold storage (the compactor's catalog lives in Redis), so standalone keeps minutes in
+//! its hot store only.
+
+use anyhow::{bail, Context, Result};
+use axum::routing::get;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thermo_agent::AgentConfig;
+use thermo_aggregator::apply::{Lateness, Settings, Worker};
+use thermo_core::demo::DemoTraffic;
+use thermo_partitioner::PartitionerConfig;
+use thermo_read_service::api::ColdSide;
+use thermo_read_service::ReadConfig;
+use thermo_runtime::telemetry::{Readiness, SelfMetrics};
+use thermo_store::cold::LocalDirCold;
+use thermo_store::local_log::LocalLog;
+use thermo_store::mem_hot::MemHot;
+
+struct Opts {
+    data: PathBuf,
+    udp: String,
+    http: String,
+    demo: bool,
+}
+
+fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
+    let mut o = Opts {
+        data: PathBuf::from(".thermo-standalone"),
+        udp: "127.0.0.1:8125".into(),
+        http: "127.0.0.1:8129".into(),
+        demo: false,
+    };
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--data" => o.data = value("--data")?.into(),
+            "--udp" => o.udp = value("--udp")?,
+            "--http" => o.http = value("--http")?,
+            "--demo" => o.demo = true,
+            other => bail!("unknown argument {other:?}; usage: thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--demo]"),
+        }
+    }
+    Ok(o)
+}
+
+/// Runs standalone mode with the arguments after `standalone`.
+pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
+    let o = parse(args)?;
+    std::fs::create_dir_all(&o.data).with_context(|| format!("create {}", o.data.display()))?;
+    let data = o.data.canonicalize().unwrap_or(o.data.clone());
+    let log = LocalLog::open(data.join("log"), 4, 1_000_000)?;
+    let hot = Arc::new(MemHot::open(data.join("hot.log"), 256 << 20)?);
+
+    // Partitioner: the ingest API, producing into the embedded log.
+    let pmetrics = SelfMetrics::new("partitioner", "series-minutes");
+    let ingest = thermo_partitioner::ingest::router(thermo_partitioner::ingest::AppState::new(
+        PartitionerConfig::default(),
+        Arc::new(log.clone()),
+        pmetrics.clone(),
+    ));
+
+    // Aggregator: the same apply loop, from the embedded log into the embedded hot store.
+    let ametrics = SelfMetrics::new("aggregator", "records");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = Worker::new(
+        log.consumer(),
+        hot.clone(),
+        ametrics.clone(),
+        Readiness::default(),
+        Settings {
+            batch_max_records: 2000,
+            batch_max_wait: Duration::from_millis(200),
+            lateness: Lateness::HotOnly {
+                retention_secs: 48 * 3600,
+            },
+        },
+    );
+    let worker_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(worker.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+
+    // Read service: query API and dashboard.
+    let rmetrics = SelfMetrics::new("read_service", "queries");
+    let read = thermo_read_service::api::router(thermo_read_service::api::AppState::new(
+        ReadConfig {
+            http_addr: o.http.clone(),
+            ..ReadConfig::default()
+        },
+        hot.clone(),
+        None::<ColdSide<LocalDirCold>>,
+        rmetrics.clone(),
+    ));
+
+    // Agent: StatsD in, batches out to the ingest API on this same port.
+    let agent = thermo_agent::start(&AgentConfig {
+        udp_addr: o.udp.clone(),
+        http_addr: o.http.clone(),
+        partitioner_url: format!("http://{}", o.http),
+        agent_id: "standalone".into(),
+        ..AgentConfig::default()
+    })
+    .await?;
+
+    let all = [agent.metrics.clone(), pmetrics, ametrics, rmetrics];
+    let app = read
+        .merge(ingest)
+        .merge(agent.router.clone())
+        .route(
+            "/metrics",
+            get(move || {
+                let text: String = all.iter().map(SelfMetrics::render).collect();
+                async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }));
+    let listener = tokio::net::TcpListener::bind(&o.http)
+        .await
+        .with_context(|| format!("bind http {}", o.http))?;
+
+    println!("thermo standalone");
+    println!(
+        "  data:        {} (log: log/, hot store: hot.log)",
+        data.display()
+    );
+    println!("  StatsD UDP:  {}", o.udp);
+    println!(
+        "  HTTP:        http://{} (query API, ingest API, /metrics)",
+        o.http
+    );
+    println!("  dashboard:   http://{}/", o.http);
+    println!(
+        "  send one:    echo \"hits:1|c|#route:/home\" | nc -u -w1 {} {}",
+        host(&o.udp),
+        port(&o.udp)
+    );
+    println!(
+        "  query:       curl 'http://{}/api/v1/query?metric=hits&stat=sum'",
+        o.http
+    );
+    println!(
+        "  demo traffic: {}",
+        if o.demo {
+            "on (about 100 requests/s)"
+        } else {
+            "off (--demo)"
+        }
+    );
+    println!(
+        "  a minute is flushed 5 s after it ends (or: curl -X POST http://{}/flush)",
+        o.http
+    );
+
+    if o.demo {
+        let udp = o.udp.clone();
+        std::thread::spawn(move || demo(&udp));
+    }
+
+    let (server_stop_tx, mut server_stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    thermo_runtime::shutdown::signal().await;
+    // The agent delivers its open minutes through the ingest API, so it finishes first.
+    agent.finish().await;
+    let _ = server_stop_tx.send(true);
+    let _ = server.await;
+    let _ = stop_tx.send(true);
+    let _ = worker_task.await;
+    tracing::info!("standalone stopped");
+    Ok(())
+}
+
+fn host(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or("8125", |(_, p)| p)
+}
+
+/// Sends demo traffic forever (the process ends it).
+fn demo(udp: &str) {
+    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        tracing::warn!("demo traffic: cannot bind a UDP socket");
+        return;
+    };
+    let mut traffic = DemoTraffic::new(42);
+    loop {
+        for d in traffic.datagrams(10, 20) {
+            let _ = sock.send_to(d.as_bytes(), udp);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
