@@ -170,6 +170,20 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         o.http
     );
 
+    {
+        // Hot retention: 48 hours, as in the distributed mode.
+        let hot = hot.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                hot.prune(now - 48 * 3600);
+            }
+        });
+    }
     if o.demo {
         let udp = o.udp.clone();
         std::thread::spawn(move || demo(&udp));

@@ -235,6 +235,20 @@ impl MemHot {
         g.cells.entry(key).or_default().insert(minute, cell);
     }
 
+    /// Drops every cell before `minute` (retention). Not logged: after a restart the write-ahead
+    /// file may bring them back until the next snapshot, and the next prune drops them again.
+    pub fn prune(&self, minute: i64) -> usize {
+        let mut g = self.lock();
+        let mut dropped = 0;
+        g.cells.retain(|_, cells| {
+            let before = cells.len();
+            cells.retain(|m, _| *m >= minute);
+            dropped += before - cells.len();
+            !cells.is_empty()
+        });
+        dropped
+    }
+
     /// Removes a cell (tests: a trim).
     pub fn remove(&self, key: &MetricKey, minute: i64) {
         if let Some(c) = self.lock().cells.get_mut(key) {
