@@ -1,7 +1,7 @@
 //! `thermo standalone`: every role in one process, on embedded backends.
 //!
 //! ```text
-//! thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--demo]
+//! thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--tag k=v]... [--demo]
 //! ```
 //!
 //! - StatsD on UDP (`--udp`, default 127.0.0.1:8125) into the agent;
@@ -37,6 +37,8 @@ struct Opts {
     udp: String,
     http: String,
     demo: bool,
+    /// Tags added to every series (`--tag host=web-1`, repeatable).
+    tags: Vec<(String, String)>,
 }
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
@@ -45,6 +47,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
         udp: "127.0.0.1:8125".into(),
         http: "127.0.0.1:8129".into(),
         demo: false,
+        tags: Vec::new(),
     };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -53,7 +56,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
             "--udp" => o.udp = value("--udp")?,
             "--http" => o.http = value("--http")?,
             "--demo" => o.demo = true,
-            other => bail!("unknown argument {other:?}; usage: thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--demo]"),
+            "--tag" => {
+                let t = value("--tag")?;
+                let (k, v) = t.split_once('=').context("--tag: expected key=value")?;
+                o.tags.push((k.to_string(), v.to_string()));
+            }
+            other => bail!("unknown argument {other:?}; usage: thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--tag k=v]... [--demo]"),
         }
     }
     Ok(o)
@@ -116,6 +124,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         http_addr: o.http.clone(),
         partitioner_url: format!("http://{}", o.http),
         agent_id: "standalone".into(),
+        global_tags: o.tags.iter().cloned().collect(),
         ..AgentConfig::default()
     })
     .await?;

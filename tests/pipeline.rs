@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::stack::{points, single, Stack};
+use support::stack::{points, single, Stack, Standalone, Target};
 use support::*;
 use thermo_core::aggregate::HIST_RELATIVE_ERROR;
 use thermo_core::window::window_start;
@@ -113,12 +113,13 @@ fn traffic(model: &mut Model, i: usize, minutes: &[i64], malformed: bool) -> Vec
     datagrams
 }
 
-fn send_wave(stack: &Stack, model: &mut Model, minutes: &[i64], malformed: bool) {
-    let per_agent: Vec<Vec<String>> = (0..stack.agents.len())
+fn send_wave(stack: &impl Target, model: &mut Model, minutes: &[i64], malformed: bool) {
+    let ports = stack.agent_udp_ports();
+    let per_agent: Vec<Vec<String>> = (0..ports.len())
         .map(|i| traffic(model, i, minutes, malformed))
         .collect();
     for (i, d) in per_agent.iter().enumerate() {
-        send_udp(stack.agents[i].udp, d);
+        send_udp(ports[i], d);
     }
 }
 
@@ -139,7 +140,8 @@ fn assert_close(got: f64, want: f64, what: &str) {
     );
 }
 
-fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
+fn check_wave(stack: &impl Target, model: &Model, from: i64, to: i64) {
+    let agents = stack.agent_udp_ports().len();
     let in_range = |m: i64| m >= from && m < to;
     let range = format!("from={from}&to={to}");
     // Totals across hosts, one bucket covering the whole range.
@@ -148,7 +150,7 @@ fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
     assert_eq!(window_start(from, 600), window_start(to - 1, 600));
     let step = 600;
     let q = format!("metric=req&stat=sum&{range}&step={step}");
-    let a = stack.query_until(&q, "the counter total", |a| {
+    let a = stack.query_until(&q, "the counter total", &mut |a| {
         a["series"][0]["points"][0][1].as_f64() == Some(total)
     });
     assert_eq!(single(&a, &[]), total, "total across hosts");
@@ -157,11 +159,7 @@ fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
     let a = stack.query(&format!(
         "metric=req&stat=sum&{range}&step={step}&group_by=*"
     ));
-    assert_eq!(
-        a["series"].as_array().unwrap().len(),
-        2 * 2 * stack.agents.len(),
-        "{a}"
-    );
+    assert_eq!(a["series"].as_array().unwrap().len(), 2 * 2 * agents, "{a}");
     for ((h, r, c, _), _) in model
         .counters
         .iter()
@@ -178,7 +176,7 @@ fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
     let a = stack.query(&format!(
         "metric=req&stat=sum&{range}&step={step}&where=route:/a&group_by=host"
     ));
-    for i in 0..stack.agents.len() {
+    for i in 0..agents {
         let h = format!("h{}", i + 1);
         let want = model.counter_sum(|h2, r, _, m| h2 == h && r == "/a" && in_range(m));
         assert_eq!(single(&a, &[("host", &h)]), want, "route /a on {h}");
@@ -209,7 +207,7 @@ fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
         let a = stack.query(&format!(
             "metric=mem&stat={stat}&{range}&step={step}&group_by=host"
         ));
-        for i in 0..stack.agents.len() {
+        for i in 0..agents {
             let h = format!("h{}", i + 1);
             let per_min: Vec<&(f64, f64, f64)> = model
                 .gauges
@@ -229,7 +227,7 @@ fn check_wave(stack: &Stack, model: &Model, from: i64, to: i64) {
         }
     }
     let a = stack.query(&format!("metric=mem&stat=sum&{range}&step={step}"));
-    let want: f64 = (0..stack.agents.len())
+    let want: f64 = (0..agents)
         .map(|i| {
             model
                 .gauges
@@ -452,4 +450,29 @@ fn kafka_outage_and_redis_loss_keep_totals_exact() {
     stack.flush_agents();
     check_wave(&stack, &model, base, base + 180);
     assert!(metric(stack.aggregators[0].http, "thermo_aggregator_rewinds_total") >= 1.0);
+}
+
+#[test]
+fn standalone_runs_the_same_scenario_exactly() {
+    let stack = Standalone::start("standalone-scenario");
+    let base = window_start(now_s() - 40 * 60, 600);
+    let mut model = Model::default();
+    send_wave(&stack, &mut model, &[base, base + 60], true);
+    stack.wait_agent_lines(0, model.lines[0] as f64);
+    stack.flush_agents();
+    check_wave(&stack, &model, base, base + 120);
+    assert_eq!(
+        metric(
+            stack.http,
+            r#"thermo_agent_dropped_total{reason="no_type"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            stack.http,
+            r#"thermo_agent_dropped_total{reason="bad_value"}"#
+        ),
+        1.0
+    );
 }

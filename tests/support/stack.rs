@@ -211,3 +211,135 @@ pub fn single(answer: &serde_json::Value, tags: &[(&str, &str)]) -> f64 {
     assert_eq!(p.len(), 1, "expected one point for {tags:?}: {answer}");
     p[0].1
 }
+
+/// What the shared scenario needs from a deployment: the distributed [`Stack`] or [`Standalone`].
+pub trait Target {
+    /// The UDP port of each agent (agent `i` adds the tag `host=h{i+1}`).
+    fn agent_udp_ports(&self) -> Vec<u16>;
+    fn query(&self, params: &str) -> serde_json::Value;
+    fn query_until(
+        &self,
+        params: &str,
+        what: &str,
+        f: &mut dyn FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value;
+    fn wait_agent_lines(&self, idx: usize, lines: f64);
+    fn flush_agents(&self);
+}
+
+impl Target for Stack {
+    fn agent_udp_ports(&self) -> Vec<u16> {
+        self.agents.iter().map(|a| a.udp).collect()
+    }
+    fn query(&self, params: &str) -> serde_json::Value {
+        Stack::query(self, params)
+    }
+    fn query_until(
+        &self,
+        params: &str,
+        what: &str,
+        f: &mut dyn FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        Stack::query_until(self, params, what, f)
+    }
+    fn wait_agent_lines(&self, idx: usize, lines: f64) {
+        Stack::wait_agent_lines(self, idx, lines)
+    }
+    fn flush_agents(&self) {
+        Stack::flush_agents(self)
+    }
+}
+
+/// `thermo standalone` on free ports, with its agent tagging `host=h1`.
+pub struct Standalone {
+    pub dir: TempDir,
+    pub proc: Proc,
+    pub http: u16,
+    pub udp: u16,
+}
+
+impl Standalone {
+    pub fn start(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let (http, udp) = (free_port(), free_udp_port());
+        let args: Vec<String> = [
+            "standalone".to_string(),
+            "--data".to_string(),
+            dir.path().join("data").display().to_string(),
+            "--udp".to_string(),
+            format!("127.0.0.1:{udp}"),
+            "--http".to_string(),
+            format!("127.0.0.1:{http}"),
+            "--tag".to_string(),
+            "host=h1".to_string(),
+        ]
+        .to_vec();
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
+        let proc = Proc::spawn(
+            "standalone",
+            &bin,
+            &args,
+            dir.path(),
+            dir.path().join("standalone.log"),
+        );
+        wait_healthy(&proc, http);
+        Self {
+            dir,
+            proc,
+            http,
+            udp,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+}
+
+impl Target for Standalone {
+    fn agent_udp_ports(&self) -> Vec<u16> {
+        vec![self.udp]
+    }
+    fn query(&self, params: &str) -> serde_json::Value {
+        let (status, body) = get_json(&self.url(&format!("/api/v1/query?{params}")));
+        assert_eq!(status, 200, "query {params}: {body}");
+        body
+    }
+    fn query_until(
+        &self,
+        params: &str,
+        what: &str,
+        f: &mut dyn FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        let mut last = serde_json::Value::Null;
+        while start.elapsed() < Duration::from_secs(60) {
+            let (status, body) = get_json(&self.url(&format!("/api/v1/query?{params}")));
+            if status == 200 && f(&body) {
+                return body;
+            }
+            last = body;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "timed out waiting for {what}; last answer to {params}: {last}\nlog:\n{}",
+            self.proc.log_tail()
+        );
+    }
+    fn wait_agent_lines(&self, _idx: usize, lines: f64) {
+        let port = self.http;
+        wait_until(
+            &format!("standalone to receive {lines} lines"),
+            Duration::from_secs(30),
+            || metric(port, "thermo_agent_received_total") >= lines,
+        );
+        assert_eq!(metric(port, "thermo_agent_received_total"), lines);
+    }
+    fn flush_agents(&self) {
+        let r = http()
+            .post(self.url("/flush?wait_ms=60000"))
+            .send()
+            .expect("flush");
+        assert_eq!(r.status().as_u16(), 200, "flush did not drain");
+    }
+}
