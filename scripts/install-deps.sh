@@ -19,6 +19,7 @@
 #   moto   S3-compatible server: pip install 'moto[server]' (provides moto_server; deploy/local
 #          and the end-to-end tests use it as the cold store)
 #   duckdb DuckDB for Python: pip install duckdb (the tests read the cold Parquet objects with it)
+#   chromium  headless browser (Debian package chromium); tests/browser.rs loads the dashboard in it
 set -euo pipefail
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -37,11 +38,11 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --tansu-log) [ $# -ge 2 ] || die "--tansu-log needs a file"; tansu_log="$2"; shift 2 ;;
     --tansu-log=*) tansu_log="${1#*=}"; shift ;;
-    build|rust|redis|tansu|moto|duckdb) components+=("$1"); shift ;;
+    build|rust|redis|tansu|moto|duckdb|chromium) components+=("$1"); shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb tansu)
+[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb chromium tansu)
 
 want() { local c; for c in "${components[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
@@ -248,6 +249,16 @@ install_duckdb() {
   log "duckdb: installed (python3 module, version $v)"
 }
 
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1; then
+    log "chromium: already installed ($(command -v chromium))"
+    return 0
+  fi
+  apt_install chromium
+  command -v chromium >/dev/null 2>&1 || die "chromium still not on PATH after apt-get install"
+  log "chromium: installed $(chromium --version 2>/dev/null | head -n1)"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 # tansu in the background (the slow one), so the caller can go on.
@@ -268,7 +279,7 @@ if [ -n "$tansu_log" ] && want tansu; then
   components=("${new[@]+"${new[@]}"}")
 fi
 
-for c in build rust redis moto duckdb tansu; do
+for c in build rust redis moto duckdb chromium tansu; do
   if [ ${#components[@]} -gt 0 ] && want "$c"; then "install_$c"; fi
 done
 log "done"
