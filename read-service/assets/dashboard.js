@@ -815,8 +815,8 @@
     const cold = sources.includes('cold');
     src.className = 'badge src ' + (hot && cold ? 'both' : hot ? 'hot' : cold ? 'cold' : 'none');
     src.textContent = hot && cold
-      ? 'served by hot (Redis) + cold (objects)'
-      : hot ? 'served by hot (Redis)' : cold ? 'served by cold (objects)' : 'no data matched';
+      ? 'served by hot + cold (objects)'
+      : hot ? 'served by hot' : cold ? 'served by cold (objects)' : 'no data matched';
     src.title = 'the stores that served data for this answer ("sources": ' + JSON.stringify(sources) + ')';
     h.push(src);
     el.title.replaceChildren(...h);
