@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::stack::free_udp_port;
+use support::stack::Standalone;
 use support::*;
 
 /// The view the browser opens: the p99 of the demo's timer over the last 15 minutes, without the
@@ -20,32 +20,6 @@ const HASH: &str = "metric=http.latency&stat=p99&range=15m&refresh=0";
 
 /// Longest a Chromium run may take before it is killed.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn start_demo(dir: &TempDir, http: u16, udp: u16) -> Proc {
-    let args: Vec<String> = [
-        "standalone",
-        "--data",
-        &dir.path().join("data").display().to_string(),
-        "--udp",
-        &format!("127.0.0.1:{udp}"),
-        "--http",
-        &format!("127.0.0.1:{http}"),
-        "--demo",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
-    let p = Proc::spawn(
-        "standalone",
-        &bin,
-        &args,
-        dir.path(),
-        dir.path().join("standalone.log"),
-    );
-    wait_healthy(&p, http);
-    p
-}
 
 /// Number of points of the service's answer to `/api/v1/query?metric=http.latency&stat=p99`
 /// (0 while the metric is unknown: 404).
@@ -187,9 +161,8 @@ fn status_counts(status: &str) -> Option<(usize, usize)> {
 fn dashboard_charts_p99_of_demo_latency_in_chromium() {
     // A missing browser fails here, before anything is started.
     let chromium_bin = find_bin("chromium", "apt-get install chromium");
-    let dir = TempDir::new("browser");
-    let (http, udp) = (free_port(), free_udp_port());
-    let thermo = start_demo(&dir, http, udp);
+    let thermo = Standalone::start_with("browser", &["--demo"]);
+    let (dir, http) = (&thermo.dir, thermo.http);
 
     // 1. The demo traffic reaches the agent; a flush makes the current minute queryable.
     wait_until(
@@ -197,7 +170,12 @@ fn dashboard_charts_p99_of_demo_latency_in_chromium() {
         Duration::from_secs(20),
         || metric(http, "thermo_agent_received_total") > 0.0,
     );
-    assert_eq!(flush(http), 200, "POST /flush; log:\n{}", thermo.log_tail());
+    assert_eq!(
+        flush(http),
+        200,
+        "POST /flush; log:\n{}",
+        thermo.proc.log_tail()
+    );
     // The first flush may come before a timer line arrived: flush again until the API has one.
     let mut tries = 0;
     wait_until(

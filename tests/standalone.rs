@@ -3,33 +3,8 @@
 mod support;
 
 use std::time::Duration;
-use support::stack::{free_udp_port, single};
+use support::stack::{single, Standalone};
 use support::*;
-
-fn start(dir: &TempDir, http: u16, udp: u16) -> Proc {
-    let args: Vec<String> = [
-        "standalone",
-        "--data",
-        &dir.path().join("data").display().to_string(),
-        "--udp",
-        &format!("127.0.0.1:{udp}"),
-        "--http",
-        &format!("127.0.0.1:{http}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
-    let p = Proc::spawn(
-        "standalone",
-        &bin,
-        &args,
-        dir.path(),
-        dir.path().join("standalone.log"),
-    );
-    wait_healthy(&p, http);
-    p
-}
 
 fn total(http: u16, from: i64) -> serde_json::Value {
     let (s, body) = get_json(&format!(
@@ -42,9 +17,8 @@ fn total(http: u16, from: i64) -> serde_json::Value {
 
 #[test]
 fn standalone_keeps_acknowledged_minutes_across_sigkill() {
-    let dir = TempDir::new("standalone");
-    let (http, udp) = (free_port(), free_udp_port());
-    let mut p = start(&dir, http, udp);
+    let mut sa = Standalone::start_with("standalone", &[]);
+    let (http, udp) = (sa.http, sa.udp);
     let base = thermo_core::window::window_start(now_s() - 40 * 60, 600);
     // 3 minutes × 2 routes × values 1..=10, plus a timer; sent, then flushed through the ingest API.
     let mut datagrams = Vec::new();
@@ -77,8 +51,7 @@ fn standalone_keeps_acknowledged_minutes_across_sigkill() {
     assert_eq!(single(&by_route, &[("route", "/b")]), 165.0);
 
     // SIGKILL, restart on the same data: every acknowledged minute is still there, once.
-    p.kill();
-    let p2 = start(&dir, http, udp);
+    sa.kill_and_restart();
     assert_eq!(
         single(&total(http, base), &[]),
         want,
@@ -96,7 +69,6 @@ fn standalone_keeps_acknowledged_minutes_across_sigkill() {
         page.as_str().is_some_and(|h| h.contains("uPlot")),
         "the dashboard is served"
     );
-    drop(p2);
 }
 
 fn http_client_post(url: &str) -> u16 {

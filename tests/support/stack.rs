@@ -150,28 +150,21 @@ impl Stack {
         what: &str,
         mut f: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let start = Instant::now();
-        let mut last = serde_json::Value::Null;
-        while start.elapsed() < Duration::from_secs(90) {
-            let (status, body) = get_json(&self.read.url(&format!("/api/v1/query?{params}")));
-            if status == 200 && f(&body) {
-                return body;
-            }
-            last = body;
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        let assigned: Vec<f64> = self
-            .aggregators
-            .iter()
-            .map(|a| metric(a.http, "thermo_aggregator_assigned_partitions"))
-            .collect();
-        panic!(
-            "timed out waiting for {what}; last answer to {params}: {last}\nassigned partitions per aggregator: {assigned:?}\naggregator log:\n{}",
-            self.aggregators
-                .first()
-                .map(|a| a.proc.log_tail())
-                .unwrap_or_default()
-        );
+        poll_query(&self.read.url("/api/v1/query"), params, Duration::from_secs(90), &mut f)
+            .unwrap_or_else(|last| {
+                let assigned: Vec<f64> = self
+                    .aggregators
+                    .iter()
+                    .map(|a| metric(a.http, "thermo_aggregator_assigned_partitions"))
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}; last answer to {params}: {last}\nassigned partitions per aggregator: {assigned:?}\naggregator log:\n{}",
+                    self.aggregators
+                        .first()
+                        .map(|a| a.proc.log_tail())
+                        .unwrap_or_default()
+                )
+            })
     }
 }
 
@@ -210,6 +203,27 @@ pub fn single(answer: &serde_json::Value, tags: &[(&str, &str)]) -> f64 {
     let p = points(answer, tags);
     assert_eq!(p.len(), 1, "expected one point for {tags:?}: {answer}");
     p[0].1
+}
+
+/// Polls `<query_url>?<params>` until a 200 answer satisfies `f` (returned), or `timeout` passes
+/// (the last answer is the error).
+fn poll_query(
+    query_url: &str,
+    params: &str,
+    timeout: Duration,
+    f: &mut dyn FnMut(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let start = Instant::now();
+    let mut last = serde_json::Value::Null;
+    while start.elapsed() < timeout {
+        let (status, body) = get_json(&format!("{query_url}?{params}"));
+        if status == 200 && f(&body) {
+            return Ok(body);
+        }
+        last = body;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(last)
 }
 
 /// What the shared scenario needs from a deployment: the distributed [`Stack`] or [`Standalone`].
@@ -259,10 +273,16 @@ pub struct Standalone {
 }
 
 impl Standalone {
+    /// Starts standalone with its agent tagging `host=h1`.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &["--tag", "host=h1"])
+    }
+
+    /// Starts standalone on free ports and a fresh data dir, with `extra` arguments.
+    pub fn start_with(name: &str, extra: &[&str]) -> Self {
         let dir = TempDir::new(name);
         let (http, udp) = (free_port(), free_udp_port());
-        let args: Vec<String> = [
+        let mut args: Vec<String> = vec![
             "standalone".to_string(),
             "--data".to_string(),
             dir.path().join("data").display().to_string(),
@@ -270,10 +290,8 @@ impl Standalone {
             format!("127.0.0.1:{udp}"),
             "--http".to_string(),
             format!("127.0.0.1:{http}"),
-            "--tag".to_string(),
-            "host=h1".to_string(),
-        ]
-        .to_vec();
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
         let proc = Proc::spawn(
             "standalone",
@@ -289,6 +307,13 @@ impl Standalone {
             http,
             udp,
         }
+    }
+
+    /// SIGKILL, then start again on the same data and ports.
+    pub fn kill_and_restart(&mut self) {
+        self.proc.kill();
+        self.proc.start();
+        wait_healthy(&self.proc, self.http);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -311,20 +336,18 @@ impl Target for Standalone {
         what: &str,
         f: &mut dyn FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let start = Instant::now();
-        let mut last = serde_json::Value::Null;
-        while start.elapsed() < Duration::from_secs(60) {
-            let (status, body) = get_json(&self.url(&format!("/api/v1/query?{params}")));
-            if status == 200 && f(&body) {
-                return body;
-            }
-            last = body;
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "timed out waiting for {what}; last answer to {params}: {last}\nlog:\n{}",
-            self.proc.log_tail()
-        );
+        poll_query(
+            &self.url("/api/v1/query"),
+            params,
+            Duration::from_secs(60),
+            f,
+        )
+        .unwrap_or_else(|last| {
+            panic!(
+                "timed out waiting for {what}; last answer to {params}: {last}\nlog:\n{}",
+                self.proc.log_tail()
+            )
+        })
     }
     fn wait_agent_lines(&self, _idx: usize, lines: f64) {
         let port = self.http;
