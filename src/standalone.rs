@@ -9,12 +9,15 @@
 //!   partitioner's ingest API, the agent's `/api/v1/statsd` and `/flush`, `/metrics` (every
 //!   role's self-metrics), `/healthz` and `/readyz`;
 //! - the log is the embedded durable log (`<data>/log`), the hot store the embedded durable store
-//!   (`<data>/hot.log`): what the ingest API acknowledged survives a crash;
+//!   (`<data>/hot.log`, which also holds the cold-storage catalog): what the ingest API
+//!   acknowledged survives a crash;
+//! - cold storage is the directory `<data>/cold/v1/`, with the same Parquet objects and keys as
+//!   the S3 bucket of the distributed mode (`tenant=…/res=1m|5m|1h/start=….parquet`); the compactor
+//!   rolls hours up after they end and trims the hot store after 48 hours, as an aggregator does
+//!   with the defaults of `AggregatorConfig`;
 //! - `--demo` sends realistic traffic to the UDP port (about 100 requests per second).
 //!
 //! The roles are the same code as in the distributed mode, wired to the embedded backends.
-//! Not yet: cold storage (the compactor's catalog lives in Redis), so standalone keeps minutes in
-//! its hot store only.
 
 use anyhow::{bail, Context, Result};
 use axum::routing::get;
@@ -22,14 +25,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use thermo_agent::AgentConfig;
-use thermo_aggregator::apply::{Lateness, Settings, Worker};
+use thermo_aggregator::apply::{Settings, Worker};
+use thermo_aggregator::compactor::{Compactor, CompactorSettings};
+use thermo_aggregator::AggregatorConfig;
 use thermo_core::demo::DemoTraffic;
 use thermo_partitioner::PartitionerConfig;
-use thermo_read_service::api::ColdSide;
 use thermo_read_service::ReadConfig;
 use thermo_runtime::telemetry::{Readiness, SelfMetrics};
 use thermo_store::cold::LocalDirCold;
 use thermo_store::local_log::LocalLog;
+use thermo_store::mem_catalog::MemCatalog;
 use thermo_store::mem_hot::MemHot;
 
 struct Opts {
@@ -83,38 +88,52 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         pmetrics.clone(),
     ));
 
-    // Aggregator: the same apply loop, from the embedded log into the embedded hot store.
+    // Aggregator: the same apply loop, from the embedded log into the embedded hot store, and the
+    // same compactor, from the embedded catalog into the cold directory.
+    let acfg = AggregatorConfig {
+        cold_enabled: true,
+        ..AggregatorConfig::default()
+    };
     let ametrics = SelfMetrics::new("aggregator", "records");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let worker = Worker::new(
         log.consumer(),
         hot.clone(),
         ametrics.clone(),
         Readiness::default(),
-        Settings {
-            batch_max_records: 2000,
-            batch_max_wait: Duration::from_millis(200),
-            lateness: Lateness::HotOnly {
-                retention_secs: 48 * 3600,
-            },
-        },
+        Settings::from(&acfg),
     );
-    let worker_task = {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(worker.run(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }))
-    };
+    let worker_task = tokio::spawn(worker.run(stopped(stop_rx.clone())));
+    let cold_dir = data.clone();
+    let compactor = Compactor::new(
+        LocalDirCold::new(&cold_dir),
+        MemCatalog::new(hot.clone()),
+        CompactorSettings::from(&acfg),
+    );
+    let compactor_task = tokio::spawn(compactor.run(ametrics.clone(), stopped(stop_rx.clone())));
 
     // Read service: query API and dashboard.
     let rmetrics = SelfMetrics::new("read_service", "queries");
+    let rcfg = ReadConfig {
+        http_addr: o.http.clone(),
+        cold_enabled: true,
+        cold_prefix: acfg.cold_prefix.clone(),
+        hot_retention_hours: acfg.hot_retention_hours,
+        ..ReadConfig::default()
+    };
+    let cold = thermo_read_service::cold_side(
+        &rcfg,
+        MemCatalog::new(hot.clone()),
+        LocalDirCold::new(&cold_dir),
+        &rmetrics,
+    );
     let read = thermo_read_service::api::router(thermo_read_service::api::AppState::new(
-        ReadConfig {
-            http_addr: o.http.clone(),
-            ..ReadConfig::default()
-        },
+        rcfg,
         hot.clone(),
-        None::<ColdSide<LocalDirCold>>,
+        Some(cold),
         rmetrics.clone(),
     ));
 
@@ -148,8 +167,9 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
 
     println!("thermo standalone");
     println!(
-        "  data:        {} (log: log/, hot store: hot.log)",
-        data.display()
+        "  data:        {} (log: log/, hot store: hot.log, cold objects: {}/)",
+        data.display(),
+        acfg.cold_prefix
     );
     println!("  StatsD UDP:  {}", o.udp);
     println!(
@@ -178,21 +198,11 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         "  a minute is flushed 5 s after it ends (or: curl -X POST http://{}/flush)",
         o.http
     );
+    println!(
+        "  cold storage: hours roll up {} s after they end; the hot store keeps {} h",
+        acfg.cold_lag_secs, acfg.hot_retention_hours
+    );
 
-    {
-        // Hot retention: 48 hours, as in the distributed mode.
-        let hot = hot.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                hot.prune(now - 48 * 3600);
-            }
-        });
-    }
     if o.demo {
         let udp = o.udp.clone();
         std::thread::spawn(move || demo(&udp));
@@ -213,6 +223,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     let _ = server.await;
     let _ = stop_tx.send(true);
     let _ = worker_task.await;
+    let _ = compactor_task.await;
     tracing::info!("standalone stopped");
     Ok(())
 }

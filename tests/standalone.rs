@@ -1,9 +1,11 @@
-//! `thermo standalone`: one process on embedded storage. What it acknowledged survives SIGKILL.
+//! `thermo standalone`: one process on embedded storage. What it acknowledged survives SIGKILL, and
+//! its compactor rolls hours up into Parquet objects in the data directory, trims the hot store, and
+//! the query API stitches the two, before and after a SIGKILL.
 
 mod support;
 
 use std::time::Duration;
-use support::stack::{single, Standalone};
+use support::stack::{points, single, Standalone, Target};
 use support::*;
 
 fn total(http: u16, from: i64) -> serde_json::Value {
@@ -77,4 +79,187 @@ fn http_client_post(url: &str) -> u16 {
         .send()
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
+}
+
+/// Posts `series` (ingest API JSON objects) to standalone as one batch.
+fn ingest(sa: &Standalone, key: &str, series: Vec<serde_json::Value>) {
+    let n = series.len() as u64;
+    let body = serde_json::json!({"idempotency_key": key, "series": series});
+    let r = http()
+        .post(sa.url("/api/v1/ingest"))
+        .json(&body)
+        .send()
+        .expect("POST ingest");
+    let status = r.status().as_u16();
+    let answer: serde_json::Value = r.json().expect("ingest answer");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"].as_u64(), Some(n), "{answer}");
+}
+
+fn sources(a: &serde_json::Value) -> Vec<&str> {
+    a["sources"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default()
+}
+
+const HOUR: i64 = 3600;
+
+/// Two hours three days old (older than the 48-hour hot retention) and the current minute:
+/// the compactor writes the old hours as 1m objects, rebuilds their day at 5m (and their week at
+/// 1h if it has ended), trims them from the hot store; queries answer them exactly from the objects
+/// and the current minute from the hot store, in one answer. After SIGKILL and a restart the
+/// catalog comes back from the write-ahead file: nothing is rolled up again and every answer is
+/// the same.
+#[test]
+fn standalone_rolls_up_into_parquet_trims_and_stitches_hot_and_cold() {
+    use thermo_core::window::{window_start, Resolution};
+    let mut sa = Standalone::start_with("standalone-cold", &[]);
+    let now = now_s();
+    let h0 = window_start(now - 3 * 86_400, HOUR);
+    // Old hours: req{route=/a} = 1 + m % 5 and req{route=/b} = 2 every minute m; lat = [m + 1, 1000].
+    let minutes: Vec<i64> = (0..120).map(|m| h0 + 60 * m).collect();
+    let a = |m: i64| (1 + (m - h0) / 60 % 5) as f64;
+    let mut series = Vec::new();
+    for &m in &minutes {
+        series.push(
+            serde_json::json!({"metric": "req", "tags": {"route": "/a"}, "time": m + 7,
+            "type": "counter", "value": a(m)}),
+        );
+        series.push(
+            serde_json::json!({"metric": "req", "tags": {"route": "/b"}, "time": m + 7,
+            "type": "counter", "value": 2.0}),
+        );
+        series.push(
+            serde_json::json!({"metric": "lat", "time": m + 7, "type": "histogram",
+            "values": [((m - h0) / 60 + 1) as f64, 1000.0]}),
+        );
+    }
+    ingest(&sa, "old", series);
+    // The current minute: stays in the hot store (its hour has not ended).
+    let cur = window_start(now, 60);
+    ingest(
+        &sa,
+        "new",
+        vec![
+            serde_json::json!({"metric": "req", "tags": {"route": "/a"}, "time": cur + 1,
+            "type": "counter", "value": 1000.0}),
+        ],
+    );
+    let old_a: f64 = minutes.iter().map(|m| a(*m)).sum();
+    let old_total = old_a + 2.0 * 120.0;
+
+    // Hand-over: 2 hours trimmed; objects: 2 at 1m, one per day at 5m, one per ended week at 1h.
+    let days: std::collections::BTreeSet<i64> = [h0, h0 + HOUR]
+        .iter()
+        .map(|h| Resolution::FiveMinutes.chunk_start(*h))
+        .collect();
+    let weeks: std::collections::BTreeSet<i64> = days
+        .iter()
+        .map(|d| Resolution::OneHour.chunk_start(*d))
+        .filter(|w| w + Resolution::OneHour.chunk_seconds() + 120 <= now)
+        .collect();
+    let objects = (2 + days.len() + weeks.len()) as f64;
+    wait_until(
+        "the compactor to roll up and trim",
+        Duration::from_secs(60),
+        || {
+            metric(sa.http, "thermo_aggregator_hours_trimmed_total") >= 2.0
+                && metric(sa.http, "thermo_aggregator_cold_objects_written_total") >= objects
+        },
+    );
+    assert_eq!(
+        metric(sa.http, "thermo_aggregator_hours_trimmed_total"),
+        2.0
+    );
+    assert_eq!(
+        metric(sa.http, "thermo_aggregator_cold_objects_written_total"),
+        objects
+    );
+    let cold = sa.dir.path().join("data/cold/v1/tenant=default");
+    for h in [h0, h0 + HOUR] {
+        let f = cold.join(format!("res=1m/start={h}.parquet"));
+        assert!(f.is_file(), "{} exists", f.display());
+    }
+    for d in &days {
+        let f = cold.join(format!("res=5m/start={d}.parquet"));
+        assert!(f.is_file(), "{} exists", f.display());
+    }
+
+    let check = |sa: &Standalone, when: &str| {
+        let q = |params: String| sa.query(&params);
+        // Per hour, from the 1m objects only.
+        let by_hour = q(format!(
+            "metric=req&stat=sum&from={h0}&to={}&step=3600",
+            h0 + 2 * HOUR
+        ));
+        assert_eq!(sources(&by_hour), vec!["cold"], "{when}: {by_hour}");
+        let pts = points(&by_hour, &[]);
+        assert_eq!(pts.len(), 2, "{when}: {by_hour}");
+        assert_eq!(pts[0].1 + pts[1].1, old_total, "{when}");
+        // Every minute exactly once.
+        let per_minute = q(format!(
+            "metric=req&stat=sum&from={h0}&to={}&step=60&group_by=route",
+            h0 + 2 * HOUR
+        ));
+        let pa = points(&per_minute, &[("route", "/a")]);
+        let want: Vec<(i64, f64)> = minutes.iter().map(|m| (*m, a(*m))).collect();
+        assert_eq!(pa, want, "{when}: route /a per minute");
+        let pb = points(&per_minute, &[("route", "/b")]);
+        assert_eq!(pb.len(), 120, "{when}");
+        assert!(pb.iter().all(|(_, v)| *v == 2.0), "{when}: {pb:?}");
+        // The day at 5m, from its rebuilt object (or from the 1m objects if it was not complete).
+        let day = *days.iter().next().unwrap_or(&h0);
+        let at5 = q(format!(
+            "metric=req&stat=sum&from={day}&to={}&step=86400&resolution=5m",
+            day + 86_400
+        ));
+        let in_day: f64 = minutes
+            .iter()
+            .filter(|m| Resolution::FiveMinutes.chunk_start(**m) == day)
+            .map(|m| a(*m) + 2.0)
+            .sum();
+        assert_eq!(single(&at5, &[]), in_day, "{when}: {at5}");
+        assert_eq!(sources(&at5), vec!["cold"], "{when}");
+        // Histograms: exact count, sum, min and max from the objects.
+        let span = format!("from={h0}&to={}&step=3600", h0 + 2 * HOUR);
+        let per_hour = |stat: &str| -> Vec<f64> {
+            points(&q(format!("metric=lat&stat={stat}&{span}")), &[])
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect()
+        };
+        let sum: f64 = (1..=120).map(|v| v as f64 + 1000.0).sum();
+        let first: f64 = (1..=60).map(|v| v as f64 + 1000.0).sum();
+        assert_eq!(per_hour("count"), vec![120.0, 120.0], "{when}");
+        assert_eq!(per_hour("sum"), vec![first, sum - first], "{when}");
+        assert_eq!(per_hour("min"), vec![1.0, 61.0], "{when}");
+        assert_eq!(per_hour("max"), vec![1000.0, 1000.0], "{when}");
+        // Hot and cold in one answer: the old hours from objects, the current minute from hot.
+        let whole = q(format!(
+            "metric=req&stat=sum&from={h0}&to={}&step=86400",
+            cur + 60
+        ));
+        assert_eq!(sources(&whole), vec!["hot", "cold"], "{when}: {whole}");
+        let total: f64 = points(&whole, &[]).iter().map(|(_, v)| v).sum();
+        assert_eq!(total, old_total + 1000.0, "{when}: {whole}");
+    };
+    check(&sa, "after the roll-up");
+
+    sa.kill_and_restart();
+    wait_until(
+        "a compactor cycle after the restart",
+        Duration::from_secs(30),
+        || metric(sa.http, "thermo_aggregator_cold_cycles_total") >= 1.0,
+    );
+    assert_eq!(
+        metric(sa.http, "thermo_aggregator_cold_objects_written_total"),
+        0.0,
+        "the catalog survived: nothing rolled up again"
+    );
+    assert_eq!(
+        metric(sa.http, "thermo_aggregator_hours_trimmed_total"),
+        0.0
+    );
+    check(&sa, "after SIGKILL and a restart");
 }

@@ -1,6 +1,8 @@
 //! Roll-ups from the hot store into cold storage, and the hand-over that trims Redis.
 //!
-//! One compactor runs at a time (a Redis lease). Every cycle:
+//! It works on any [`Catalog`] (Redis's, or the embedded store's in standalone mode) and any
+//! [`ColdStore`] (S3, or a local directory). One compactor runs at a time (the catalog's lease).
+//! Every cycle:
 //! 1. **1m**: each pending hour that ended at least `cold_lag_secs` ago is written as one Parquet
 //!    object per tenant (`res=1m`, one hour of minutes). If the hour already has an object (late
 //!    data), the object's rows absorb the hot cells by contribution, so nothing is counted twice
@@ -40,6 +42,22 @@ pub struct CompactorSettings {
     pub retention_secs: [i64; 3],
 }
 
+impl From<&crate::AggregatorConfig> for CompactorSettings {
+    fn from(cfg: &crate::AggregatorConfig) -> Self {
+        Self {
+            prefix: cfg.cold_prefix.clone(),
+            lag_secs: cfg.cold_lag_secs,
+            interval: Duration::from_secs(cfg.cold_interval_secs.max(1)),
+            hot_retention_secs: cfg.hot_retention_hours * 3600,
+            retention_secs: [
+                cfg.retention_1m_days * 86_400,
+                cfg.retention_5m_days * 86_400,
+                cfg.retention_1h_days * 86_400,
+            ],
+        }
+    }
+}
+
 /// What one cycle did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CycleReport {
@@ -50,9 +68,9 @@ pub struct CycleReport {
     pub objects_deleted: u64,
 }
 
-pub struct Compactor<C> {
+pub struct Compactor<C, K> {
     cold: C,
-    catalog: Catalog,
+    catalog: K,
     s: CompactorSettings,
     owner: String,
 }
@@ -71,8 +89,8 @@ fn res_index(r: Resolution) -> usize {
     }
 }
 
-impl<C: ColdStore> Compactor<C> {
-    pub fn new(cold: C, catalog: Catalog, s: CompactorSettings) -> Self {
+impl<C: ColdStore, K: Catalog> Compactor<C, K> {
+    pub fn new(cold: C, catalog: K, s: CompactorSettings) -> Self {
         let owner = format!("{}-{}", std::process::id(), now_s());
         Self {
             cold,
@@ -97,6 +115,10 @@ impl<C: ColdStore> Compactor<C> {
             "cold_cycle_failures_total",
             "compactor cycles aborted by a storage error",
         );
+        let cycles = metrics.counter(
+            "cold_cycles_total",
+            "compactor cycles completed (this process held the lease)",
+        );
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(self.s.interval);
         loop {
@@ -118,6 +140,7 @@ impl<C: ColdStore> Compactor<C> {
             }
             match self.cycle(now_s()).await {
                 Ok(r) => {
+                    cycles.inc();
                     written.inc_by(r.objects_written);
                     trimmed.inc_by(r.hours_trimmed);
                     if r != CycleReport::default() {
@@ -340,8 +363,7 @@ impl<C: ColdStore> Compactor<C> {
     async fn trim(&self, now: i64, r: &mut CycleReport) -> Result<(), StoreError> {
         let until = now - self.s.hot_retention_secs - 3600;
         for hour in self.catalog.trimmable_hours(until).await? {
-            let keys = self.catalog.hour_keys(hour).await?;
-            if self.catalog.trim_keys(hour, &keys).await? {
+            if self.catalog.trim_hour(hour).await? {
                 r.hours_trimmed += 1;
             }
         }

@@ -20,9 +20,9 @@ pub use config::AggregatorConfig;
 
 use std::time::Duration;
 use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
-use thermo_store::catalog::Catalog;
 use thermo_store::cold::LocalDirCold;
 use thermo_store::kafka::KafkaConsumer;
+use thermo_store::redis_catalog::RedisCatalog;
 use thermo_store::redis_hot::RedisHot;
 use thermo_store::s3::{S3Cold, S3Settings};
 
@@ -96,18 +96,8 @@ fn start_compactor(
     metrics: SelfMetrics,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let settings = compactor::CompactorSettings {
-        prefix: cfg.cold_prefix.clone(),
-        lag_secs: cfg.cold_lag_secs,
-        interval: Duration::from_secs(cfg.cold_interval_secs.max(1)),
-        hot_retention_secs: cfg.hot_retention_hours * 3600,
-        retention_secs: [
-            cfg.retention_1m_days * 86_400,
-            cfg.retention_5m_days * 86_400,
-            cfg.retention_1h_days * 86_400,
-        ],
-    };
-    let catalog = Catalog::new(hot);
+    let settings = compactor::CompactorSettings::from(cfg);
+    let catalog = RedisCatalog::new(hot);
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };

@@ -25,24 +25,24 @@ use thermo_store::cold::ColdStore;
 use thermo_store::hot::HotStore;
 
 /// Cold storage for the routes: the catalog and the object reader.
-pub struct ColdSide<C> {
-    pub catalog: Catalog,
+pub struct ColdSide<K, C> {
+    pub catalog: K,
     pub reader: ColdReader<C>,
 }
 
-pub struct AppState<H, C> {
+pub struct AppState<H, K, C> {
     cfg: ReadConfig,
     hot: H,
-    cold: Option<ColdSide<C>>,
+    cold: Option<ColdSide<K, C>>,
     metrics: SelfMetrics,
 }
 
-impl<H: HotStore, C: ColdStore> AppState<H, C> {
-    /// `cold`: `None` reads Redis only.
+impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
+    /// `cold`: `None` reads the hot store only.
     pub fn new(
         cfg: ReadConfig,
         hot: H,
-        cold: Option<ColdSide<C>>,
+        cold: Option<ColdSide<K, C>>,
         metrics: SelfMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -54,10 +54,10 @@ impl<H: HotStore, C: ColdStore> AppState<H, C> {
     }
 }
 
-pub fn router<H: HotStore, C: ColdStore>(state: Arc<AppState<H, C>>) -> Router {
+pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C>>) -> Router {
     Router::new()
-        .route("/api/v1/metrics", get(list_metrics::<H, C>))
-        .route("/api/v1/query", get(query::<H, C>))
+        .route("/api/v1/metrics", get(list_metrics::<H, K, C>))
+        .route("/api/v1/query", get(query::<H, K, C>))
         .with_state(state)
         .merge(crate::dashboard::router())
 }
@@ -80,8 +80,8 @@ struct MetricInfo {
     tag_keys: Vec<String>,
 }
 
-async fn list_metrics<H: HotStore, C: ColdStore>(
-    State(st): State<Arc<AppState<H, C>>>,
+async fn list_metrics<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant(&st.cfg, &headers)?;
@@ -103,8 +103,8 @@ async fn list_metrics<H: HotStore, C: ColdStore>(
 }
 
 /// Evaluates `p`, with the catalog read first when cold storage is on.
-async fn run_query<H: HotStore, C: ColdStore>(
-    st: &AppState<H, C>,
+async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
     tenant: &str,
     p: &QueryParams,
 ) -> Result<QueryResult, ApiError> {
@@ -121,8 +121,8 @@ async fn run_query<H: HotStore, C: ColdStore>(
     evaluate(&st.hot, Some(cold), tenant, p, max_series).await
 }
 
-async fn query<H: HotStore, C: ColdStore>(
-    State(st): State<Arc<AppState<H, C>>>,
+async fn query<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<QueryResult>, ApiError> {

@@ -60,7 +60,11 @@ impl ColdView {
     /// `dirty(1h)` → clean, marking the next state before it clears the previous one: reading the
     /// states in the same order, a chunk is always seen in at least one of them while its coarse
     /// objects are stale.
-    pub async fn load(catalog: &Catalog, res: Resolution, until: i64) -> Result<Self, StoreError> {
+    pub async fn load<K: Catalog>(
+        catalog: &K,
+        res: Resolution,
+        until: i64,
+    ) -> Result<Self, StoreError> {
         let mut v = ColdView {
             pending: catalog
                 .pending_hours(until)

@@ -24,22 +24,25 @@ use std::time::Duration;
 use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
 use thermo_store::catalog::Catalog;
 use thermo_store::cold::{ColdStore, LocalDirCold};
+use thermo_store::redis_catalog::RedisCatalog;
 use thermo_store::redis_hot::RedisHot;
 use thermo_store::s3::{S3Cold, S3Settings};
 
-fn cold_side<C: ColdStore>(
+/// The cold side of the routes: `catalog` (next to the hot store) and objects read from `store`
+/// through a cache of `cold_cache_bytes`.
+pub fn cold_side<K: Catalog, C: ColdStore>(
     cfg: &ReadConfig,
-    hot: &RedisHot,
+    catalog: K,
     store: C,
     metrics: &SelfMetrics,
-) -> ColdSide<C> {
+) -> ColdSide<K, C> {
     let cache = ColdCache::with_metrics(cfg.cold_cache_bytes, metrics);
     let corrupt = metrics.counter(
         "cold_objects_corrupt_total",
         "cold objects that could not be decoded and were skipped",
     );
     ColdSide {
-        catalog: Catalog::new(hot.clone()),
+        catalog,
         reader: ColdReader::new(store, &cfg.cold_prefix, cache, corrupt),
     }
 }
@@ -58,7 +61,7 @@ fn s3_settings(cfg: &ReadConfig) -> S3Settings {
 async fn serve<C: ColdStore>(
     cfg: ReadConfig,
     hot: RedisHot,
-    cold: Option<ColdSide<C>>,
+    cold: Option<ColdSide<RedisCatalog, C>>,
     metrics: SelfMetrics,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -111,9 +114,11 @@ pub async fn run(
         return serve::<LocalDirCold>(cfg, hot, None, metrics, ready, shutdown).await;
     }
     if !cfg.cold_dir.is_empty() {
-        let cold = cold_side(&cfg, &hot, LocalDirCold::new(&cfg.cold_dir), &metrics);
+        let catalog = RedisCatalog::new(hot.clone());
+        let cold = cold_side(&cfg, catalog, LocalDirCold::new(&cfg.cold_dir), &metrics);
         return serve(cfg, hot, Some(cold), metrics, ready, shutdown).await;
     }
-    let cold = cold_side(&cfg, &hot, S3Cold::new(&s3_settings(&cfg)), &metrics);
+    let catalog = RedisCatalog::new(hot.clone());
+    let cold = cold_side(&cfg, catalog, S3Cold::new(&s3_settings(&cfg)), &metrics);
     serve(cfg, hot, Some(cold), metrics, ready, shutdown).await
 }

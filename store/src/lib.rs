@@ -16,7 +16,9 @@ pub mod hot;
 pub mod kafka;
 pub mod local_log;
 pub mod log;
+pub mod mem_catalog;
 pub mod mem_hot;
+pub mod redis_catalog;
 pub mod redis_hot;
 pub mod s3;
 

@@ -1,14 +1,19 @@
 //! An in-memory hot store: the same contract as Redis (fenced writes, per-partition offsets,
-//! series and metric indexes), for tests, benchmarks and embedded use. Retention is not enforced.
+//! series and metric indexes), with its cold-storage catalog ([`crate::mem_catalog`]), for
+//! standalone mode, tests and benchmarks. Retention: the compactor trims hours once cold storage
+//! holds them, as with Redis.
 //!
-//! Durability ([`MemHot::open`]): every accepted write is appended to a write-ahead file and
-//! `fsync`ed before it is applied, so what a write acknowledged survives a crash; opening replays
-//! the file (a torn tail is cut off). Frame: `u32 LE length | u32 LE FNV-1a of the body | body`,
-//! body = `"TW" 0x01 str topic, iv partition, iv new_offset, uv n, n × (str metric key, iv minute,
-//! uv len, HotCell bytes)`. When the file passes `compact_bytes` it is rewritten as one frame per
-//! partition offset plus one per cell (a snapshot), through a temporary file and a rename.
+//! Durability ([`MemHot::open`]): every accepted change (a write, or a catalog op) is appended to a
+//! write-ahead file and `fsync`ed before it is applied, so what was acknowledged survives a crash;
+//! opening replays the file (a torn tail is cut off). Frame: `u32 LE length | u32 LE FNV-1a of the
+//! body | body`. A write's body = `"TW" 0x01 str topic, iv partition, iv new_offset, uv n, n × (str
+//! metric key, iv minute, uv len, HotCell bytes)`; catalog bodies (`"TC"`, `"TS"`) are described
+//! in `mem_catalog`. When the file passes `compact_bytes` it is rewritten as a snapshot (one frame
+//! per partition offset, one per series with its cells under partition −1, one catalog frame),
+//! through a temporary file and a rename.
 
 use crate::hot::{HotStore, HotWrite, PartitionId};
+use crate::mem_catalog::{CatalogOp, CatalogState};
 use crate::StoreError;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,12 +25,77 @@ use thermo_core::codec::HotCell;
 use thermo_core::codec::{Reader, Writer};
 use thermo_core::key::MetricKey;
 
+/// The store's state.
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     offsets: BTreeMap<PartitionId, i64>,
     cells: BTreeMap<MetricKey, BTreeMap<i64, HotCell>>,
     types: BTreeMap<(String, String), MetricType>,
-    rolled: BTreeMap<i64, i64>,
+    pub(crate) catalog: CatalogState,
+    /// The compactor lease: owner and expiry (memory only).
+    lease: Option<(String, std::time::Instant)>,
+}
+
+/// One logged change.
+pub(crate) enum Mutation {
+    Write {
+        partition: PartitionId,
+        new_offset: i64,
+        cells: Vec<(MetricKey, i64, HotCell)>,
+    },
+    Catalog(CatalogOp),
+    CatalogSnapshot(CatalogState),
+}
+
+impl Mutation {
+    fn body(&self) -> Vec<u8> {
+        match self {
+            Mutation::Write {
+                partition,
+                new_offset,
+                cells,
+            } => write_body(partition, *new_offset, cells),
+            Mutation::Catalog(op) => op.encode(),
+            Mutation::CatalogSnapshot(s) => s.encode(),
+        }
+    }
+}
+
+impl Inner {
+    fn apply(&mut self, m: Mutation) {
+        match m {
+            Mutation::Write {
+                partition,
+                new_offset,
+                cells,
+            } => {
+                for (k, minute, cell) in cells {
+                    self.types.insert(
+                        (k.tenant().to_string(), k.name().to_string()),
+                        cell.agg.metric_type(),
+                    );
+                    // Snapshot frames of cells carry no partition (-1) and mark nothing pending.
+                    if partition.partition >= 0 {
+                        self.catalog.touched(minute);
+                    }
+                    self.cells.entry(k).or_default().insert(minute, cell);
+                }
+                if partition.partition >= 0 {
+                    self.offsets.insert(partition, new_offset);
+                }
+            }
+            Mutation::Catalog(op) => {
+                if let CatalogOp::Trim { hour } = op {
+                    self.cells.retain(|_, cells| {
+                        cells.retain(|m, _| !(hour..hour + 3600).contains(m));
+                        !cells.is_empty()
+                    });
+                }
+                self.catalog.apply(&op);
+            }
+            Mutation::CatalogSnapshot(s) => self.catalog = s,
+        }
+    }
 }
 
 /// Hot store in memory.
@@ -49,7 +119,7 @@ fn io(e: std::io::Error, path: &Path) -> StoreError {
     }
 }
 
-fn frame_write(
+fn write_body(
     partition: &PartitionId,
     new_offset: i64,
     cells: &[(MetricKey, i64, HotCell)],
@@ -68,23 +138,36 @@ fn frame_write(
         w.uv(c.len() as u64);
         w.bytes(&c);
     }
-    let mut out = Vec::with_capacity(w.buf.len() + 8);
-    out.extend_from_slice(&(w.buf.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(fnv1a(&w.buf) as u32).to_le_bytes());
-    out.extend_from_slice(&w.buf);
+    w.buf
+}
+
+/// `length | checksum | body`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(fnv1a(body) as u32).to_le_bytes());
+    out.extend_from_slice(body);
     out
 }
 
-type Replayed = (PartitionId, i64, Vec<(MetricKey, i64, HotCell)>);
-
-fn parse_write(body: &[u8]) -> Result<Replayed, thermo_core::codec::CodecError> {
+fn parse(body: &[u8]) -> Result<Mutation, thermo_core::codec::CodecError> {
     let mut r = Reader::new(body, "hot store log");
-    if r.take(3)? != b"TW\x01" {
-        return Err(thermo_core::codec::CodecError {
-            what: "hot store log",
-            problem: "bad header".into(),
-        });
-    }
+    let m = match r.take(3)? {
+        b"TW\x01" => parse_write(&mut r)?,
+        b"TC\x01" => Mutation::Catalog(CatalogOp::decode(&mut r)?),
+        b"TS\x01" => Mutation::CatalogSnapshot(CatalogState::decode(&mut r)?),
+        _ => {
+            return Err(thermo_core::codec::CodecError {
+                what: "hot store log",
+                problem: "bad header".into(),
+            })
+        }
+    };
+    r.finish()?;
+    Ok(m)
+}
+
+fn parse_write(r: &mut Reader<'_>) -> Result<Mutation, thermo_core::codec::CodecError> {
     let topic = r.str()?.to_string();
     let partition = r.iv()? as i32;
     let offset = r.iv()?;
@@ -99,8 +182,11 @@ fn parse_write(body: &[u8]) -> Result<Replayed, thermo_core::codec::CodecError> 
         let len = r.len(1)?;
         cells.push((key, minute, HotCell::decode(r.take(len)?)?));
     }
-    r.finish()?;
-    Ok((PartitionId { topic, partition }, offset, cells))
+    Ok(Mutation::Write {
+        partition: PartitionId { topic, partition },
+        new_offset: offset,
+        cells,
+    })
 }
 
 impl MemHot {
@@ -139,10 +225,10 @@ impl MemHot {
             if fnv1a(body) as u32 != sum {
                 break;
             }
-            let Ok((p, offset, cells)) = parse_write(body) else {
+            let Ok(m) = parse(body) else {
                 break;
             };
-            store.apply(p, offset, cells);
+            store.lock().apply(m);
             pos += 8 + len;
         }
         let file = std::fs::OpenOptions::new()
@@ -168,33 +254,13 @@ impl MemHot {
         })
     }
 
-    fn apply(
-        &self,
-        partition: PartitionId,
-        new_offset: i64,
-        cells: Vec<(MetricKey, i64, HotCell)>,
-    ) {
-        let mut g = self.lock();
-        for (k, minute, cell) in cells {
-            g.types.insert(
-                (k.tenant().to_string(), k.name().to_string()),
-                cell.agg.metric_type(),
-            );
-            g.cells.entry(k).or_default().insert(minute, cell);
-        }
-        // Snapshot frames of cells carry no partition (-1).
-        if partition.partition >= 0 {
-            g.offsets.insert(partition, new_offset);
-        }
-    }
-
     /// Rewrites the write-ahead file as a snapshot of the current state.
     fn compact(&self, wal: &mut Wal) -> Result<(), StoreError> {
         let g = self.lock();
         let tmp = wal.path.with_extension("tmp");
         let mut buf = Vec::new();
         for (p, o) in &g.offsets {
-            buf.extend_from_slice(&frame_write(p, *o, &[]));
+            buf.extend_from_slice(&frame(&write_body(p, *o, &[])));
         }
         let none = PartitionId {
             topic: String::new(),
@@ -205,8 +271,9 @@ impl MemHot {
                 .iter()
                 .map(|(m, c)| (k.clone(), *m, c.clone()))
                 .collect();
-            buf.extend_from_slice(&frame_write(&none, -1, &cells));
+            buf.extend_from_slice(&frame(&write_body(&none, -1, &cells)));
         }
+        buf.extend_from_slice(&frame(&g.catalog.encode()));
         drop(g);
         std::fs::write(&tmp, &buf).map_err(|e| io(e, &tmp))?;
         std::fs::File::open(&tmp)
@@ -225,7 +292,71 @@ impl MemHot {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts a cell directly (tests and benchmarks).
+    /// The state, for the catalog's reads.
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.lock()
+    }
+
+    /// Logs and applies the change `decide` returns for the current state (none: `Ok(false)`).
+    /// One change at a time: the write-ahead lock orders the decision, the append and the apply.
+    pub(crate) fn mutate(
+        &self,
+        decide: impl FnOnce(&Inner) -> Option<Mutation>,
+    ) -> Result<bool, StoreError> {
+        let mut wal = self
+            .wal
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(m) = decide(&self.lock()) else {
+            return Ok(false);
+        };
+        if let Some(wal) = wal.as_mut() {
+            let frame = frame(&m.body());
+            wal.file.write_all(&frame).map_err(|e| io(e, &wal.path))?;
+            wal.file.sync_data().map_err(|e| io(e, &wal.path))?;
+            wal.bytes += frame.len() as u64;
+        }
+        self.lock().apply(m);
+        if let Some(wal) = wal.as_mut() {
+            if wal.bytes > wal.compact_bytes {
+                self.compact(wal)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes or renews the compactor lease (memory only: one process, one compactor).
+    pub(crate) fn lease(&self, owner: &str, ttl_ms: u64) -> bool {
+        let now = std::time::Instant::now();
+        let mut g = self.lock();
+        let free = g
+            .lease
+            .as_ref()
+            .is_none_or(|(o, until)| o == owner || *until <= now);
+        if free {
+            g.lease = Some((
+                owner.to_string(),
+                now + std::time::Duration::from_millis(ttl_ms),
+            ));
+        }
+        free
+    }
+
+    pub(crate) fn release(&self, owner: &str) {
+        let mut g = self.lock();
+        if g.lease.as_ref().is_some_and(|(o, _)| o == owner) {
+            g.lease = None;
+        }
+    }
+
+    /// Every tenant that wrote, sorted.
+    pub(crate) fn tenants(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.lock().types.keys().map(|(t, _)| t.clone()).collect();
+        t.dedup();
+        t
+    }
+
+    /// Puts a cell directly, not logged and not marked pending (tests and benchmarks).
     pub fn insert(&self, key: MetricKey, minute: i64, cell: HotCell) {
         let mut g = self.lock();
         g.types.insert(
@@ -235,20 +366,6 @@ impl MemHot {
         g.cells.entry(key).or_default().insert(minute, cell);
     }
 
-    /// Drops every cell before `minute` (retention). Not logged: after a restart the write-ahead
-    /// file may bring them back until the next snapshot, and the next prune drops them again.
-    pub fn prune(&self, minute: i64) -> usize {
-        let mut g = self.lock();
-        let mut dropped = 0;
-        g.cells.retain(|_, cells| {
-            let before = cells.len();
-            cells.retain(|m, _| *m >= minute);
-            dropped += before - cells.len();
-            !cells.is_empty()
-        });
-        dropped
-    }
-
     /// Removes a cell (tests: a trim).
     pub fn remove(&self, key: &MetricKey, minute: i64) {
         if let Some(c) = self.lock().cells.get_mut(key) {
@@ -256,9 +373,9 @@ impl MemHot {
         }
     }
 
-    /// Marks an hour as rolled up into cold storage at time `at`.
+    /// Marks an hour as rolled up into cold storage at time `at` (tests).
     pub fn mark_rolled(&self, hour: i64, at: i64) {
-        self.lock().rolled.entry(hour).or_insert(at);
+        self.lock().catalog.set_rolled_at(hour, at);
     }
 }
 
@@ -276,27 +393,15 @@ impl HotStore for MemHot {
     }
 
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
-        // One writer at a time per store: the WAL lock orders the check, the append and the apply.
-        let mut wal = self
-            .wal
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
-        if self.lock().offsets.get(&w.partition).copied().unwrap_or(-1) != w.expected_offset {
-            return Ok(false);
-        }
-        if let Some(wal) = wal.as_mut() {
-            let frame = frame_write(&w.partition, w.new_offset, &w.cells);
-            wal.file.write_all(&frame).map_err(|e| io(e, &wal.path))?;
-            wal.file.sync_data().map_err(|e| io(e, &wal.path))?;
-            wal.bytes += frame.len() as u64;
-        }
-        self.apply(w.partition, w.new_offset, w.cells);
-        if let Some(wal) = wal.as_mut() {
-            if wal.bytes > wal.compact_bytes {
-                self.compact(wal)?;
-            }
-        }
-        Ok(true)
+        self.mutate(|g| {
+            (g.offsets.get(&w.partition).copied().unwrap_or(-1) == w.expected_offset).then_some(
+                Mutation::Write {
+                    partition: w.partition,
+                    new_offset: w.new_offset,
+                    cells: w.cells,
+                },
+            )
+        })
     }
 
     async fn metrics(&self, tenant: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
@@ -328,7 +433,7 @@ impl HotStore for MemHot {
 
     async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
         let g = self.lock();
-        Ok(hours.iter().map(|h| g.rolled.get(h).copied()).collect())
+        Ok(hours.iter().map(|h| g.catalog.rolled_at(*h)).collect())
     }
 
     async fn read_range(
