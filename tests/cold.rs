@@ -16,7 +16,7 @@
 //!
 //! To make an intermediate state deterministic (backfill complete before any roll-up; late cells
 //! in Redis next to their hour's object; S3 back with its objects before the compactor resumes),
-//! the test takes the compactor's lease itself (`thermo:cold:lock`, see store/src/catalog.rs).
+//! the test takes the compactor's lease itself (`thermo:cold:lock`, see store/src/redis_catalog.rs).
 //! The last phase lowers `retention_1m_days` and restarts the aggregator.
 
 mod support;
@@ -390,7 +390,7 @@ fn wait_ingested(c: &Cold, model: &Model) {
     );
 }
 
-/// What the compactor still has to do at `now` (from the catalog keys of store/src/catalog.rs).
+/// What the compactor still has to do at `now` (from the catalog keys of store/src/redis_catalog.rs).
 fn unsettled(c: &Cold, now: i64) -> Vec<String> {
     let mut out = Vec::new();
     for h in c.zset("thermo:pending") {
@@ -1401,7 +1401,7 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 
 const LEASE: &str = "thermo:cold:lock";
 
-/// Takes the compactor's lease (the Redis key of store/src/catalog.rs) so that no cycle starts, and
+/// Takes the compactor's lease (the Redis key of store/src/redis_catalog.rs) so that no cycle starts, and
 /// waits until a cycle in progress has finished (with S3 down: no new failure for 4 s).
 fn hold_lease(redis: &Redis, agg_port: u16, s3_down: bool) -> Lease<'_> {
     redis.cli(&["SET", LEASE, "cold-test", "PX", "120000"]);

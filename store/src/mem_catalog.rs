@@ -525,6 +525,20 @@ mod tests {
         assert_eq!(cells_in(c.hot(), H, H + 7200).await, 1);
         c.unmark_cold(Resolution::OneMinute, H).await.unwrap();
         assert_eq!(c.hot().rolled_up(&[H]).await.unwrap(), vec![None]);
+
+        // Every cell trimmed, then a snapshot: the tenant and its metric index remain (as in
+        // Redis), so retention still finds the tenant's objects.
+        assert!(c.finish_hour(H + 3600, "1").await.unwrap());
+        assert!(c.trim_hour(H + 3600).await.unwrap());
+        drop(c);
+        let c = open(64);
+        c.mark_dirty(Resolution::OneHour, 0).await.unwrap(); // snapshots
+        drop(c);
+        let c = open(1 << 20);
+        assert_eq!(cells_in(c.hot(), 0, i64::MAX).await, 0);
+        assert_eq!(c.tenants().await.unwrap(), vec!["acme".to_string()]);
+        assert_eq!(c.hot().metrics("acme").await.unwrap().len(), 1);
+        assert_eq!(c.dirty(Resolution::OneHour).await.unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

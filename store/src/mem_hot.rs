@@ -9,8 +9,9 @@
 //! body | body`. A write's body = `"TW" 0x01 str topic, iv partition, iv new_offset, uv n, n × (str
 //! metric key, iv minute, uv len, HotCell bytes)`; catalog bodies (`"TC"`, `"TS"`) are described
 //! in `mem_catalog`. When the file passes `compact_bytes` it is rewritten as a snapshot (one frame
-//! per partition offset, one per series with its cells under partition −1, one catalog frame),
-//! through a temporary file and a rename.
+//! per partition offset, one per series with its cells under partition −1, one frame of the metric
+//! index `"TM" 0x01 uv n, n × (str tenant, str name, str type)` — it outlives trimmed cells, as in
+//! Redis —, one catalog frame), through a temporary file and a rename.
 
 use crate::hot::{HotStore, HotWrite, PartitionId};
 use crate::mem_catalog::{CatalogOp, CatalogState};
@@ -45,6 +46,8 @@ pub(crate) enum Mutation {
     },
     Catalog(CatalogOp),
     CatalogSnapshot(CatalogState),
+    /// The metric index (snapshots only: it outlives trimmed cells, like Redis's `thermo:m:*`).
+    Index(Vec<(String, String, MetricType)>),
 }
 
 impl Mutation {
@@ -57,6 +60,17 @@ impl Mutation {
             } => write_body(partition, *new_offset, cells),
             Mutation::Catalog(op) => op.encode(),
             Mutation::CatalogSnapshot(s) => s.encode(),
+            Mutation::Index(types) => {
+                let mut w = Writer::default();
+                w.bytes(b"TM\x01");
+                w.uv(types.len() as u64);
+                for (tenant, name, t) in types {
+                    w.str(tenant);
+                    w.str(name);
+                    w.str(t.as_str());
+                }
+                w.buf
+            }
         }
     }
 }
@@ -94,6 +108,11 @@ impl Inner {
                 self.catalog.apply(&op);
             }
             Mutation::CatalogSnapshot(s) => self.catalog = s,
+            Mutation::Index(types) => {
+                for (tenant, name, t) in types {
+                    self.types.insert((tenant, name), t);
+                }
+            }
         }
     }
 }
@@ -156,6 +175,18 @@ fn parse(body: &[u8]) -> Result<Mutation, thermo_core::codec::CodecError> {
         b"TW\x01" => parse_write(&mut r)?,
         b"TC\x01" => Mutation::Catalog(CatalogOp::decode(&mut r)?),
         b"TS\x01" => Mutation::CatalogSnapshot(CatalogState::decode(&mut r)?),
+        b"TM\x01" => {
+            let mut types = Vec::new();
+            for _ in 0..r.len(3)? {
+                let (tenant, name) = (r.str()?.to_string(), r.str()?.to_string());
+                let t = MetricType::parse(r.str()?).ok_or(thermo_core::codec::CodecError {
+                    what: "hot store log",
+                    problem: "unknown metric type".into(),
+                })?;
+                types.push((tenant, name, t));
+            }
+            Mutation::Index(types)
+        }
         _ => {
             return Err(thermo_core::codec::CodecError {
                 what: "hot store log",
@@ -273,6 +304,12 @@ impl MemHot {
                 .collect();
             buf.extend_from_slice(&frame(&write_body(&none, -1, &cells)));
         }
+        let index = g
+            .types
+            .iter()
+            .map(|((t, n), ty)| (t.clone(), n.clone(), *ty))
+            .collect();
+        buf.extend_from_slice(&frame(&Mutation::Index(index).body()));
         buf.extend_from_slice(&frame(&g.catalog.encode()));
         drop(g);
         std::fs::write(&tmp, &buf).map_err(|e| io(e, &tmp))?;
