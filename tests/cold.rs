@@ -65,56 +65,38 @@ impl Cold {
         let broker = Broker::start(&subdir(&d, "broker"));
         broker.create_topic(TOPIC, 4);
         let moto = Moto::start(&subdir(&d, "moto"));
-        let pport = free_port();
-        let partitioner = Role {
-            proc: start_role(
-                &d,
-                "partitioner",
-                "partitioner",
-                &format!(
-                    "http_addr = \"127.0.0.1:{pport}\"\nkafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 5000\nmax_past_secs = {}\n",
-                    broker.addr(),
-                    10 * DAY
-                ),
-                pport,
+        let partitioner = Role::start(
+            &d,
+            "partitioner",
+            "partitioner",
+            &format!(
+                "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 5000\nmax_past_secs = {}\n",
+                broker.addr(),
+                10 * DAY
             ),
-            http: pport,
-            udp: 0,
-        };
-        let aport = free_port();
-        let aggregator = Role {
-            proc: start_role(
-                &d,
-                "aggregator-0",
-                "aggregator",
-                &format!(
-                    "http_addr = \"127.0.0.1:{aport}\"\nkafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = 1000\nbatch_max_wait_ms = 100\nhot_retention_hours = {HOT_RETENTION_HOURS}\ncold_enabled = true\n{}cold_lag_secs = {LAG}\ncold_interval_secs = 1\nlate_grace_secs = {GRACE}\nretention_1m_days = 30\n",
-                    broker.addr(),
-                    redis.url(),
-                    moto.toml(BUCKET)
-                ),
-                aport,
+        );
+        let aggregator = Role::start(
+            &d,
+            "aggregator-0",
+            "aggregator",
+            &format!(
+                "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = 1000\nbatch_max_wait_ms = 100\nhot_retention_hours = {HOT_RETENTION_HOURS}\ncold_enabled = true\n{}cold_lag_secs = {LAG}\ncold_interval_secs = 1\nlate_grace_secs = {GRACE}\nretention_1m_days = 30\n",
+                broker.addr(),
+                redis.url(),
+                moto.toml(BUCKET)
             ),
-            http: aport,
-            udp: 0,
-        };
-        let rport = free_port();
-        let read = Role {
-            proc: start_role(
-                &d,
-                "read",
-                "read-service",
-                &format!(
-                    "http_addr = \"127.0.0.1:{rport}\"\nredis_url = \"{}\"\nhot_retention_hours = {HOT_RETENTION_HOURS}\ncold_enabled = true\n{}cold_cache_bytes = {}\n",
-                    redis.url(),
-                    moto.toml(BUCKET),
-                    64u64 << 20
-                ),
-                rport,
+        );
+        let read = Role::start(
+            &d,
+            "read",
+            "read-service",
+            &format!(
+                "redis_url = \"{}\"\nhot_retention_hours = {HOT_RETENTION_HOURS}\ncold_enabled = true\n{}cold_cache_bytes = {}\n",
+                redis.url(),
+                moto.toml(BUCKET),
+                64u64 << 20
             ),
-            http: rport,
-            udp: 0,
-        };
+        );
         let s3 = S3Tool::new(&moto, BUCKET);
         Self {
             stack: Stack {

@@ -87,8 +87,10 @@ fn bench(c: &mut Criterion) {
                 for r in polled {
                     next[r.partition as usize] = r.offset + 1;
                 }
-                let offsets: Vec<(i32, i64)> =
-                    (0..4).map(|p| (p as i32, next[p])).filter(|(_, o)| *o > 0).collect();
+                let offsets: Vec<(i32, i64)> = (0..4)
+                    .map(|p| (p as i32, next[p]))
+                    .filter(|(_, o)| *o > 0)
+                    .collect();
                 consumer.commit(&offsets).expect("commit");
             }
         })

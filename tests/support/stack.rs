@@ -13,6 +13,18 @@ pub struct Role {
 }
 
 impl Role {
+    /// Starts `thermo <role> --config <dir>/<name>.toml` on a free HTTP port, with `settings` (TOML
+    /// keys other than `http_addr`), and waits until it is healthy.
+    pub fn start(dir: &Path, name: &str, role: &str, settings: &str) -> Self {
+        let http = free_port();
+        let toml = format!("http_addr = \"127.0.0.1:{http}\"\n{settings}");
+        Self {
+            proc: start_role(dir, name, role, &toml, http),
+            http,
+            udp: 0,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
@@ -46,51 +58,37 @@ impl Stack {
         let broker = Broker::start(&mkdir(dir.path(), "broker"));
         broker.create_topic(TOPIC, partitions);
         let d = dir.path();
-        let pport = free_port();
-        let partitioner = Role {
-            proc: start_role(d, "partitioner", "partitioner", &format!(
-                "http_addr = \"127.0.0.1:{pport}\"\nkafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 3000\n",
-                broker.addr()), pport),
-            http: pport,
-            udp: 0,
-        };
+        let partitioner = Role::start(
+            d,
+            "partitioner",
+            "partitioner",
+            &format!(
+                "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 3000\n",
+                broker.addr()
+            ),
+        );
         let aggregators = (0..aggregators)
             .map(|i| {
-                let port = free_port();
-                Role {
-                    proc: start_role(d, &format!("aggregator-{i}"), "aggregator", &format!(
-                        "http_addr = \"127.0.0.1:{port}\"\nkafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\n",
-                        broker.addr(), redis.url()), port),
-                    http: port,
-                    udp: 0,
-                }
+                Role::start(d, &format!("aggregator-{i}"), "aggregator", &format!(
+                    "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\n",
+                    broker.addr(), redis.url()))
             })
             .collect();
-        let rport = free_port();
-        let read = Role {
-            proc: start_role(
-                d,
-                "read",
-                "read-service",
-                &format!(
-                    "http_addr = \"127.0.0.1:{rport}\"\nredis_url = \"{}\"\n",
-                    redis.url()
-                ),
-                rport,
-            ),
-            http: rport,
-            udp: 0,
-        };
+        let read = Role::start(
+            d,
+            "read",
+            "read-service",
+            &format!("redis_url = \"{}\"\n", redis.url()),
+        );
+        let pport = partitioner.http;
         let agents = (0..agents)
             .map(|i| {
-                let http = free_port();
                 let udp = free_udp_port();
                 Role {
-                    proc: start_role(d, &format!("agent-{i}"), "agent", &format!(
-                        "udp_addr = \"127.0.0.1:{udp}\"\nhttp_addr = \"127.0.0.1:{http}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nrequest_timeout_ms = 5000\n[global_tags]\nhost = \"h{}\"\n",
-                        i + 1), http),
-                    http,
                     udp,
+                    ..Role::start(d, &format!("agent-{i}"), "agent", &format!(
+                        "udp_addr = \"127.0.0.1:{udp}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nrequest_timeout_ms = 5000\n[global_tags]\nhost = \"h{}\"\n",
+                        i + 1))
                 }
             })
             .collect();
