@@ -140,9 +140,10 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
             }
             match self.cycle(now_s()).await {
                 Ok(r) => {
-                    cycles.inc();
                     written.inc_by(r.objects_written);
                     trimmed.inc_by(r.hours_trimmed);
+                    // Last: a scrape that sees this cycle counted sees what it did.
+                    cycles.inc();
                     if r != CycleReport::default() {
                         tracing::info!(?r, "compactor cycle");
                     }

@@ -88,10 +88,7 @@ impl ColdStore for LocalDirCold {
                 .unwrap_or_default();
             let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
             std::fs::write(&tmp, &body).map_err(|e| io_err(e, &tmp))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io_err(e, &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io_err(e, &path))
+            crate::replace_durably(&tmp, &path).map_err(|e| io_err(e, &path))
         })
         .await
         .map_err(|e| StoreError::Invalid(e.to_string()))?

@@ -22,6 +22,20 @@ pub mod redis_catalog;
 pub mod redis_hot;
 pub mod s3;
 
+/// Replaces `path` by the fully written file `tmp`, durably: `tmp` is `fsync`ed, renamed, and the
+/// directory `fsync`ed, so that after a power loss `path` is the old file or the new one, whole.
+pub(crate) fn replace_durably(
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -309,7 +309,7 @@ impl LogConsumer for LocalConsumer {
         let path = g.dir.join("committed");
         let tmp = g.dir.join("committed.tmp");
         std::fs::write(&tmp, text).map_err(|e| io(e, &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(e, &path))?;
+        crate::replace_durably(&tmp, &path).map_err(|e| io(e, &path))?;
         for part in g.parts.iter_mut() {
             compact(part)?;
         }
@@ -339,7 +339,7 @@ fn compact(part: &mut Partition) -> Result<(), StoreError> {
     }
     let tmp = part.path.with_extension("tmp");
     std::fs::write(&tmp, part.base.to_le_bytes()).map_err(|e| io(e, &tmp))?;
-    std::fs::rename(&tmp, &part.path).map_err(|e| io(e, &part.path))?;
+    crate::replace_durably(&tmp, &part.path).map_err(|e| io(e, &part.path))?;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&part.path)

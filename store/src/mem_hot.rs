@@ -127,8 +127,12 @@ pub struct MemHot {
 struct Wal {
     path: PathBuf,
     file: std::fs::File,
+    /// Bytes of whole frames in the file.
     bytes: u64,
     compact_bytes: u64,
+    /// Snapshot when the file passes this: `compact_bytes`, or twice the last snapshot if that is
+    /// larger (so a large live state is not rewritten at every change).
+    next_compact: u64,
 }
 
 fn io(e: std::io::Error, path: &Path) -> StoreError {
@@ -240,6 +244,9 @@ impl MemHot {
         })?;
         let store = Self::default();
         let mut pos = 0usize;
+        // A snapshot written before the catalog existed has cells (partition -1) but no catalog
+        // frame: its hours are then marked pending after the replay, so they are rolled up too.
+        let (mut snapshot_cells, mut catalog_frame) = (false, false);
         while pos + 8 <= bytes.len() {
             let len =
                 u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
@@ -259,8 +266,30 @@ impl MemHot {
             let Ok(m) = parse(body) else {
                 break;
             };
+            match &m {
+                Mutation::Write { partition, .. } if partition.partition < 0 => {
+                    snapshot_cells = true
+                }
+                Mutation::CatalogSnapshot(_) => catalog_frame = true,
+                _ => {}
+            }
             store.lock().apply(m);
             pos += 8 + len;
+        }
+        if snapshot_cells && !catalog_frame {
+            let mut g = store.lock();
+            let hours: std::collections::BTreeSet<i64> = g
+                .cells
+                .values()
+                .flat_map(|c| c.keys().map(|m| m - m.rem_euclid(3600)))
+                .collect();
+            tracing::info!(
+                hours = hours.len(),
+                "hot store written before the catalog: its hours are pending roll-up"
+            );
+            for h in hours {
+                g.catalog.touched(h);
+            }
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -281,6 +310,7 @@ impl MemHot {
                 file,
                 bytes: pos as u64,
                 compact_bytes,
+                next_compact: compact_bytes,
             })),
         })
     }
@@ -313,15 +343,13 @@ impl MemHot {
         buf.extend_from_slice(&frame(&g.catalog.encode()));
         drop(g);
         std::fs::write(&tmp, &buf).map_err(|e| io(e, &tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(e, &tmp))?;
-        std::fs::rename(&tmp, &wal.path).map_err(|e| io(e, &wal.path))?;
+        crate::replace_durably(&tmp, &wal.path).map_err(|e| io(e, &wal.path))?;
         wal.file = std::fs::OpenOptions::new()
             .append(true)
             .open(&wal.path)
             .map_err(|e| io(e, &wal.path))?;
         wal.bytes = buf.len() as u64;
+        wal.next_compact = wal.compact_bytes.max(wal.bytes.saturating_mul(2));
         Ok(())
     }
 
@@ -335,28 +363,42 @@ impl MemHot {
     }
 
     /// Logs and applies the change `decide` returns for the current state (none: `Ok(false)`).
-    /// One change at a time: the write-ahead lock orders the decision, the append and the apply.
+    /// One change at a time: the write-ahead lock orders the decision, the append and the apply
+    /// (without a write-ahead file, the state lock is held across both).
     pub(crate) fn mutate(
         &self,
         decide: impl FnOnce(&Inner) -> Option<Mutation>,
     ) -> Result<bool, StoreError> {
-        let mut wal = self
-            .wal
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(wal) = self.wal.as_ref() else {
+            let mut g = self.lock();
+            let Some(m) = decide(&g) else {
+                return Ok(false);
+            };
+            g.apply(m);
+            return Ok(true);
+        };
+        let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
         let Some(m) = decide(&self.lock()) else {
             return Ok(false);
         };
-        if let Some(wal) = wal.as_mut() {
-            let frame = frame(&m.body());
-            wal.file.write_all(&frame).map_err(|e| io(e, &wal.path))?;
-            wal.file.sync_data().map_err(|e| io(e, &wal.path))?;
-            wal.bytes += frame.len() as u64;
+        let frame = frame(&m.body());
+        let appended = wal
+            .file
+            .write_all(&frame)
+            .and_then(|()| wal.file.sync_data());
+        if let Err(e) = appended {
+            // Cut a partial frame off, so that later frames are not appended behind it (a replay
+            // would stop there and lose them).
+            let _ = wal.file.set_len(wal.bytes);
+            return Err(io(e, &wal.path));
         }
+        wal.bytes += frame.len() as u64;
         self.lock().apply(m);
-        if let Some(wal) = wal.as_mut() {
-            if wal.bytes > wal.compact_bytes {
-                self.compact(wal)?;
+        if wal.bytes > wal.next_compact {
+            if let Err(e) = self.compact(&mut wal) {
+                // The change is durable and applied; the file just stays long until next time.
+                wal.next_compact = wal.bytes.saturating_mul(2);
+                tracing::warn!("hot store snapshot failed (retried later): {e}");
             }
         }
         Ok(true)
@@ -554,6 +596,63 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
     use thermo_core::aggregate::{Aggregate, Counter};
+
+    /// A file whose snapshot was written before the catalog existed (cells under partition -1, no
+    /// catalog frame): its hours come back pending, so the compactor rolls them up.
+    #[tokio::test]
+    async fn hours_of_a_snapshot_from_before_the_catalog_are_pending() {
+        use crate::catalog::Catalog;
+        use crate::mem_catalog::MemCatalog;
+        let dir = std::env::temp_dir().join(format!("thermo-memhot-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hot.log");
+        let k = MetricKey::new("acme", "req", vec![]).unwrap();
+        let cell = HotCell {
+            contributors: vec![(1, 1)],
+            agg: Aggregate::Counter(Counter {
+                sum: 1.0,
+                samples: 1,
+            }),
+        };
+        let none = PartitionId {
+            topic: String::new(),
+            partition: -1,
+        };
+        let p = PartitionId {
+            topic: "local".into(),
+            partition: 0,
+        };
+        let cells = vec![
+            (k.clone(), 7200 + 60, cell.clone()),
+            (k.clone(), 7200 + 120, cell.clone()),
+            (k.clone(), 10_800, cell.clone()),
+        ];
+        let mut old = frame(&write_body(&p, 41, &[]));
+        old.extend_from_slice(&frame(&write_body(&none, -1, &cells)));
+        std::fs::write(&path, old).unwrap();
+
+        let c = MemCatalog::new(std::sync::Arc::new(MemHot::open(&path, 1 << 20).unwrap()));
+        let hours: Vec<i64> = c
+            .pending_hours(i64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        assert_eq!(hours, vec![7200, 10_800]);
+        assert_eq!(c.hot().offset(&p).await.unwrap(), 41);
+        drop(c);
+        // After a snapshot the catalog frame carries them.
+        let c = MemCatalog::new(std::sync::Arc::new(MemHot::open(&path, 1).unwrap()));
+        c.mark_dirty(thermo_core::window::Resolution::FiveMinutes, 0)
+            .await
+            .unwrap();
+        drop(c);
+        let c = MemCatalog::new(std::sync::Arc::new(MemHot::open(&path, 1 << 20).unwrap()));
+        assert_eq!(c.pending_hours(i64::MAX).await.unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn writes_are_fenced_by_the_partition_offset() {
