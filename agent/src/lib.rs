@@ -28,12 +28,7 @@ pub enum AgentError {
     Startup(String),
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use thermo_core::window::now_ms;
 
 /// State shared by the UDP loop, the HTTP handlers and the flusher.
 pub struct Shared {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use thermo_core::aggregate::fnv1a;
 use thermo_core::codec::{HotCell, Record};
 use thermo_core::key::MetricKey;
+use thermo_core::window::now_s;
 use thermo_core::window::window_start;
 use thermo_runtime::telemetry::{Readiness, SelfMetrics};
 use thermo_store::hot::{HotStore, HotWrite, PartitionId};
@@ -69,12 +70,6 @@ pub struct Applied {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Cells written.
     pub cells: u64,
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Applies one partition's records (in offset order) to `hot`. Retries when fenced; returns the

@@ -22,6 +22,7 @@ use std::time::Duration;
 use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::{Absorbed, HotCell};
 use thermo_core::key::MetricKey;
+use thermo_core::window::now_s;
 use thermo_core::window::{chunks_in, Resolution};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::catalog::{object_key, Catalog};
@@ -73,20 +74,6 @@ pub struct Compactor<C, K> {
     catalog: K,
     s: CompactorSettings,
     owner: String,
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn res_index(r: Resolution) -> usize {
-    match r {
-        Resolution::OneMinute => 0,
-        Resolution::FiveMinutes => 1,
-        Resolution::OneHour => 2,
-    }
 }
 
 impl<C: ColdStore, K: Catalog> Compactor<C, K> {
@@ -350,7 +337,7 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
                 r.objects_written += 1;
             }
             self.catalog.mark_cold(res, chunk).await?;
-            if let Some(coarser) = coarser(res) {
+            if let Some(coarser) = res.coarser() {
                 self.catalog
                     .mark_dirty(coarser, coarser.chunk_start(chunk))
                     .await?;
@@ -374,7 +361,7 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
     async fn expire(&self, now: i64, r: &mut CycleReport) -> Result<(), StoreError> {
         let tenants = self.catalog.tenants().await?;
         for res in Resolution::ALL {
-            let cutoff = now - self.s.retention_secs[res_index(res)];
+            let cutoff = now - self.s.retention_secs[res.index()];
             for (chunk, _) in self.catalog.cold_chunks(res).await? {
                 if chunk + res.chunk_seconds() > cutoff {
                     continue;
@@ -389,13 +376,5 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
             }
         }
         Ok(())
-    }
-}
-
-fn coarser(r: Resolution) -> Option<Resolution> {
-    match r {
-        Resolution::OneMinute => Some(Resolution::FiveMinutes),
-        Resolution::FiveMinutes => Some(Resolution::OneHour),
-        Resolution::OneHour => None,
     }
 }

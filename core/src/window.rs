@@ -7,6 +7,18 @@
 /// Seconds in a minute window.
 pub const MINUTE: i64 = 60;
 
+/// The wall clock in unix seconds (0 if the clock is before the epoch).
+pub fn now_s() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// The wall clock in unix milliseconds (0 if the clock is before the epoch).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The start of the window of length `len` that contains `ts`.
 pub fn window_start(ts: i64, len: i64) -> i64 {
     debug_assert!(len > 0);
@@ -69,6 +81,24 @@ impl Resolution {
     /// The start of the chunk that contains `ts`.
     pub fn chunk_start(self, ts: i64) -> i64 {
         window_start(ts, self.chunk_seconds())
+    }
+
+    /// Position in [`Self::ALL`] (0 = 1m, 1 = 5m, 2 = 1h).
+    pub fn index(self) -> usize {
+        match self {
+            Self::OneMinute => 0,
+            Self::FiveMinutes => 1,
+            Self::OneHour => 2,
+        }
+    }
+
+    /// The next coarser resolution, the one rolled up from this one.
+    pub fn coarser(self) -> Option<Resolution> {
+        match self {
+            Self::OneMinute => Some(Self::FiveMinutes),
+            Self::FiveMinutes => Some(Self::OneHour),
+            Self::OneHour => None,
+        }
     }
 
     /// The next finer resolution, the one this resolution is rolled up from.
@@ -146,8 +176,13 @@ mod tests {
 
     #[test]
     fn resolution_names_round_trip() {
-        for r in Resolution::ALL {
+        for (i, r) in Resolution::ALL.into_iter().enumerate() {
             assert_eq!(Resolution::parse(r.as_str()), Some(r));
+            assert_eq!(r.index(), i);
+            assert_eq!(
+                r.coarser().and_then(Resolution::finer),
+                r.coarser().map(|_| r)
+            );
         }
         assert_eq!(Resolution::parse("2m"), None);
     }

@@ -19,6 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use thermo_core::window::minute_start;
+use thermo_core::window::now_s;
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::catalog::Catalog;
 use thermo_store::cold::ColdStore;
@@ -64,12 +65,6 @@ pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C
 
 fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {
     thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(ApiError::Unauthorized)
-}
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[derive(Serialize)]

@@ -113,12 +113,11 @@ pub async fn run(
     if !cfg.cold_enabled {
         return serve::<LocalDirCold>(cfg, hot, None, metrics, ready, shutdown).await;
     }
+    let catalog = RedisCatalog::new(hot.clone());
     if !cfg.cold_dir.is_empty() {
-        let catalog = RedisCatalog::new(hot.clone());
         let cold = cold_side(&cfg, catalog, LocalDirCold::new(&cfg.cold_dir), &metrics);
         return serve(cfg, hot, Some(cold), metrics, ready, shutdown).await;
     }
-    let catalog = RedisCatalog::new(hot.clone());
     let cold = cold_side(&cfg, catalog, S3Cold::new(&s3_settings(&cfg)), &metrics);
     serve(cfg, hot, Some(cold), metrics, ready, shutdown).await
 }

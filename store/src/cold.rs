@@ -27,10 +27,7 @@ pub struct LocalDirCold {
 }
 
 fn io_err(e: std::io::Error, what: &Path) -> StoreError {
-    StoreError::Unavailable {
-        backend: "local cold store",
-        detail: format!("{}: {e}", what.display()),
-    }
+    StoreError::io("local cold store", e, what)
 }
 
 fn checked(key: &str) -> Result<&str, StoreError> {

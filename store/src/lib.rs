@@ -54,6 +54,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A file-system failure of the embedded backend `backend` on `path` (retryable: a full or
+    /// failing disk may recover).
+    pub(crate) fn io(backend: &'static str, e: std::io::Error, path: &std::path::Path) -> Self {
+        StoreError::Unavailable {
+            backend,
+            detail: format!("{}: {e}", path.display()),
+        }
+    }
+
     /// Whether trying again later may succeed.
     pub fn retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })

@@ -56,10 +56,7 @@ pub struct LocalLog {
 }
 
 fn io(e: std::io::Error, what: &Path) -> StoreError {
-    StoreError::Unavailable {
-        backend: "local log",
-        detail: format!("{}: {e}", what.display()),
-    }
+    StoreError::io("local log", e, what)
 }
 
 fn frame(key: &[u8], value: &[u8]) -> Vec<u8> {

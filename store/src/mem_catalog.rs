@@ -23,6 +23,7 @@ use crate::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use thermo_core::codec::{CodecError, Reader, Writer};
+use thermo_core::window::now_s;
 use thermo_core::window::{window_start, Resolution};
 
 /// What the catalog holds (inside the embedded store's state).
@@ -70,14 +71,6 @@ pub enum CatalogOp {
     },
 }
 
-fn idx(r: Resolution) -> usize {
-    match r {
-        Resolution::OneMinute => 0,
-        Resolution::FiveMinutes => 1,
-        Resolution::OneHour => 2,
-    }
-}
-
 fn res_of(i: u8) -> Result<Resolution, CodecError> {
     Resolution::ALL
         .get(usize::from(i))
@@ -109,9 +102,9 @@ impl CatalogState {
                 true
             }
             CatalogOp::Trim { hour } => !self.pending.contains_key(hour),
-            CatalogOp::UnmarkCold { res, chunk } => self.cold[idx(*res)].contains_key(chunk),
+            CatalogOp::UnmarkCold { res, chunk } => self.cold[res.index()].contains_key(chunk),
             CatalogOp::ClearDirty { res, chunk, seq } => {
-                self.dirty[idx(*res)].get(chunk) == Some(seq)
+                self.dirty[res.index()].get(chunk) == Some(seq)
             }
         }
     }
@@ -127,24 +120,24 @@ impl CatalogState {
                 self.trim.remove(&hour);
             }
             CatalogOp::MarkCold { res, chunk, at } => {
-                *self.cold[idx(res)].entry(chunk).or_insert(0) += 1;
+                *self.cold[res.index()].entry(chunk).or_insert(0) += 1;
                 if res == Resolution::OneMinute {
                     self.rolled_at.entry(chunk).or_insert(at);
                 }
             }
             CatalogOp::UnmarkCold { res, chunk } => {
-                self.cold[idx(res)].remove(&chunk);
+                self.cold[res.index()].remove(&chunk);
                 if res == Resolution::OneMinute {
                     self.rolled_at.remove(&chunk);
                 }
             }
             CatalogOp::MarkDirty { res, chunk } => {
                 self.dirty_seq += 1;
-                self.dirty[idx(res)].insert(chunk, self.dirty_seq);
+                self.dirty[res.index()].insert(chunk, self.dirty_seq);
             }
             CatalogOp::ClearDirty { res, chunk, seq } => {
-                if self.dirty[idx(res)].get(&chunk) == Some(&seq) {
-                    self.dirty[idx(res)].remove(&chunk);
+                if self.dirty[res.index()].get(&chunk) == Some(&seq) {
+                    self.dirty[res.index()].remove(&chunk);
                 }
             }
         }
@@ -223,20 +216,20 @@ impl CatalogOp {
                 w.iv(hour);
             }
             CatalogOp::MarkCold { res, chunk, at } => {
-                w.bytes(&[3, idx(res) as u8]);
+                w.bytes(&[3, res.index() as u8]);
                 w.iv(chunk);
                 w.iv(at);
             }
             CatalogOp::UnmarkCold { res, chunk } => {
-                w.bytes(&[4, idx(res) as u8]);
+                w.bytes(&[4, res.index() as u8]);
                 w.iv(chunk);
             }
             CatalogOp::MarkDirty { res, chunk } => {
-                w.bytes(&[5, idx(res) as u8]);
+                w.bytes(&[5, res.index() as u8]);
                 w.iv(chunk);
             }
             CatalogOp::ClearDirty { res, chunk, seq } => {
-                w.bytes(&[6, idx(res) as u8]);
+                w.bytes(&[6, res.index() as u8]);
                 w.iv(chunk);
                 w.uv(seq);
             }
@@ -296,12 +289,6 @@ impl MemCatalog {
     }
 }
 
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 impl Catalog for MemCatalog {
     type Hot = MemHot;
 
@@ -352,7 +339,7 @@ impl Catalog for MemCatalog {
     }
 
     async fn cold_chunks(&self, res: Resolution) -> Result<BTreeMap<i64, u64>, StoreError> {
-        Ok(self.read(|c| c.cold[idx(res)].clone()))
+        Ok(self.read(|c| c.cold[res.index()].clone()))
     }
 
     async fn mark_cold(&self, res: Resolution, chunk: i64) -> Result<(), StoreError> {
@@ -374,7 +361,7 @@ impl Catalog for MemCatalog {
 
     async fn dirty(&self, res: Resolution) -> Result<Vec<(i64, f64)>, StoreError> {
         Ok(self.read(|c| {
-            c.dirty[idx(res)]
+            c.dirty[res.index()]
                 .iter()
                 .map(|(k, s)| (*k, *s as f64))
                 .collect()

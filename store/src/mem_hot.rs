@@ -25,6 +25,7 @@ use thermo_core::aggregate::MetricType;
 use thermo_core::codec::HotCell;
 use thermo_core::codec::{Reader, Writer};
 use thermo_core::key::MetricKey;
+use thermo_core::window::window_start;
 
 /// The store's state.
 #[derive(Default)]
@@ -36,6 +37,12 @@ pub(crate) struct Inner {
     /// The compactor lease: owner and expiry (memory only).
     lease: Option<(String, std::time::Instant)>,
 }
+
+/// The partition of snapshot cell frames (and of [`MemHot::insert`]): no offset, nothing pending.
+const SNAPSHOT: PartitionId = PartitionId {
+    topic: String::new(),
+    partition: -1,
+};
 
 /// One logged change.
 pub(crate) enum Mutation {
@@ -136,10 +143,7 @@ struct Wal {
 }
 
 fn io(e: std::io::Error, path: &Path) -> StoreError {
-    StoreError::Unavailable {
-        backend: "embedded hot store",
-        detail: format!("{}: {e}", path.display()),
-    }
+    StoreError::io("embedded hot store", e, path)
 }
 
 fn write_body(
@@ -281,7 +285,7 @@ impl MemHot {
             let hours: std::collections::BTreeSet<i64> = g
                 .cells
                 .values()
-                .flat_map(|c| c.keys().map(|m| m - m.rem_euclid(3600)))
+                .flat_map(|c| c.keys().map(|m| window_start(*m, 3600)))
                 .collect();
             tracing::info!(
                 hours = hours.len(),
@@ -323,16 +327,12 @@ impl MemHot {
         for (p, o) in &g.offsets {
             buf.extend_from_slice(&frame(&write_body(p, *o, &[])));
         }
-        let none = PartitionId {
-            topic: String::new(),
-            partition: -1,
-        };
         for (k, minutes) in &g.cells {
             let cells: Vec<(MetricKey, i64, HotCell)> = minutes
                 .iter()
                 .map(|(m, c)| (k.clone(), *m, c.clone()))
                 .collect();
-            buf.extend_from_slice(&frame(&write_body(&none, -1, &cells)));
+            buf.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &cells)));
         }
         let index = g
             .types
@@ -437,12 +437,11 @@ impl MemHot {
 
     /// Puts a cell directly, not logged and not marked pending (tests and benchmarks).
     pub fn insert(&self, key: MetricKey, minute: i64, cell: HotCell) {
-        let mut g = self.lock();
-        g.types.insert(
-            (key.tenant().to_string(), key.name().to_string()),
-            cell.agg.metric_type(),
-        );
-        g.cells.entry(key).or_default().insert(minute, cell);
+        self.lock().apply(Mutation::Write {
+            partition: SNAPSHOT,
+            new_offset: -1,
+            cells: vec![(key, minute, cell)],
+        });
     }
 
     /// Removes a cell (tests: a trim).
@@ -615,10 +614,6 @@ mod tests {
                 samples: 1,
             }),
         };
-        let none = PartitionId {
-            topic: String::new(),
-            partition: -1,
-        };
         let p = PartitionId {
             topic: "local".into(),
             partition: 0,
@@ -629,7 +624,7 @@ mod tests {
             (k.clone(), 10_800, cell.clone()),
         ];
         let mut old = frame(&write_body(&p, 41, &[]));
-        old.extend_from_slice(&frame(&write_body(&none, -1, &cells)));
+        old.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &cells)));
         std::fs::write(&path, old).unwrap();
 
         let c = MemCatalog::new(std::sync::Arc::new(MemHot::open(&path, 1 << 20).unwrap()));

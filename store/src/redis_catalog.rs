@@ -226,9 +226,7 @@ impl Catalog for RedisCatalog {
     async fn mark_cold(&self, res: Resolution, chunk: i64) -> Result<(), StoreError> {
         let mut c = self.hot.connection();
         if res == Resolution::OneMinute {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let now = thermo_core::window::now_s();
             let _: i64 = redis::cmd("HSETNX")
                 .arg("thermo:rolled_at")
                 .arg(chunk)

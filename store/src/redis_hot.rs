@@ -181,9 +181,7 @@ impl HotStore for RedisHot {
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
         let mut inv = self.script.prepare_invoke();
         inv.key(offset_key(&w.partition));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = thermo_core::window::now_s();
         inv.arg(w.expected_offset.to_string());
         inv.arg(w.new_offset.to_string());
         inv.arg(if self.cold { "1" } else { "0" });
