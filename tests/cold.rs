@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use support::s3::{Moto, S3Tool};
-use support::stack::{Role, Stack, TOPIC};
+use support::stack::{sources, Role, Stack, TOPIC};
 use support::*;
 use thermo_core::aggregate::HIST_RELATIVE_ERROR;
 use thermo_core::window::{minute_start, window_start};
@@ -323,17 +323,11 @@ fn post(c: &Cold, model: &mut Model, key: &str, entries: &[Entry], counted: bool
                     "time": e.minute + 7, "type": "histogram", "values": vs}),
             })
             .collect();
-        let body = serde_json::json!({"idempotency_key": format!("{key}-{i}"), "series": series});
-        let r = http()
-            .post(c.stack.partitioner.url("/api/v1/ingest"))
-            .json(&body)
-            .send()
-            .expect("POST ingest");
-        let status = r.status().as_u16();
-        let answer = r.text().unwrap_or_default();
-        assert_eq!(status, 200, "ingest {key}-{i}: {answer}");
-        let v: serde_json::Value = serde_json::from_str(&answer).expect("ingest answer");
-        assert_eq!(v["accepted"].as_u64(), Some(chunk.len() as u64), "{answer}");
+        post_ingest(
+            &c.stack.partitioner.url("/api/v1/ingest"),
+            &format!("{key}-{i}"),
+            series,
+        );
         model.posted += chunk.len() as u64;
         if counted {
             for e in chunk {
@@ -525,15 +519,6 @@ fn check_hour_sources(c: &Cold, model: &Model, hour: i64, source: &str, when: &s
         );
         assert_eq!(sources(&a), vec![source], "hour {hour} at {res} {when}");
     }
-}
-
-fn sources(a: &serde_json::Value) -> Vec<String> {
-    a["sources"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no sources in {a}"))
-        .iter()
-        .map(|s| s.as_str().expect("source").to_string())
-        .collect()
 }
 
 /// Queries the read service and compares every point with the model: sums and counts exactly,

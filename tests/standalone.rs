@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::stack::{points, single, Standalone, Target};
+use support::stack::{points, single, sources, Standalone, Target};
 use support::*;
 
 fn total(http: u16, from: i64) -> serde_json::Value {
@@ -82,28 +82,6 @@ fn http_client_post(url: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Posts `series` (ingest API JSON objects) to standalone as one batch.
-fn ingest(sa: &Standalone, key: &str, series: Vec<serde_json::Value>) {
-    let n = series.len() as u64;
-    let body = serde_json::json!({"idempotency_key": key, "series": series});
-    let r = http()
-        .post(sa.url("/api/v1/ingest"))
-        .json(&body)
-        .send()
-        .expect("POST ingest");
-    let status = r.status().as_u16();
-    let answer: serde_json::Value = r.json().expect("ingest answer");
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["accepted"].as_u64(), Some(n), "{answer}");
-}
-
-fn sources(a: &serde_json::Value) -> Vec<&str> {
-    a["sources"]
-        .as_array()
-        .map(|v| v.iter().filter_map(|s| s.as_str()).collect())
-        .unwrap_or_default()
-}
-
 const HOUR: i64 = 3600;
 
 /// Two hours three days old (older than the 48-hour hot retention) and the current minute:
@@ -136,11 +114,11 @@ fn standalone_rolls_up_into_parquet_trims_and_stitches_hot_and_cold() {
             "values": [((m - h0) / 60 + 1) as f64, 1000.0]}),
         );
     }
-    ingest(&sa, "old", series);
+    post_ingest(&sa.url("/api/v1/ingest"), "old", series);
     // The current minute: stays in the hot store (its hour has not ended).
     let cur = window_start(now, 60);
-    ingest(
-        &sa,
+    post_ingest(
+        &sa.url("/api/v1/ingest"),
         "new",
         vec![
             serde_json::json!({"metric": "req", "tags": {"route": "/a"}, "time": cur + 1,

@@ -374,6 +374,19 @@ pub fn metric(http_port: u16, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Posts `series` (ingest API objects) to the ingest API at `url` as one batch with idempotency key
+/// `key`; asserts a 200 that accepted every one.
+pub fn post_ingest(url: &str, key: &str, series: Vec<serde_json::Value>) {
+    let n = series.len() as u64;
+    let body = serde_json::json!({"idempotency_key": key, "series": series});
+    let r = http().post(url).json(&body).send().expect("POST ingest");
+    let status = r.status().as_u16();
+    let answer = r.text().unwrap_or_default();
+    assert_eq!(status, 200, "ingest {key}: {answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("ingest answer");
+    assert_eq!(v["accepted"].as_u64(), Some(n), "{answer}");
+}
+
 /// Sends StatsD datagrams over UDP to `port`, pacing so the receiver's socket buffer never overflows.
 pub fn send_udp(port: u16, datagrams: &[String]) {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
@@ -387,9 +400,5 @@ pub fn send_udp(port: u16, datagrams: &[String]) {
 }
 
 /// Unix seconds now.
-pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
+#[allow(unused_imports)] // not every test binary reads the clock
+pub use thermo_core::window::now_s;

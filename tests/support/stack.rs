@@ -196,6 +196,16 @@ pub fn points(answer: &serde_json::Value, tags: &[(&str, &str)]) -> Vec<(i64, f6
         .collect()
 }
 
+/// The `sources` of a query answer (panics if there are none).
+pub fn sources(a: &serde_json::Value) -> Vec<String> {
+    a["sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sources in {a}"))
+        .iter()
+        .map(|s| s.as_str().expect("source").to_string())
+        .collect()
+}
+
 /// The single value of the single point of the series with `tags`.
 pub fn single(answer: &serde_json::Value, tags: &[(&str, &str)]) -> f64 {
     let p = points(answer, tags);
