@@ -186,16 +186,14 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
             return Ok(());
         }
         let tenants = self.catalog.tenants().await?;
+        // Which hours already have objects (late data): read once, only this loop adds to it.
+        let rolled = self.catalog.cold_chunks(Resolution::OneMinute).await?;
         for (hour, version) in pending {
             // A catch-up can take long: keep the lease while working, stop if it was lost.
             if !self.catalog.lease(&self.owner, self.lease_ms()).await? {
                 return Ok(());
             }
-            let has_object = self
-                .catalog
-                .cold_chunks(Resolution::OneMinute)
-                .await?
-                .contains_key(&hour);
+            let has_object = rolled.contains_key(&hour);
             for tenant in &tenants {
                 let series = self.tenant_series(tenant, hour).await?;
                 let cells = self
