@@ -84,6 +84,14 @@ fn main() -> Result<()> {
         Some(parse_args(std::env::args().skip(1))?)
     };
     thermo_runtime::telemetry::init_logging();
+    let offset = thermo_core::window::clock_offset_from_env().map_err(anyhow::Error::msg)?;
+    if offset != 0 {
+        tracing::warn!(
+            offset_secs = offset,
+            "the wall clock is shifted by {} (for tests only)",
+            thermo_core::window::CLOCK_OFFSET_ENV
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,8 +6,9 @@
 //!
 //! - StatsD on UDP (`--udp`, default 127.0.0.1:8125) into the agent;
 //! - one HTTP port (`--http`, default 127.0.0.1:8129) for the query API, the dashboard, the
-//!   partitioner's ingest API, the agent's `/api/v1/statsd` and `/flush`, `/metrics` (every
-//!   role's self-metrics), `/healthz` and `/readyz`;
+//!   partitioner's ingest API, the agent's `/api/v1/statsd`, `/flush` (which answers 200 only
+//!   once the flushed minutes are applied to the hot store: flush, then query), `/metrics`
+//!   (every role's self-metrics), `/healthz` and `/readyz`;
 //! - the log is the embedded durable log (`<data>/log`), the hot store the embedded durable store
 //!   (`<data>/hot.log`, which also holds the cold-storage catalog): what the ingest API
 //!   acknowledged survives a crash;
@@ -20,10 +21,14 @@
 //! The roles are the same code as in the distributed mode, wired to the embedded backends.
 
 use anyhow::{bail, Context, Result};
-use axum::routing::get;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use thermo_agent::http::FlushParams;
 use thermo_agent::AgentConfig;
 use thermo_aggregator::apply::{Settings, Worker};
 use thermo_aggregator::compactor::{Compactor, CompactorSettings};
@@ -149,9 +154,11 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     .await?;
 
     let all = [agent.metrics.clone(), pmetrics, ametrics, rmetrics];
+    let flush_state = (agent.shared(), log.clone());
     let app = read
         .merge(ingest)
-        .merge(agent.router.clone())
+        .merge(thermo_agent::http::statsd_router(agent.shared()))
+        .route("/flush", post(flush).with_state(flush_state))
         .route(
             "/metrics",
             get(move || {
@@ -226,6 +233,36 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     let _ = compactor_task.await;
     tracing::info!("standalone stopped");
     Ok(())
+}
+
+/// `POST /flush[?wait_ms=N]`: closes every open minute, waits until the ingest API acknowledged
+/// them (in the log) and the aggregator applied them to the hot store, so a query right after a
+/// 200 sees them. 202 when `wait_ms` (default 30 s, at most 120 s) passed first.
+async fn flush(
+    State((agent, log)): State<(Arc<thermo_agent::Shared>, LocalLog)>,
+    Query(p): Query<FlushParams>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let deadline = p.deadline();
+    let f = thermo_agent::http::flush_and_drain(&agent, deadline).await;
+    let mut applied = false;
+    if f.drained {
+        let ends = log.end_offsets();
+        while !log.consumed(&ends) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        applied = log.consumed(&ends);
+    }
+    let status = if applied {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let body = serde_json::json!({
+        "flushed_series": f.series,
+        "pending_batches": f.pending_batches,
+        "applied": applied,
+    });
+    (status, Json(body))
 }
 
 fn host(addr: &str) -> &str {

@@ -161,7 +161,7 @@ fn status_counts(status: &str) -> Option<(usize, usize)> {
 fn dashboard_charts_p99_of_demo_latency_in_chromium() {
     // A missing browser fails here, before anything is started.
     let chromium_bin = find_bin("chromium", "apt-get install chromium");
-    let thermo = Standalone::start_with("browser", &["--demo"]);
+    let thermo = Standalone::start_on_system_clock("browser", &["--demo"]);
     let (dir, http) = (&thermo.dir, thermo.http);
 
     // 1. The demo traffic reaches the agent; a flush makes the current minute queryable.

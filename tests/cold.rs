@@ -18,6 +18,10 @@
 //! in Redis next to their hour's object; S3 back with its objects before the compactor resumes),
 //! the test takes the compactor's lease itself (`thermo:cold:lock`, see store/src/redis_catalog.rs).
 //! The last phase lowers `retention_1m_days` and restarts the aggregator.
+//!
+//! Every time comes from the tests' clock (`support::now_s`, shared with the processes through
+//! `THERMO_CLOCK_OFFSET_SECS`): the run starts at 10:03 on the second day of a week, so each run
+//! sees the same hour, day and week boundaries whatever the time of day.
 
 mod support;
 
@@ -852,11 +856,13 @@ fn cold_roll_up_trim_late_data_s3_outage_and_duckdb() {
     ph.run(
         "every minute of the last hours exactly once across the hot/cold boundary",
         || {
-            // Data in the current hour, so that some of the range can only come from Redis.
-            if now_s() % HOUR >= HOUR - 20 {
-                std::thread::sleep(Duration::from_secs((HOUR - now_s() % HOUR + 5) as u64));
-            }
+            // Data in the current hour, so that some of the range can only come from Redis (the
+            // tests' clock started at 10:03: the hour has most of its minutes left).
             let m = minute_start(now_s());
+            assert!(
+                m % HOUR < HOUR - 600,
+                "minute {m} is late in its hour: the test ran for over 45 minutes"
+            );
             post(&c, &mut model, "now", &base_entries(m, false), true);
             wait_ingested(&c, &model);
             let (from, to) = (plan.dense_from, m + 60);
@@ -1292,12 +1298,12 @@ fn cold_roll_up_trim_late_data_s3_outage_and_duckdb() {
                 .into_iter()
                 .filter(|h| window_start(*h, DAY) == day && !c.zset("thermo:cold:1m").contains(h))
                 .collect();
-            if expired.is_empty() {
-                ph_note(format!(
-                    "retention phase not applicable now: no hour of day {day} has expired yet"
-                ));
-                return;
-            }
+            // The tests' clock started at 10:03: the early hours of yesterday have expired.
+            assert!(
+                !expired.is_empty(),
+                "no hour of day {day} has expired at {}",
+                now_s()
+            );
             assert!(
                 c.zset("thermo:cold:5m").contains(&day),
                 "day {day} has a 5m object"

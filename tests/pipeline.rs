@@ -154,6 +154,26 @@ fn check_wave(stack: &impl Target, model: &Model, from: i64, to: i64) {
         a["series"][0]["points"][0][1].as_f64() == Some(total)
     });
     assert_eq!(single(&a, &[]), total, "total across hosts");
+    // Every series-minute is its own record, applied partition by partition: the timer's and the
+    // gauge's may still be on their way when the counter's total is complete. Wait for them too.
+    let timer_values = model.timers.iter().filter(|(m, _)| in_range(*m)).count() as f64;
+    stack.query_until(
+        &format!("metric=lat&stat=count&{range}&step={step}"),
+        "the timer count",
+        &mut |a| a["series"][0]["points"][0][1].as_f64() == Some(timer_values),
+    );
+    // A gauge's count is the series reporting in each bucket: per minute, summed, the host-minutes.
+    let gauge_minutes = model.gauges.keys().filter(|(_, m)| in_range(*m)).count() as f64;
+    stack.query_until(
+        &format!("metric=mem&stat=count&{range}&step=60"),
+        "every gauge minute",
+        &mut |a| {
+            a["series"][0]["points"]
+                .as_array()
+                .map(|p| p.iter().map(|x| x[1].as_f64().unwrap_or(0.0)).sum::<f64>())
+                == Some(gauge_minutes)
+        },
+    );
 
     // Per series, exact.
     let a = stack.query(&format!(

@@ -3,19 +3,29 @@
 use crate::Shared;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Largest `POST /api/v1/statsd` body.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    statsd_router(shared.clone()).merge(
+        Router::new()
+            .route("/flush", post(flush))
+            .with_state(shared),
+    )
+}
+
+/// `POST /api/v1/statsd` alone (standalone mode serves its own `/flush`, see [`flush_and_drain`]).
+pub fn statsd_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/statsd", post(push))
-        .route("/flush", post(flush))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
@@ -26,20 +36,35 @@ async fn push(State(s): State<Arc<Shared>>, body: Bytes) -> Json<serde_json::Val
     Json(serde_json::json!({ "accepted": stats.lines, "dropped": stats.dropped }))
 }
 
+/// The query of `POST /flush`.
 #[derive(Deserialize)]
-struct FlushParams {
+pub struct FlushParams {
     /// How long to wait for the spool to drain (default 30 s, at most 120 s).
-    wait_ms: Option<u64>,
+    pub wait_ms: Option<u64>,
 }
 
-/// Closes every open minute and waits for delivery: 200 when the spool drained, 202 if not yet.
-async fn flush(
-    State(s): State<Arc<Shared>>,
-    Query(p): Query<FlushParams>,
-) -> (axum::http::StatusCode, Json<serde_json::Value>) {
-    let n = s.flush(true, 0);
-    let wait = Duration::from_millis(p.wait_ms.unwrap_or(30_000).min(120_000));
-    let deadline = tokio::time::Instant::now() + wait;
+impl FlushParams {
+    /// When the wait ends, counted from now.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.wait_ms.unwrap_or(30_000).min(120_000))
+    }
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Series-minutes moved from memory to the spool.
+    pub series: usize,
+    /// Batches not acknowledged yet (0 when drained).
+    pub pending_batches: usize,
+    /// Whether the partitioner acknowledged everything before the deadline.
+    pub drained: bool,
+}
+
+/// Closes every open minute and waits until the spool drained (every batch acknowledged by the
+/// partitioner) or `deadline` passed.
+pub async fn flush_and_drain(s: &Shared, deadline: Instant) -> Flushed {
+    let series = s.flush(true, 0);
     loop {
         let drained = s.spool.drained.notified();
         if s.spool.idle() {
@@ -49,14 +74,28 @@ async fn flush(
             break;
         }
     }
-    let pending = s.spool.len() + usize::from(!s.spool.idle() && s.spool.is_empty());
-    let status = if s.spool.idle() {
-        axum::http::StatusCode::OK
+    Flushed {
+        series,
+        pending_batches: s.spool.len() + usize::from(!s.spool.idle() && s.spool.is_empty()),
+        drained: s.spool.idle(),
+    }
+}
+
+/// Closes every open minute and waits for delivery: 200 when the spool drained, 202 if not yet.
+async fn flush(
+    State(s): State<Arc<Shared>>,
+    Query(p): Query<FlushParams>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let f = flush_and_drain(&s, p.deadline()).await;
+    let status = if f.drained {
+        StatusCode::OK
     } else {
-        axum::http::StatusCode::ACCEPTED
+        StatusCode::ACCEPTED
     };
     (
         status,
-        Json(serde_json::json!({ "flushed_series": n, "pending_batches": pending })),
+        Json(
+            serde_json::json!({ "flushed_series": f.series, "pending_batches": f.pending_batches }),
+        ),
     )
 }

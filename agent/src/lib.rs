@@ -162,6 +162,11 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
 }
 
 impl Agent {
+    /// The state behind the routes (for a `/flush` of its own: [`http::flush_and_drain`]).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Stops receiving, flushes every open minute and waits (bounded) for the spool to drain.
     pub async fn finish(self) {
         for t in &self.tasks {

@@ -7,16 +7,47 @@
 /// Seconds in a minute window.
 pub const MINUTE: i64 = 60;
 
-/// The wall clock in unix seconds (0 if the clock is before the epoch).
+/// The environment variable that shifts thermo's wall clock by a number of seconds (tests only).
+pub const CLOCK_OFFSET_ENV: &str = "THERMO_CLOCK_OFFSET_SECS";
+
+/// thermo's wall clock in unix seconds (0 if the clock is before the epoch).
 pub fn now_s() -> i64 {
     now_ms().div_euclid(1000)
 }
 
-/// The wall clock in unix milliseconds (0 if the clock is before the epoch).
+/// thermo's wall clock in unix milliseconds: the system clock plus [`clock_offset_secs`].
 pub fn now_ms() -> i64 {
+    system_now_ms() + clock_offset_secs() * 1000
+}
+
+/// The system clock in unix milliseconds, unshifted (0 if it is before the epoch).
+pub fn system_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The shift of thermo's wall clock, read once from `THERMO_CLOCK_OFFSET_SECS` (0 when unset or
+/// invalid; [`clock_offset_from_env`] tells which). Every time thermo reads (minute windows, the
+/// agent's flush, the aggregator's lateness rule, the compactor's lag and grace, retention) comes
+/// from this one clock, so the end-to-end tests can place their start at a fixed point of the
+/// week and no hour, day or week boundary falls inside a test, whatever the time of day.
+pub fn clock_offset_secs() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| clock_offset_from_env().unwrap_or(0))
+}
+
+/// `THERMO_CLOCK_OFFSET_SECS` parsed: `Ok(0)` when unset, an error naming the value when it is not
+/// an integer number of seconds.
+pub fn clock_offset_from_env() -> Result<i64, String> {
+    match std::env::var(CLOCK_OFFSET_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(0),
+        Err(e) => Err(format!("{CLOCK_OFFSET_ENV}: {e}")),
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("{CLOCK_OFFSET_ENV}={v:?} is not a whole number of seconds")),
+    }
 }
 
 /// The start of the window of length `len` that contains `ts`.

@@ -2,7 +2,8 @@
 //!
 //! Producer: `enable.idempotence=true`, `acks=all`; the partition is chosen by librdkafka's default
 //! partitioner from the message key (the canonical metric key), so one series always lands in one
-//! partition. Records never expire inside librdkafka (`message.timeout.ms=0`): `send_all` gives up
+//! partition. Each record carries thermo's clock as its timestamp (the aggregator's lateness rule
+//! compares it with when the hour was rolled up). Records never expire inside librdkafka (`message.timeout.ms=0`): `send_all` gives up
 //! waiting after its own timeout (the caller answers 503 and the sender retries), while librdkafka
 //! keeps the queued records and delivers them when the broker is back. This matters: a record that
 //! times out inside librdkafka makes it bump the idempotent producer's epoch, and tansu 0.6 loses
@@ -87,8 +88,14 @@ impl KafkaProducer {
 impl LogProducer for KafkaProducer {
     async fn send_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
         let mut pending = Vec::with_capacity(records.len());
+        // thermo's clock, not librdkafka's: the aggregator compares it with when an hour was
+        // rolled up (the lateness rule), which thermo's clock recorded.
+        let now_ms = thermo_core::window::now_ms();
         for (key, value) in &records {
-            let rec = FutureRecord::to(&self.topic).key(key).payload(value);
+            let rec = FutureRecord::to(&self.topic)
+                .key(key)
+                .payload(value)
+                .timestamp(now_ms);
             match self.producer.send_result(rec) {
                 Ok(f) => pending.push(f),
                 Err((e, _)) => return Err(kafka_err(e)),

@@ -167,6 +167,25 @@ impl LocalLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The next offset of every partition (index = partition): a consumer that committed these
+    /// has processed every record sent so far.
+    pub fn end_offsets(&self) -> Vec<i64> {
+        self.lock()
+            .parts
+            .iter()
+            .map(Partition::next_offset)
+            .collect()
+    }
+
+    /// Whether the committed position of every partition has reached `ends` (from
+    /// [`Self::end_offsets`]).
+    pub fn consumed(&self, ends: &[i64]) -> bool {
+        let g = self.lock();
+        ends.iter()
+            .zip(&g.parts)
+            .all(|(end, part)| part.committed >= *end)
+    }
+
     /// A consumer reading every partition from its committed position.
     pub fn consumer(&self) -> LocalConsumer {
         let positions = self.lock().parts.iter().map(|p| p.committed).collect();
@@ -398,6 +417,30 @@ mod tests {
             again.len(),
             got.iter().filter(|r| r.partition != p0).count()
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn consumed_only_once_every_partition_is_committed_to_its_end() {
+        let d = dir("consumed");
+        let log = LocalLog::open(&d, 2, 100).unwrap();
+        assert!(log.consumed(&log.end_offsets()), "an empty log is consumed");
+        log.send_all((0..6).map(|i| (format!("k{i}"), vec![i as u8])).collect())
+            .await
+            .unwrap();
+        let ends = log.end_offsets();
+        assert_eq!(ends.iter().sum::<i64>(), 6);
+        let mut c = log.consumer();
+        let got = c.poll(100, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(got.len(), 6);
+        assert!(!log.consumed(&ends), "read but not committed");
+        c.commit(&[(0, ends[0])]).unwrap();
+        assert_eq!(log.consumed(&ends), ends[1] == 0);
+        c.commit(&[(1, ends[1])]).unwrap();
+        assert!(log.consumed(&ends));
+        log.send_all(vec![("k0".into(), vec![9])]).await.unwrap();
+        assert!(log.consumed(&ends), "later records do not matter");
+        assert!(!log.consumed(&log.end_offsets()));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -79,6 +79,8 @@ pub struct Proc {
     cwd: PathBuf,
     /// `RUST_LOG` of the child.
     pub log_level: &'static str,
+    /// Whether the child runs on the tests' clock ([`clock_offset`]); true unless set otherwise.
+    pub shifted_clock: bool,
 }
 
 impl Proc {
@@ -104,6 +106,30 @@ impl Proc {
                 .collect(),
             cwd: cwd.to_path_buf(),
             log_level,
+            shifted_clock: true,
+        };
+        p.start();
+        p
+    }
+
+    /// Like `spawn`, on the system clock (for a client that reads the clock itself: a browser).
+    pub fn spawn_on_system_clock(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        cwd: &Path,
+        log: PathBuf,
+    ) -> Self {
+        let mut p = Self {
+            name: name.to_string(),
+            child: None,
+            log,
+            cmd: std::iter::once(program.display().to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+            cwd: cwd.to_path_buf(),
+            log_level: "info",
+            shifted_clock: false,
         };
         p.start();
         p
@@ -117,10 +143,16 @@ impl Proc {
             .open(&self.log)
             .expect("open log");
         let err = out.try_clone().expect("clone log");
+        let offset = if self.shifted_clock {
+            clock_offset()
+        } else {
+            0
+        };
         let child = Command::new(&self.cmd[0])
             .args(&self.cmd[1..])
             .current_dir(&self.cwd)
             .env("RUST_LOG", self.log_level)
+            .env(thermo_core::window::CLOCK_OFFSET_ENV, offset.to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -399,6 +431,27 @@ pub fn send_udp(port: u16, datagrams: &[String]) {
     }
 }
 
-/// Unix seconds now.
-#[allow(unused_imports)] // not every test binary reads the clock
-pub use thermo_core::window::now_s;
+/// The tests' wall clock: the system clock shifted so that a test binary starts at 10:03 UTC on
+/// the second day (epoch-aligned) of next week, whatever the time of day. Every process a test
+/// starts gets the same shift (`THERMO_CLOCK_OFFSET_SECS`), so thermo's windows, lateness, lag,
+/// grace and retention see the tests' times; with under 57 minutes of run time, no hour, day or
+/// week boundary falls inside a test. (Ahead of the system clock, never behind it: Redis expires
+/// keys at thermo's `EXPIREAT` times by its own clock.)
+pub fn clock_offset() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        const WEEK: i64 = 7 * 86_400;
+        let real = system_now_s();
+        let start = thermo_core::window::window_start(real, WEEK) + WEEK + 86_400 + 10 * 3600 + 180;
+        start - real
+    })
+}
+
+fn system_now_s() -> i64 {
+    thermo_core::window::system_now_ms().div_euclid(1000)
+}
+
+/// Unix seconds now, on the tests' clock ([`clock_offset`]).
+pub fn now_s() -> i64 {
+    system_now_s() + clock_offset()
+}

@@ -286,8 +286,19 @@ impl Standalone {
         Self::start_with(name, &["--tag", "host=h1"])
     }
 
-    /// Starts standalone on free ports and a fresh data dir, with `extra` arguments.
+    /// Starts standalone on free ports and a fresh data dir, with `extra` arguments, on the
+    /// tests' clock.
     pub fn start_with(name: &str, extra: &[&str]) -> Self {
+        Self::start_on(name, extra, true)
+    }
+
+    /// Like `start_with`, on the system clock: for a browser, whose pages ask for "the last 15
+    /// minutes" by its own clock.
+    pub fn start_on_system_clock(name: &str, extra: &[&str]) -> Self {
+        Self::start_on(name, extra, false)
+    }
+
+    fn start_on(name: &str, extra: &[&str], shifted_clock: bool) -> Self {
         let dir = TempDir::new(name);
         let (http, udp) = (free_port(), free_udp_port());
         let mut args: Vec<String> = vec![
@@ -301,13 +312,12 @@ impl Standalone {
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
-        let proc = Proc::spawn(
-            "standalone",
-            &bin,
-            &args,
-            dir.path(),
-            dir.path().join("standalone.log"),
-        );
+        let log = dir.path().join("standalone.log");
+        let proc = if shifted_clock {
+            Proc::spawn("standalone", &bin, &args, dir.path(), log)
+        } else {
+            Proc::spawn_on_system_clock("standalone", &bin, &args, dir.path(), log)
+        };
         wait_healthy(&proc, http);
         Self {
             dir,
