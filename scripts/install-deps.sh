@@ -19,7 +19,7 @@
 #   moto   S3-compatible server: pip install 'moto[server]' (provides moto_server; deploy/local
 #          and the end-to-end tests use it as the cold store)
 #   duckdb DuckDB for Python: pip install duckdb (the tests read the cold Parquet objects with it)
-#   chromium  headless browser (Debian package chromium); tests/browser.rs loads the dashboard in it
+#   chromium  headless browser (Debian package chromium); tests/e2e/browser.rs loads the dashboard in it
 set -euo pipefail
 
 log() { printf '[install-deps] %s\n' "$*"; }

@@ -14,7 +14,7 @@
 #
 # The end-to-end tests in tests/ start and stop redis-server, tansu and moto_server themselves on
 # free loopback ports (found on PATH, which includes ~/.cargo/bin here), and read the cold Parquet
-# objects with DuckDB through python3; tests/browser.rs loads the dashboard in headless chromium.
+# objects with DuckDB through python3; tests/e2e/browser.rs loads the dashboard in headless chromium.
 # So this script starts no services. `--locked` is passed to cargo when Cargo.lock exists.
 #
 # Environment: THERMO_SKIP_DEPS=1 skips phase 1 and 5 (the tools must already be on PATH).

@@ -23,14 +23,12 @@
 //! `THERMO_CLOCK_OFFSET_SECS`): the run starts at 10:03 on the second day of a week, so each run
 //! sees the same hour, day and week boundaries whatever the time of day.
 
-mod support;
-
+use crate::support::s3::{Moto, S3Tool};
+use crate::support::stack::{sources, Role, Stack, TOPIC};
+use crate::support::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
-use support::s3::{Moto, S3Tool};
-use support::stack::{sources, Role, Stack, TOPIC};
-use support::*;
 use thermo_core::aggregate::HIST_RELATIVE_ERROR;
 use thermo_core::window::{minute_start, window_start};
 

@@ -4,15 +4,13 @@
 //!
 //! A missing `chromium` fails the test with how to install it (`apt-get install chromium`).
 
-mod support;
-
+use crate::support::stack::Standalone;
+use crate::support::*;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::stack::Standalone;
-use support::*;
 
 /// The view the browser opens: the p99 of the demo's timer over the last 15 minutes, without the
 /// auto-refresh (so nothing changes the page while Chromium's virtual time runs).
@@ -44,7 +42,7 @@ fn api_points(http: u16) -> usize {
 
 /// `POST /flush`: the agent sends its open minutes now.
 fn flush(http: u16) -> u16 {
-    support::http()
+    crate::support::http()
         .post(format!("http://127.0.0.1:{http}/flush"))
         .send()
         .map(|r| r.status().as_u16())

@@ -1,5 +1,5 @@
 //! An S3-compatible server for the cold-storage tests (moto, in memory), and the DuckDB cross-check
-//! over the objects it holds (`tests/support/duckdb_totals.py`).
+//! over the objects it holds (`tests/e2e/support/duckdb_totals.py`).
 //!
 //! moto keeps everything in memory: a restart loses the bucket and every object. A test that
 //! simulates an S3 outage saves the objects first ([`S3Tool::dump`]) and puts them back after the
@@ -89,7 +89,7 @@ impl Moto {
     }
 }
 
-/// Runs `tests/support/duckdb_totals.py` (boto3 + DuckDB) against a bucket.
+/// Runs `tests/e2e/support/duckdb_totals.py` (boto3 + DuckDB) against a bucket.
 pub struct S3Tool {
     pub endpoint: String,
     pub bucket: String,
@@ -105,7 +105,8 @@ impl S3Tool {
 
     fn run(&self, cmd: &str, extra: &[&str]) -> String {
         let python = find_python_bin("python3", "apt-get install python3");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/duckdb_totals.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/support/duckdb_totals.py");
         let out = Command::new(&python)
             .arg(&script)
             .arg(cmd)

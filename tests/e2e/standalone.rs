@@ -2,12 +2,10 @@
 //! its compactor rolls hours up into Parquet objects in the data directory, trims the hot store, and
 //! the query API stitches the two, before and after a SIGKILL.
 
-mod support;
-
+use crate::support::stack::{points, single, sources, Standalone, Target};
+use crate::support::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use support::stack::{points, single, sources, Standalone, Target};
-use support::*;
 
 /// `req` summed over one 600 s bucket from `from`.
 fn total(sa: &Standalone, from: i64) -> serde_json::Value {

@@ -5,12 +5,10 @@
 //! and every assertion is exact, except percentiles, which are checked against the true
 //! nearest-rank percentile within the HDR histogram's relative error.
 
-mod support;
-
+use crate::support::stack::{points, single, Stack, Standalone, Target};
+use crate::support::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::stack::{points, single, Stack, Standalone, Target};
-use support::*;
 use thermo_core::aggregate::HIST_RELATIVE_ERROR;
 use thermo_core::window::window_start;
 
