@@ -163,10 +163,12 @@ fn dashboard_charts_p99_of_demo_latency_in_chromium() {
     let (dir, http) = (&thermo.dir, thermo.http);
 
     // 1. The demo traffic reaches the agent; a flush makes the current minute queryable.
-    wait_until(
-        "the agent to receive demo lines",
+    // The agent receives demo lines.
+    wait_metric(
+        http,
+        "thermo_agent_received_total",
         Duration::from_secs(20),
-        || metric(http, "thermo_agent_received_total") > 0.0,
+        |v| v > 0.0,
     );
     assert_eq!(
         flush(http),

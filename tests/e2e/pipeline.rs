@@ -424,15 +424,12 @@ fn kafka_outage_and_redis_loss_keep_totals_exact() {
         202,
         "nothing can be delivered while the broker is down"
     );
-    wait_until(
-        "the partitioner to answer 503",
+    // The partitioner answers 503.
+    wait_metric(
+        stack.partitioner.http,
+        r#"thermo_partitioner_dropped_total{reason="unavailable"}"#,
         Duration::from_secs(30),
-        || {
-            metric(
-                stack.partitioner.http,
-                r#"thermo_partitioner_dropped_total{reason="unavailable"}"#,
-            ) >= 1.0
-        },
+        |v| v >= 1.0,
     );
     assert!(
         metric(

@@ -31,10 +31,11 @@ fn standalone_keeps_acknowledged_minutes_across_sigkill() {
         }
     }
     send_udp(udp, &datagrams);
-    wait_until(
-        "standalone to receive 60 lines",
+    wait_metric(
+        http,
+        "thermo_agent_received_total",
         Duration::from_secs(20),
-        || metric(http, "thermo_agent_received_total") >= 60.0,
+        |v| v >= 60.0,
     );
     assert_eq!(metric(http, "thermo_agent_received_total"), 60.0);
     // Standalone's /flush answers 200 only once the minutes are applied: a query right after it
@@ -160,13 +161,18 @@ fn standalone_rolls_up_into_parquet_trims_and_stitches_hot_and_cold() {
     want_files.extend(days.iter().map(|d| format!("res=5m/start={d}.parquet")));
     want_files.extend(weeks.iter().map(|w| format!("res=1h/start={w}.parquet")));
     let objects = want_files.len() as f64;
-    wait_until(
-        "the compactor to roll up and trim",
+    // The compactor rolls up and trims.
+    wait_metric(
+        sa.http,
+        "thermo_aggregator_hours_trimmed_total",
         Duration::from_secs(60),
-        || {
-            metric(sa.http, "thermo_aggregator_hours_trimmed_total") >= 2.0
-                && metric(sa.http, "thermo_aggregator_cold_objects_written_total") >= objects
-        },
+        |v| v >= 2.0,
+    );
+    wait_metric(
+        sa.http,
+        "thermo_aggregator_cold_objects_written_total",
+        Duration::from_secs(60),
+        |v| v >= objects,
     );
     assert_eq!(
         metric(sa.http, "thermo_aggregator_hours_trimmed_total"),
@@ -253,10 +259,12 @@ fn standalone_rolls_up_into_parquet_trims_and_stitches_hot_and_cold() {
     check(&sa, "after the roll-up");
 
     sa.kill_and_restart();
-    wait_until(
-        "a compactor cycle after the restart",
+    // A compactor cycle after the restart.
+    wait_metric(
+        sa.http,
+        "thermo_aggregator_cold_cycles_total",
         Duration::from_secs(30),
-        || metric(sa.http, "thermo_aggregator_cold_cycles_total") >= 1.0,
+        |v| v >= 1.0,
     );
     assert_eq!(
         metric(sa.http, "thermo_aggregator_cold_objects_written_total"),

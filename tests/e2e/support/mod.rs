@@ -66,6 +66,21 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Waits until `ok(v)` holds for `v`, the value of `sample` in the /metrics of the role on
+/// `port` (0 while absent); at the deadline the panic shows the last value.
+pub fn wait_metric(port: u16, sample: &str, timeout: Duration, ok: impl Fn(f64) -> bool) {
+    let start = Instant::now();
+    let mut last = metric(port, sample);
+    while !ok(last) {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {sample} on port {port}: last value {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        last = metric(port, sample);
+    }
+}
+
 fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }

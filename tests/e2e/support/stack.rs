@@ -129,10 +129,11 @@ impl Stack {
     /// Waits until every agent has counted `lines` received lines in total.
     pub fn wait_agent_lines(&self, idx: usize, lines: f64) {
         let port = self.agents[idx].http;
-        wait_until(
-            &format!("agent {idx} to receive {lines} lines"),
+        wait_metric(
+            port,
+            "thermo_agent_received_total",
             Duration::from_secs(30),
-            || metric(port, "thermo_agent_received_total") >= lines,
+            |v| v >= lines,
         );
         assert_eq!(
             metric(port, "thermo_agent_received_total"),
@@ -368,13 +369,13 @@ impl Target for Standalone {
         })
     }
     fn wait_agent_lines(&self, _idx: usize, lines: f64) {
-        let port = self.http;
-        wait_until(
-            &format!("standalone to receive {lines} lines"),
+        wait_metric(
+            self.http,
+            "thermo_agent_received_total",
             Duration::from_secs(30),
-            || metric(port, "thermo_agent_received_total") >= lines,
+            |v| v >= lines,
         );
-        assert_eq!(metric(port, "thermo_agent_received_total"), lines);
+        assert_eq!(metric(self.http, "thermo_agent_received_total"), lines);
     }
     fn flush_agents(&self) {
         let r = http()
