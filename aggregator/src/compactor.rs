@@ -172,7 +172,9 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
 
     async fn read_object(&self, key: &str) -> Result<Vec<ColdRow>, StoreError> {
         match self.cold.get(key).await? {
-            Some(bytes) => cold_format::decode(bytes),
+            Some(bytes) => {
+                off_thread("decoding a cold object", move || cold_format::decode(bytes)).await
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -235,9 +237,11 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
                         cell,
                     })
                     .collect();
-                self.cold
-                    .put(&key, cold_format::encode(Resolution::OneMinute, rows)?)
-                    .await?;
+                let body = off_thread("encoding a cold object", move || {
+                    cold_format::encode(Resolution::OneMinute, rows)
+                })
+                .await?;
+                self.cold.put(&key, body).await?;
                 r.objects_written += 1;
             }
             self.catalog.mark_cold(Resolution::OneMinute, hour).await?;
@@ -331,7 +335,11 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
                         },
                     })
                     .collect();
-                self.cold.put(&key, cold_format::encode(res, rows)?).await?;
+                let body = off_thread("encoding a cold object", move || {
+                    cold_format::encode(res, rows)
+                })
+                .await?;
+                self.cold.put(&key, body).await?;
                 r.objects_written += 1;
             }
             self.catalog.mark_cold(res, chunk).await?;
@@ -375,4 +383,15 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
         }
         Ok(())
     }
+}
+
+/// Runs `f` (encoding or decoding an object: far more than the ~500 µs an async worker may be
+/// blocked) on a blocking thread.
+async fn off_thread<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
 }

@@ -6,7 +6,13 @@
 //! Parquet objects the S3 backend stores). The query reads `req{host=h7}` over the last 30 days
 //! at step 3600.
 //!
-//! `cargo bench -p thermo-read-service --bench cold_query`
+//! Then the case of issue 18: one series' hour at 1m from the 1m object of a tenant of 100 and of
+//! 20,000 counter series (`req{host=h0..}`, each row with its contribution id, as 1m rows are),
+//! cold cache: the selective read (footer, page index, then only the pages of that series) against
+//! fetching and decoding the whole object with the parquet row API, which is what the read service
+//! did before the layout of `thermo_store::cold_format` version 2 (one row group).
+//!
+//! `cargo bench --workspace --bench cold_query`
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use prometheus::{IntCounter, IntGauge};
@@ -17,7 +23,7 @@ use thermo_core::key::MetricKey;
 use thermo_core::query::Stat;
 use thermo_core::window::Resolution;
 use thermo_read_service::cache::ColdCache;
-use thermo_read_service::cold::{ColdReader, ColdView};
+use thermo_read_service::cold::{ColdCounters, ColdReader, ColdView};
 use thermo_read_service::query::{evaluate, Cold, GroupBy, QueryParams};
 use thermo_store::catalog::object_key;
 use thermo_store::cold::{ColdStore, LocalDirCold};
@@ -120,8 +126,14 @@ fn bench(c: &mut Criterion) {
         group_by: GroupBy::All,
         resolution: Resolution::OneHour,
     };
-    let corrupt = IntCounter::new("corrupt", "corrupt").expect("counter");
-    let reader = || ColdReader::new(store.clone(), "cold/v1", cache(256 << 20), corrupt.clone());
+    let reader = || {
+        ColdReader::new(
+            store.clone(),
+            "cold/v1",
+            cache(256 << 20),
+            ColdCounters::unregistered(),
+        )
+    };
     // One query through `reader`; checks that every hour of the 30 days was answered.
     let run = |reader: &ColdReader<LocalDirCold>| {
         let cold = Cold {
@@ -147,5 +159,105 @@ fn bench(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, bench);
+/// The 1m object of hour `hour` for a tenant of `n` counter series.
+fn minute_object(n: usize, hour: i64) -> Vec<u8> {
+    let rows: Vec<ColdRow> = (0..n)
+        .flat_map(|i| {
+            (0..60).map(move |m| ColdRow {
+                series: key(i),
+                window_start: hour + m * 60,
+                cell: counter(
+                    (i % 97 + m as usize) as f64,
+                    3,
+                    vec![(0x9e37_79b9 ^ i as u64, 1_000 + m as u64)],
+                ),
+            })
+        })
+        .collect();
+    encode(Resolution::OneMinute, rows).expect("encode")
+}
+
+/// What the read service did before: the whole object, every row decoded with the row API, then
+/// the selected series kept.
+fn whole_object_rows(bytes: Vec<u8>, want: &MetricKey) -> usize {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).expect("parquet");
+    let mut n = 0;
+    for row in reader.get_row_iter(None).expect("rows") {
+        let row = row.expect("row");
+        let series = MetricKey::parse(row.get_string(3).expect("key")).expect("series");
+        let _window = row.get_long(4).expect("window");
+        let cell = HotCell::decode(row.get_bytes(15).expect("state").data()).expect("cell");
+        if &series == want {
+            n += usize::from(cell.agg.metric_type() == thermo_core::aggregate::MetricType::Counter);
+        }
+    }
+    n
+}
+
+fn one_series_hour(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let hour = END;
+    let mut g = c.benchmark_group("one_series_hour_1m_cold_cache");
+    g.sample_size(10);
+    for n in [100usize, 20_000] {
+        let dir = std::env::temp_dir().join(format!("thermo-bench-one-{n}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = LocalDirCold::new(&dir);
+        let bytes = minute_object(n, hour);
+        println!("tenant of {n} series: 1m object of {} bytes", bytes.len());
+        let object = object_key("cold/v1", "acme", Resolution::OneMinute, hour);
+        rt.block_on(store.put(&object, bytes)).expect("put");
+        let view = ColdView {
+            cold: [(Resolution::OneMinute, [(hour, 1u64)].into())]
+                .into_iter()
+                .collect(),
+            ..ColdView::default()
+        };
+        let hot = MemHot::new();
+        let p = QueryParams {
+            metric: "req".into(),
+            from: hour,
+            to: hour + 3600,
+            step: 60,
+            stat: Stat::Sum,
+            filters: vec![("host".into(), "h7".into())],
+            group_by: GroupBy::All,
+            resolution: Resolution::OneMinute,
+        };
+        g.bench_function(format!("selective/{n}_series"), |b| {
+            b.iter(|| {
+                let counters = ColdCounters::unregistered();
+                let reader = ColdReader::new(store.clone(), "cold/v1", cache(256 << 20), counters);
+                let cold = Cold {
+                    reader: &reader,
+                    view: &view,
+                };
+                let r = rt
+                    .block_on(evaluate(&hot, Some(cold), "acme", &p, 10_000))
+                    .expect("query");
+                assert_eq!(r.series[0].points.len(), 60, "every minute of the hour");
+                assert!(
+                    reader.counters().rows_decoded.get() < 1_000,
+                    "only the series' pages are decoded"
+                );
+            })
+        });
+        let want = key(7);
+        g.bench_function(format!("whole_object/{n}_series"), |b| {
+            b.iter(|| {
+                let bytes = rt
+                    .block_on(store.get(&object))
+                    .expect("get")
+                    .expect("object");
+                assert_eq!(whole_object_rows(bytes, &want), 60);
+            })
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, one_series_hour);
 criterion_main!(benches);

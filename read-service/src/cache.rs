@@ -1,47 +1,63 @@
-//! An in-memory cache of decoded cold objects, bounded in bytes, least recently used out first.
+//! An in-memory cache of what cold reads decoded, bounded in bytes, least recently used out first.
 //!
-//! An entry is keyed by object key *and* generation (the catalog's count of rewrites of that
-//! chunk): asking for a generation other than the cached one is a miss and drops the old entry, so
-//! a rewritten object is never served stale. The size of an entry is the byte length of the object
-//! as stored (Parquet), not of its decoded rows; an object larger than the whole cache is not
-//! cached.
+//! It holds, per object, the parsed footer (or that the object is missing), the page index of each
+//! row group read, and the rows of each selection (metric and filters) a query read ([`Entry`]).
+//! An entry is keyed by a name *and* the object's generation (the catalog's count of rewrites of
+//! that chunk): asking for a generation other than the cached one is a miss and drops the old
+//! entry, so a rewritten object is never served stale. The size of an entry is the memory it holds
+//! (estimated from its contents: [`rows_bytes`], `Footer::mem_bytes`, `RowGroupIndex::mem_bytes`);
+//! an entry larger than the whole cache is not cached.
 //!
-//! Self-metrics: `thermo_read_service_cold_cache_hits_total`, `..._cold_cache_misses_total` and the
-//! gauge `..._cold_cache_bytes` (bytes held).
+//! Self-metrics: `thermo_read_service_cold_cache_hits_total`, `..._cold_cache_misses_total` (one per
+//! lookup of an entry) and the gauge `..._cold_cache_bytes` (bytes held).
 
 use prometheus::{IntCounter, IntGauge};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use thermo_core::aggregate::Aggregate;
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::cold_format::ColdRow;
+use thermo_store::cold_select::{Footer, RowGroupIndex};
 
-/// The rows of one cold object, by metric name.
-#[derive(Debug, Default)]
-pub struct DecodedObject {
-    by_metric: HashMap<String, Vec<ColdRow>>,
+/// One cached thing.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// The object does not exist (a tenant without data in a chunk has no object there).
+    Missing,
+    /// The object's footer.
+    Footer(Arc<Footer>),
+    /// The page index of one row group.
+    Index(Arc<RowGroupIndex>),
+    /// The rows of one selection.
+    Rows(Arc<Vec<ColdRow>>),
 }
 
-impl DecodedObject {
-    pub fn new(rows: Vec<ColdRow>) -> Self {
-        let mut by_metric: HashMap<String, Vec<ColdRow>> = HashMap::new();
-        for r in rows {
-            by_metric
-                .entry(r.series.name().to_string())
-                .or_default()
-                .push(r);
-        }
-        Self { by_metric }
-    }
-
-    /// The rows of metric `name` (empty if the object has none).
-    pub fn rows(&self, name: &str) -> &[ColdRow] {
-        self.by_metric.get(name).map_or(&[], Vec::as_slice)
-    }
+/// Memory held by `rows`, estimated: the rows themselves, their keys' strings and their states'
+/// allocations (contributions, an HDR histogram's counts, a set's members).
+pub fn rows_bytes(rows: &[ColdRow]) -> u64 {
+    let fixed = std::mem::size_of::<ColdRow>() as u64;
+    rows.iter()
+        .map(|r| {
+            let key = r.series.tenant().len()
+                + r.series.name().len()
+                + r.series
+                    .tags()
+                    .iter()
+                    .map(|(k, v)| 48 + k.len() + v.len())
+                    .sum::<usize>();
+            let agg = match &r.cell.agg {
+                Aggregate::Histogram(h) => 64 + h.hdr.distinct_values() * 8,
+                Aggregate::Set(s) => s.members.len() * 40,
+                _ => 0,
+            };
+            fixed + (key + r.cell.contributors.capacity() * 16 + agg) as u64
+        })
+        .sum()
 }
 
 struct Slot {
     generation: u64,
-    object: Arc<DecodedObject>,
+    entry: Entry,
     bytes: u64,
     tick: u64,
 }
@@ -80,7 +96,7 @@ impl Lru {
     }
 }
 
-/// The decoded-object cache; cheap to share behind an `Arc`.
+/// The cold read cache; cheap to share behind an `Arc`.
 pub struct ColdCache {
     capacity: u64,
     lru: Mutex<Lru>,
@@ -107,15 +123,15 @@ impl ColdCache {
             capacity,
             metrics.counter(
                 "cold_cache_hits_total",
-                "cold object reads served by the cache",
+                "cold cache lookups (footers, page indexes, selected rows) served from memory",
             ),
             metrics.counter(
                 "cold_cache_misses_total",
-                "cold object reads that went to the cold store",
+                "cold cache lookups that had to read the cold store",
             ),
             metrics.gauge(
                 "cold_cache_bytes",
-                "bytes of cold objects held in the cache",
+                "memory held by the cold cache (estimated from its entries)",
             ),
         )
     }
@@ -126,19 +142,19 @@ impl ColdCache {
         self.lru.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached object `key` at `generation`; counts a hit or a miss. A cached entry of another
+    /// The cached entry `key` at `generation`; counts a hit or a miss. A cached entry of another
     /// generation is dropped.
-    pub fn get(&self, key: &str, generation: u64) -> Option<Arc<DecodedObject>> {
+    pub fn get(&self, key: &str, generation: u64) -> Option<Entry> {
         let mut lru = self.lock();
         let found = match lru.slots.get(key) {
-            Some(s) if s.generation == generation => Some((s.tick, s.object.clone())),
+            Some(s) if s.generation == generation => Some((s.tick, s.entry.clone())),
             Some(_) => {
                 lru.remove(key);
                 None
             }
             None => None,
         };
-        let Some((old_tick, object)) = found else {
+        let Some((old_tick, entry)) = found else {
             self.misses.inc();
             self.bytes.set(lru.bytes as i64);
             return None;
@@ -150,12 +166,12 @@ impl ColdCache {
             s.tick = tick;
         }
         self.hits.inc();
-        Some(object)
+        Some(entry)
     }
 
-    /// Caches `object` (stored size `bytes`) as `key` at `generation`, evicting the least recently
-    /// used entries beyond the capacity.
-    pub fn insert(&self, key: &str, generation: u64, object: Arc<DecodedObject>, bytes: u64) {
+    /// Caches `entry` (holding `bytes` of memory) as `key` at `generation`, evicting the least
+    /// recently used entries beyond the capacity.
+    pub fn insert(&self, key: &str, generation: u64, entry: Entry, bytes: u64) {
         let mut lru = self.lock();
         lru.remove(key);
         if bytes <= self.capacity {
@@ -165,7 +181,7 @@ impl ColdCache {
                 key.to_string(),
                 Slot {
                     generation,
-                    object,
+                    entry,
                     bytes,
                     tick,
                 },
@@ -195,8 +211,8 @@ mod tests {
         )
     }
 
-    fn obj() -> Arc<DecodedObject> {
-        Arc::new(DecodedObject::default())
+    fn obj() -> Entry {
+        Entry::Missing
     }
 
     #[test]
@@ -244,21 +260,30 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_indexed_by_metric() {
-        use thermo_core::aggregate::{Aggregate, Counter};
+    fn rows_bytes_counts_what_the_rows_allocate() {
+        use thermo_core::aggregate::{Counter, Hist};
         use thermo_core::codec::HotCell;
         use thermo_core::key::MetricKey;
-        let row = |name: &str| ColdRow {
-            series: MetricKey::new("t", name, vec![]).unwrap(),
+        let key = MetricKey::new("t", "abc", vec![("k".into(), "vv".into())]).unwrap();
+        let row = |agg: Aggregate, contributors: Vec<(u64, u64)>| ColdRow {
+            series: key.clone(),
             window_start: 0,
-            cell: HotCell {
-                contributors: vec![],
-                agg: Aggregate::Counter(Counter::default()),
-            },
+            cell: HotCell { contributors, agg },
         };
-        let o = DecodedObject::new(vec![row("a"), row("b"), row("a")]);
-        assert_eq!(o.rows("a").len(), 2);
-        assert_eq!(o.rows("b").len(), 1);
-        assert!(o.rows("c").is_empty());
+        let fixed = std::mem::size_of::<ColdRow>() as u64;
+        let key_bytes = 1 + 3 + 48 + 1 + 2;
+        let counter = row(Aggregate::Counter(Counter::default()), vec![(1, 2)]);
+        assert_eq!(
+            rows_bytes(std::slice::from_ref(&counter)),
+            fixed + key_bytes + 16
+        );
+        let mut h = Hist::new();
+        h.record(5.0, 1);
+        let counts = h.hdr.distinct_values() as u64 * 8;
+        let hist = row(Aggregate::Histogram(h), vec![]);
+        assert_eq!(
+            rows_bytes(&[counter, hist]),
+            2 * fixed + 2 * key_bytes + 16 + 64 + counts
+        );
     }
 }

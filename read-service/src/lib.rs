@@ -19,7 +19,7 @@ pub use error::ApiError;
 
 use api::ColdSide;
 use cache::ColdCache;
-use cold::ColdReader;
+use cold::{ColdCounters, ColdReader};
 use std::time::Duration;
 use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
 use thermo_store::catalog::Catalog;
@@ -37,13 +37,14 @@ pub fn cold_side<K: Catalog, C: ColdStore>(
     metrics: &SelfMetrics,
 ) -> ColdSide<K, C> {
     let cache = ColdCache::with_metrics(cfg.cold_cache_bytes, metrics);
-    let corrupt = metrics.counter(
-        "cold_objects_corrupt_total",
-        "cold objects that could not be decoded and were skipped",
-    );
     ColdSide {
         catalog,
-        reader: ColdReader::new(store, &cfg.cold_prefix, cache, corrupt),
+        reader: ColdReader::new(
+            store,
+            &cfg.cold_prefix,
+            cache,
+            ColdCounters::with_metrics(metrics),
+        ),
     }
 }
 

@@ -487,8 +487,12 @@ mod tests {
                     IntCounter::new("m", "m").unwrap(),
                     IntGauge::new("b", "b").unwrap(),
                 );
-                let corrupt = IntCounter::new("c", "c").unwrap();
-                let reader = ColdReader::new(LocalDirCold::new(&dir), "cold/v1", cache, corrupt);
+                let reader = ColdReader::new(
+                    LocalDirCold::new(&dir),
+                    "cold/v1",
+                    cache,
+                    crate::cold::ColdCounters::unregistered(),
+                );
                 Self { dir, reader }
             }
 

@@ -16,7 +16,7 @@
 //! windows straight into step buckets equals re-bucketing them to `r` first (merging is
 //! associative).
 
-use crate::cold::{ColdReader, ColdView};
+use crate::cold::{ColdReader, ColdView, Want};
 use crate::error::ApiError;
 use std::collections::BTreeMap;
 use thermo_core::aggregate::{Aggregate, TypeConflict};
@@ -348,9 +348,14 @@ impl<C: ColdStore> Stitch<'_, C> {
         res: Resolution,
         chunk: i64,
         generation: u64,
-    ) -> Result<Option<std::sync::Arc<crate::cache::DecodedObject>>, ApiError> {
+    ) -> Result<Option<std::sync::Arc<Vec<ColdRow>>>, ApiError> {
+        let want = Want {
+            tenant: self.sel.tenant,
+            metric: self.sel.metric,
+            filters: self.sel.filters,
+        };
         match self.cold {
-            Some(c) => Ok(c.object(self.sel.tenant, res, chunk, generation).await?),
+            Some(c) => Ok(c.rows(want, res, chunk, generation).await?),
             None => Ok(None),
         }
     }
@@ -400,7 +405,7 @@ impl<C: ColdStore> Stitch<'_, C> {
                 to,
             } => {
                 if let Some(o) = self.rows(res, chunk, generation).await? {
-                    self.add_object_rows(o.rows(self.sel.metric), from, to);
+                    self.add_object_rows(&o, from, to);
                 }
             }
             Part::Hour {
@@ -414,7 +419,7 @@ impl<C: ColdStore> Stitch<'_, C> {
                     Some(g) => self.rows(Resolution::OneMinute, hour, g).await?,
                     None => None,
                 };
-                let rows = object.as_ref().map_or(&[][..], |o| o.rows(self.sel.metric));
+                let rows = object.as_ref().map_or(&[][..], |o| o.as_slice());
                 self.add_hour(rows, from, to, hot);
             }
         }

@@ -3,6 +3,10 @@
 //! Objects are whole files written once per key and replaced whole: `put` is atomic (S3 PUT; a
 //! rename of a fully written temporary file on disk), so a reader sees the old object or the new
 //! one, never a part. Keys are `/`-separated paths (see `docs/storage.md` for the layout).
+//!
+//! Reads may take a byte range ([`ColdStore::get_range`]) or the tail of an object
+//! ([`ColdStore::get_tail`]), as a Parquet reader fetches a footer and then only the pages it
+//! needs. A range is clamped to the object: bytes past its end are not an error, they are absent.
 
 use crate::StoreError;
 use std::future::Future;
@@ -14,6 +18,20 @@ pub trait ColdStore: Send + Sync + 'static {
     fn put(&self, key: &str, body: Vec<u8>) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The object at `key`, or `None`.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Bytes `start..end` of the object at `key` (fewer if it ends before `end`), or `None`.
+    fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// The last `len` bytes of the object at `key` (all of it if it is shorter) and the object's
+    /// size, or `None`.
+    fn get_tail(
+        &self,
+        key: &str,
+        len: u64,
+    ) -> impl Future<Output = Result<Option<(Vec<u8>, u64)>, StoreError>> + Send;
     /// Every key that starts with `prefix`, sorted.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Removes the object at `key` (no error if absent).
@@ -72,6 +90,30 @@ impl LocalDirCold {
     }
 }
 
+/// Reads the bytes `span(size)` of the file at `path` (clamped to its size), and its size; `None`
+/// if there is no file.
+fn read_at(
+    path: &Path,
+    span: impl FnOnce(u64) -> (u64, u64),
+) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e, path)),
+    };
+    let size = f.metadata().map_err(|e| io_err(e, path))?.len();
+    let (start, end) = span(size);
+    let (start, end) = (start.min(size), end.min(size));
+    let mut buf = Vec::with_capacity(usize::try_from(end.saturating_sub(start)).unwrap_or(0));
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| io_err(e, path))?;
+    f.take(end.saturating_sub(start))
+        .read_to_end(&mut buf)
+        .map_err(|e| io_err(e, path))?;
+    Ok(Some((buf, size)))
+}
+
 impl ColdStore for LocalDirCold {
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
         let path = self.root.join(checked(key)?);
@@ -98,6 +140,26 @@ impl ColdStore for LocalDirCold {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(e, &path)),
         }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.root.join(checked(key)?);
+        tokio::task::spawn_blocking(move || read_at(&path, |_| (start, end)))
+            .await
+            .map_err(|e| StoreError::Invalid(e.to_string()))?
+            .map(|o| o.map(|(b, _)| b))
+    }
+
+    async fn get_tail(&self, key: &str, len: u64) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let path = self.root.join(checked(key)?);
+        tokio::task::spawn_blocking(move || read_at(&path, |size| (size.saturating_sub(len), size)))
+            .await
+            .map_err(|e| StoreError::Invalid(e.to_string()))?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -127,6 +189,14 @@ impl ColdStore for LocalDirCold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn local_dir_passes_the_cold_store_suite() {
+        let dir = std::env::temp_dir().join(format!("thermo-cold-suite-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::cold_suite::run(&LocalDirCold::new(&dir), "suite").await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn local_dir_put_get_list_delete() {

@@ -17,21 +17,59 @@
 //!
 //! The plain columns are for SQL users (DuckDB, Spark, Athena); thermo itself reads only
 //! `series_key`, `window_start` and `state`, so a percentile over many windows is always computed
-//! from merged histograms. Rows are sorted by `(series_key, window_start)`; one row group.
+//! from merged histograms.
+//!
+//! # Layout 2 (written since 2026-12; key-value metadata `thermo.layout = 2`)
+//!
+//! Written so that one series can be read without decoding the others ([`crate::cold_select`]):
+//! - rows sorted by the `series_key` *string* (the tenant is constant, so by metric name, then
+//!   canonical tags: every metric's series are contiguous, `tenant/name{` … `tenant/name|`), then
+//!   by `window_start`;
+//! - row groups of at most [`ROW_GROUP_ROWS`] rows;
+//! - `series_key`: DELTA_BYTE_ARRAY (a repeated key costs a few bits), no dictionary, pages of
+//!   [`KEY_PAGE_ROWS`] rows, min/max statistics per chunk and per page (the column index);
+//! - `window_start` (DELTA_BINARY_PACKED) and `state` (PLAIN): no dictionary, pages of
+//!   [`PAGE_ROWS`] rows, so a series' rows are read by a few small pages;
+//! - the offset index of every column; chunk statistics for the plain columns, none for `state`;
+//! - key-value metadata `thermo.tag_keys`: a line `name<TAB>k1,k2,...` for each metric whose
+//!   series all have the same tag keys, so that equality filters on the first tag keys become a
+//!   key prefix.
+//!
+//! Layout 1 (before; one row group, rows sorted by the parsed key, default pages with a
+//! dictionary) has the same schema and is read by the same code: every pruning step uses true
+//! min/max bounds, which hold whatever the order, and only costs more there. So the layout is
+//! recorded in the metadata, not in the object keys, and DuckDB reads both.
 
 use crate::StoreError;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Encoding};
 use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
-use parquet::file::properties::WriterProperties;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::record::RowAccessor;
 use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::ColumnPath;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::HotCell;
 use thermo_core::key::MetricKey;
 use thermo_core::window::Resolution;
+
+/// Most rows in one row group.
+pub const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Rows per data page of `window_start` and `state`.
+pub const PAGE_ROWS: usize = 128;
+/// Rows per data page of `series_key`.
+pub const KEY_PAGE_ROWS: usize = 256;
+/// Column numbers thermo reads.
+pub const COL_SERIES_KEY: usize = 3;
+pub const COL_WINDOW_START: usize = 4;
+pub const COL_STATE: usize = 15;
+/// Key-value metadata: the layout version, and the tag keys per metric.
+pub const META_LAYOUT: &str = "thermo.layout";
+pub const META_TAG_KEYS: &str = "thermo.tag_keys";
+/// The layout [`encode`] writes.
+pub const LAYOUT: u32 = 2;
 
 const SCHEMA: &str = "message thermo_cold {
   required binary tenant (UTF8);
@@ -60,7 +98,7 @@ pub struct ColdRow {
     pub cell: HotCell,
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what: "cold object",
         detail: e.to_string(),
@@ -92,69 +130,200 @@ fn plain(agg: &Aggregate) -> [Option<f64>; 7] {
     }
 }
 
-/// Encodes rows (sorted here) as one Parquet file.
-pub fn encode(resolution: Resolution, mut rows: Vec<ColdRow>) -> Result<Vec<u8>, StoreError> {
-    rows.sort_by(|a, b| (&a.series, a.window_start).cmp(&(&b.series, b.window_start)));
-    let schema = Arc::new(parse_message_type(SCHEMA).map_err(corrupt)?);
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
-    let mut buf = Vec::new();
-    let mut w = SerializedFileWriter::new(&mut buf, schema, props).map_err(corrupt)?;
-    let mut rg = w.next_row_group().map_err(corrupt)?;
-    let text = |f: &dyn Fn(&ColdRow) -> String| -> Vec<ByteArray> {
-        rows.iter()
-            .map(|r| ByteArray::from(f(r).into_bytes()))
-            .collect()
-    };
-    let tags = |k: &MetricKey| {
-        k.tags()
+fn writer_properties(tag_keys: String) -> WriterProperties {
+    let key = ColumnPath::from("series_key");
+    let window = ColumnPath::from("window_start");
+    let state = ColumnPath::from("state");
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_write_batch_size(PAGE_ROWS)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(key.clone(), EnabledStatistics::Page)
+        .set_column_dictionary_enabled(key.clone(), false)
+        .set_column_encoding(key.clone(), Encoding::DELTA_BYTE_ARRAY)
+        .set_column_data_page_row_count_limit(key, KEY_PAGE_ROWS)
+        .set_column_dictionary_enabled(window.clone(), false)
+        .set_column_encoding(window.clone(), Encoding::DELTA_BINARY_PACKED)
+        .set_column_data_page_row_count_limit(window, PAGE_ROWS)
+        .set_column_dictionary_enabled(state.clone(), false)
+        .set_column_statistics_enabled(state.clone(), EnabledStatistics::None)
+        .set_column_data_page_row_count_limit(state, PAGE_ROWS)
+        .set_sorting_columns(Some(vec![
+            SortingColumn {
+                column_idx: COL_SERIES_KEY as i32,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: COL_WINDOW_START as i32,
+                descending: false,
+                nulls_first: false,
+            },
+        ]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(META_LAYOUT.to_string(), LAYOUT.to_string()),
+            KeyValue::new(META_TAG_KEYS.to_string(), tag_keys),
+        ]))
+        .build()
+}
+
+/// The text columns of one series, built once and shared by its rows (a `ByteArray` clone is a
+/// reference count).
+struct SeriesText {
+    tenant: ByteArray,
+    metric: ByteArray,
+    tags: ByteArray,
+    key: ByteArray,
+}
+
+impl SeriesText {
+    fn new(k: &MetricKey) -> Self {
+        let tags = k
+            .tags()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
-            .join(",")
+            .join(",");
+        let text = |s: String| ByteArray::from(s.into_bytes());
+        Self {
+            tenant: text(k.tenant().to_string()),
+            metric: text(k.name().to_string()),
+            tags: text(tags),
+            key: text(k.encode()),
+        }
+    }
+}
+
+/// `thermo.tag_keys`: `name\tk1,k2` for every metric whose series all have the same tag keys.
+fn tag_keys_text<'a>(series: impl Iterator<Item = &'a MetricKey>) -> String {
+    let mut per_metric: BTreeMap<&str, Option<Vec<&str>>> = BTreeMap::new();
+    for k in series {
+        let keys: Vec<&str> = k.tags().iter().map(|(k, _)| k.as_str()).collect();
+        per_metric
+            .entry(k.name())
+            .and_modify(|e| {
+                if e.as_ref().is_some_and(|known| *known != keys) {
+                    *e = None;
+                }
+            })
+            .or_insert_with(|| Some(keys.clone()));
+    }
+    let mut out = String::new();
+    for (name, keys) in per_metric {
+        if let Some(keys) = keys {
+            out.push_str(name);
+            out.push('\t');
+            out.push_str(&keys.join(","));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Encodes rows as one Parquet file of layout 2 (see the module docs; rows are sorted here).
+pub fn encode(resolution: Resolution, rows: Vec<ColdRow>) -> Result<Vec<u8>, StoreError> {
+    encode_with(resolution, rows, ROW_GROUP_ROWS, None)
+}
+
+/// [`encode`] with row groups of at most `row_group_rows` rows and, if given, other writer
+/// properties (tests: smaller row groups, and objects of layout 1).
+pub(crate) fn encode_with(
+    resolution: Resolution,
+    mut rows: Vec<ColdRow>,
+    row_group_rows: usize,
+    props: Option<WriterProperties>,
+) -> Result<Vec<u8>, StoreError> {
+    // Sort by the parsed key (cheap comparisons), then order the series by their key strings.
+    rows.sort_by(|a, b| (&a.series, a.window_start).cmp(&(&b.series, b.window_start)));
+    let mut series: Vec<(SeriesText, std::ops::Range<usize>)> = Vec::new();
+    let mut start = 0;
+    for i in 1..=rows.len() {
+        if i == rows.len() || rows[i].series != rows[start].series {
+            series.push((SeriesText::new(&rows[start].series), start..i));
+            start = i;
+        }
+    }
+    series.sort_by(|a, b| a.0.key.data().cmp(b.0.key.data()));
+    let order: Vec<(usize, &ColdRow)> = series
+        .iter()
+        .enumerate()
+        .flat_map(|(s, (_, range))| rows[range.clone()].iter().map(move |r| (s, r)))
+        .collect();
+
+    let schema = Arc::new(parse_message_type(SCHEMA).map_err(corrupt)?);
+    let props = Arc::new(props.unwrap_or_else(|| {
+        writer_properties(tag_keys_text(
+            series.iter().map(|(_, r)| &rows[r.start].series),
+        ))
+    }));
+    let resolution = ByteArray::from(resolution.as_str());
+    let mut buf = Vec::new();
+    let mut w = SerializedFileWriter::new(&mut buf, schema, props).map_err(corrupt)?;
+    for group in order.chunks(row_group_rows.max(1)) {
+        write_row_group(&mut w, group, &series, &resolution)?;
+    }
+    w.close().map_err(corrupt)?;
+    Ok(buf)
+}
+
+fn write_row_group(
+    w: &mut SerializedFileWriter<&mut Vec<u8>>,
+    rows: &[(usize, &ColdRow)],
+    series: &[(SeriesText, std::ops::Range<usize>)],
+    resolution: &ByteArray,
+) -> Result<(), StoreError> {
+    let mut rg = w.next_row_group().map_err(corrupt)?;
+    let text = |f: &dyn Fn(&SeriesText) -> &ByteArray| -> Vec<ByteArray> {
+        rows.iter().map(|(s, _)| f(&series[*s].0).clone()).collect()
     };
-    let stats: Vec<[Option<f64>; 7]> = rows.iter().map(|r| plain(&r.cell.agg)).collect();
+    let mut type_text: Vec<(&str, ByteArray)> = Vec::new();
+    let types: Vec<ByteArray> = rows
+        .iter()
+        .map(|(_, r)| {
+            let t = r.cell.agg.metric_type().as_str();
+            match type_text.iter().find(|(n, _)| *n == t) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    type_text.push((t, ByteArray::from(t)));
+                    ByteArray::from(t)
+                }
+            }
+        })
+        .collect();
+    let stats: Vec<[Option<f64>; 7]> = rows.iter().map(|(_, r)| plain(&r.cell.agg)).collect();
+    let longs =
+        |f: &dyn Fn(&ColdRow) -> i64| -> Vec<i64> { rows.iter().map(|(_, r)| f(r)).collect() };
     let mut col_idx = 0usize;
     while let Some(mut col) = rg.next_column().map_err(corrupt)? {
         let res = match col_idx {
-            0 => col.typed::<ByteArrayType>().write_batch(
-                &text(&|r| r.series.tenant().to_string()),
-                None,
-                None,
-            ),
-            1 => col.typed::<ByteArrayType>().write_batch(
-                &text(&|r| r.series.name().to_string()),
-                None,
-                None,
-            ),
+            0 => col
+                .typed::<ByteArrayType>()
+                .write_batch(&text(&|t| &t.tenant), None, None),
+            1 => col
+                .typed::<ByteArrayType>()
+                .write_batch(&text(&|t| &t.metric), None, None),
             2 => col
                 .typed::<ByteArrayType>()
-                .write_batch(&text(&|r| tags(&r.series)), None, None),
-            3 => {
+                .write_batch(&text(&|t| &t.tags), None, None),
+            COL_SERIES_KEY => {
                 col.typed::<ByteArrayType>()
-                    .write_batch(&text(&|r| r.series.encode()), None, None)
+                    .write_batch(&text(&|t| &t.key), None, None)
             }
-            4 => {
-                let v: Vec<i64> = rows.iter().map(|r| r.window_start).collect();
-                col.typed::<Int64Type>().write_batch(&v, None, None)
+            COL_WINDOW_START => {
+                col.typed::<Int64Type>()
+                    .write_batch(&longs(&|r| r.window_start), None, None)
             }
             5 => col.typed::<ByteArrayType>().write_batch(
-                &text(&|_| resolution.as_str().to_string()),
+                &vec![resolution.clone(); rows.len()],
                 None,
                 None,
             ),
-            6 => col.typed::<ByteArrayType>().write_batch(
-                &text(&|r| r.cell.agg.metric_type().as_str().to_string()),
+            6 => col.typed::<ByteArrayType>().write_batch(&types, None, None),
+            7 => col.typed::<Int64Type>().write_batch(
+                &longs(&|r| r.cell.agg.count() as i64),
                 None,
                 None,
             ),
-            7 => {
-                let v: Vec<i64> = rows.iter().map(|r| r.cell.agg.count() as i64).collect();
-                col.typed::<Int64Type>().write_batch(&v, None, None)
-            }
             8..=14 => {
                 let i = col_idx - 8;
                 let defs: Vec<i16> = stats.iter().map(|s| i16::from(s[i].is_some())).collect();
@@ -165,7 +334,7 @@ pub fn encode(resolution: Resolution, mut rows: Vec<ColdRow>) -> Result<Vec<u8>,
             _ => {
                 let v: Vec<ByteArray> = rows
                     .iter()
-                    .map(|r| ByteArray::from(r.cell.encode()))
+                    .map(|(_, r)| ByteArray::from(r.cell.encode()))
                     .collect();
                 col.typed::<ByteArrayType>().write_batch(&v, None, None)
             }
@@ -175,28 +344,12 @@ pub fn encode(resolution: Resolution, mut rows: Vec<ColdRow>) -> Result<Vec<u8>,
         col_idx += 1;
     }
     rg.close().map_err(corrupt)?;
-    w.close().map_err(corrupt)?;
-    Ok(buf)
+    Ok(())
 }
 
-/// Decodes the rows of a cold object (only `series_key`, `window_start`, `state` are read).
+/// Decodes every row of a cold object (only `series_key`, `window_start` and `state` are read).
 pub fn decode(bytes: Vec<u8>) -> Result<Vec<ColdRow>, StoreError> {
-    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(corrupt)?;
-    let mut out = Vec::new();
-    for row in reader.get_row_iter(None).map_err(corrupt)? {
-        let row = row.map_err(corrupt)?;
-        let key = row.get_string(3).map_err(corrupt)?;
-        let series = MetricKey::parse(key).map_err(corrupt)?;
-        let window_start = row.get_long(4).map_err(corrupt)?;
-        let state = row.get_bytes(15).map_err(corrupt)?;
-        let cell = HotCell::decode(state.data()).map_err(corrupt)?;
-        out.push(ColdRow {
-            series,
-            window_start,
-            cell,
-        });
-    }
-    Ok(out)
+    crate::cold_select::decode_all(bytes::Bytes::from(bytes))
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! - [`hot`]: the hot store contract (per-minute cells, series index, partition offsets) and its
 //!   Redis backend ([`redis_hot`]); the key schema is in `docs/storage.md` and in `redis_hot`.
 //! - [`cold`]: the cold object store contract, its S3 backend ([`s3`]) and a local directory;
-//!   [`cold_format`] is the Parquet layout of its objects.
+//!   [`cold_format`] is the Parquet layout of its objects, [`cold_select`] reads selected series
+//!   from them, [`cold_suite`] the contract's
+//!   conformance suite, run on every backend.
 //! - [`log`]: the log contract (produce keyed records, consume as a group) and its Kafka backend
 //!   ([`kafka`]).
 //!
@@ -12,6 +14,8 @@
 pub mod catalog;
 pub mod cold;
 pub mod cold_format;
+pub mod cold_select;
+pub mod cold_suite;
 pub mod hot;
 pub mod kafka;
 pub mod local_log;

@@ -103,6 +103,75 @@ impl S3Cold {
     }
 }
 
+/// What a ranged GET answered: `data` holds the object's bytes from offset `first` on.
+struct Ranged {
+    data: Vec<u8>,
+    first: u64,
+    total: u64,
+}
+
+impl Ranged {
+    /// The bytes `start..end` of the object, as far as `data` holds them.
+    fn slice(mut self, start: u64, end: u64) -> Vec<u8> {
+        let rel = |x: u64| usize::try_from(x.saturating_sub(self.first)).unwrap_or(usize::MAX);
+        let end = rel(end).min(self.data.len());
+        let start = rel(start).min(end);
+        self.data.truncate(end);
+        self.data.drain(..start);
+        self.data
+    }
+}
+
+impl S3Cold {
+    /// A ranged GET (`range` as in the HTTP `Range` header), or `None` if there is no object.
+    /// A range that starts past the end answers no bytes.
+    async fn ranged(&self, key: &str, range: &str) -> Result<Option<Ranged>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(range)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    return Ok(None);
+                }
+                if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) {
+                    // Range Not Satisfiable: the object exists and ends before the range (S3
+                    // answers a suffix of an empty object so too).
+                    return Ok(Some(Ranged {
+                        data: Vec::new(),
+                        first: 0,
+                        total: 0,
+                    }));
+                }
+                return Err(unavailable(aws_sdk_s3::error::DisplayErrorContext(e)));
+            }
+        };
+        // "bytes 100-199/1234": the first offset, and the size after the slash. A server that
+        // ignores the range answers the whole object.
+        let content_range = out.content_range().map(str::to_string);
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(unavailable)?
+            .into_bytes()
+            .to_vec();
+        let parsed = content_range.as_deref().and_then(|r| {
+            let (span, total) = r.strip_prefix("bytes ")?.split_once('/')?;
+            let first = span.split_once('-')?.0.parse::<u64>().ok()?;
+            Some((first, total.parse::<u64>().ok()?))
+        });
+        let (first, total) = parsed.unwrap_or((0, data.len() as u64));
+        Ok(Some(Ranged { data, first, total }))
+    }
+}
+
 impl ColdStore for S3Cold {
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
         let send = |body: Vec<u8>| {
@@ -154,6 +223,26 @@ impl ColdStore for S3Cold {
                 }
             }
         }
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // An empty HTTP range is not expressible: ask for one byte and cut.
+        let last = end.max(start + 1) - 1;
+        let got = self.ranged(key, &format!("bytes={start}-{last}")).await?;
+        Ok(got.map(|g| g.slice(start, end)))
+    }
+
+    async fn get_tail(&self, key: &str, len: u64) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let got = self.ranged(key, &format!("bytes=-{}", len.max(1))).await?;
+        Ok(got.map(|g| {
+            let total = g.total;
+            (g.slice(total.saturating_sub(len), total), total)
+        }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

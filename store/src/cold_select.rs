@@ -1,0 +1,949 @@
+//! Reading the rows of selected series from a cold object without decoding the others.
+//!
+//! The steps, each a pure function over bytes the caller fetched (so the read service decides
+//! what to fetch, cache and run on a blocking thread):
+//!
+//! 1. [`Footer::parse`] from the object's tail ([`TAIL_GUESS`] bytes first, [`Tail::Need`] says
+//!    how many when the footer is longer);
+//! 2. [`Footer::key_range`]: the `series_key` range that holds every series the selector can
+//!    match: the metric's (`tenant/name{` up to `tenant/name|`), narrowed to a key prefix when the
+//!    equality filters give the first tag keys of the metric (`thermo.tag_keys`);
+//! 3. [`Footer::row_groups`]: the row groups whose `series_key` min/max meet the range, and
+//!    [`Footer::index_ranges`], the bytes of their page indexes, decoded by [`RowGroupIndex::decode`];
+//! 4. [`RowGroupIndex::key_fetch`]: the `series_key` pages whose min/max meet the range;
+//!    [`select_keys`] decodes them and keeps the runs of rows of the series that match;
+//! 5. [`RowGroupIndex::data_fetch`] and [`read_rows`]: the `window_start` and `state` pages of those
+//!    runs only.
+//!
+//! Every bound used is a true min/max of the values, so the result does not depend on the layout:
+//! an object of layout 1 (one row group, large pages, a dictionary) reads the same rows, only with
+//! more decoded. A column chunk without an offset index is read whole.
+//!
+//! Counting: `keys_decoded` is the rows of the `series_key` pages decoded, `rows_decoded` the rows
+//! of the `state` pages decoded (the same pages as `window_start`'s).
+
+use crate::cold_format::{
+    corrupt, ColdRow, COL_SERIES_KEY, COL_STATE, COL_WINDOW_START, META_TAG_KEYS,
+};
+use crate::StoreError;
+use bytes::Bytes;
+use parquet::column::reader::ColumnReaderImpl;
+use parquet::data_type::{ByteArrayType, DataType, Int64Type};
+use parquet::file::metadata::{
+    ColumnChunkMetaData, FooterTail, ParquetMetaData, ParquetMetaDataReader,
+};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::page_index::index_reader::{decode_column_index, decode_offset_index};
+use parquet::file::page_index::offset_index::PageLocation;
+use parquet::file::reader::{ChunkReader, Length};
+use parquet::file::serialized_reader::SerializedPageReader;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+use thermo_core::codec::HotCell;
+use thermo_core::key::MetricKey;
+
+/// Bytes of an object's tail fetched first: enough for the footer of most objects.
+pub const TAIL_GUESS: u64 = 64 << 10;
+/// Ranges closer than this are fetched as one.
+pub const COALESCE_GAP: u64 = 16 << 10;
+
+const FOOTER_SIZE: usize = 8;
+
+/// What a tail held.
+pub enum Tail {
+    Footer(Box<Footer>),
+    /// The footer is longer: fetch this many bytes of the tail.
+    Need(u64),
+}
+
+/// An object's parsed footer.
+#[derive(Debug)]
+pub struct Footer {
+    meta: ParquetMetaData,
+    size: u64,
+    footer_len: u64,
+    /// Metric name → its tag keys, when all its series share them.
+    tag_keys: HashMap<String, Vec<String>>,
+    /// The whole object, when the tail read for the footer held all of it: every later range is
+    /// served from it, with no more requests.
+    whole: Option<Bytes>,
+}
+
+/// A half-open range `[lo, hi)` of `series_key` values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub lo: Vec<u8>,
+    pub hi: Vec<u8>,
+}
+
+impl KeyRange {
+    /// Every key that starts with `prefix` (which ends with one of `{`, `,`, `}`, never 0xff).
+    pub fn prefix(prefix: String) -> Self {
+        let lo = prefix.into_bytes();
+        let mut hi = lo.clone();
+        if let Some(last) = hi.last_mut() {
+            *last = last.saturating_add(1);
+        }
+        Self { lo, hi }
+    }
+
+    /// No key.
+    pub fn empty() -> Self {
+        Self {
+            lo: Vec::new(),
+            hi: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lo >= self.hi
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.lo.as_slice() <= key && key < self.hi.as_slice()
+    }
+
+    /// Whether a page or chunk with these bounds (either unknown: unbounded) may hold a key of the
+    /// range.
+    pub fn meets(&self, min: Option<&[u8]>, max: Option<&[u8]>) -> bool {
+        !self.is_empty()
+            && max.is_none_or(|max| max >= self.lo.as_slice())
+            && min.is_none_or(|min| min < self.hi.as_slice())
+    }
+}
+
+impl Footer {
+    /// Parses the footer from `tail`, the last bytes of an object of `size` bytes.
+    pub fn parse(tail: &[u8], size: u64) -> Result<Tail, StoreError> {
+        if tail.len() < FOOTER_SIZE {
+            return Err(corrupt(format!(
+                "{size} bytes: shorter than a Parquet footer"
+            )));
+        }
+        let end: &[u8; FOOTER_SIZE] = tail[tail.len() - FOOTER_SIZE..]
+            .try_into()
+            .map_err(corrupt)?;
+        let ft = FooterTail::try_new(end).map_err(corrupt)?;
+        let footer_len = ft.metadata_length() as u64 + FOOTER_SIZE as u64;
+        if footer_len > size {
+            return Err(corrupt(format!(
+                "footer of {footer_len} bytes in an object of {size}"
+            )));
+        }
+        if footer_len > tail.len() as u64 {
+            return Ok(Tail::Need(footer_len));
+        }
+        let at = tail.len() - footer_len as usize;
+        let meta = ParquetMetaDataReader::decode_metadata(&tail[at..tail.len() - FOOTER_SIZE])
+            .map_err(corrupt)?;
+        if meta.file_metadata().schema_descr().num_columns() <= COL_STATE {
+            return Err(corrupt("not a thermo cold object: too few columns"));
+        }
+        let tag_keys = meta
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == META_TAG_KEYS))
+            .and_then(|kv| kv.value.as_deref())
+            .map(parse_tag_keys)
+            .unwrap_or_default();
+        let whole = (tail.len() as u64 == size).then(|| Bytes::copy_from_slice(tail));
+        Ok(Tail::Footer(Box::new(Self {
+            meta,
+            size,
+            footer_len,
+            tag_keys,
+            whole,
+        })))
+    }
+
+    /// The whole object, when the tail read for the footer held all of it.
+    pub fn whole(&self) -> Option<&Bytes> {
+        self.whole.as_ref()
+    }
+
+    /// The object's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Memory held, roughly: the footer's size times the ratio of its decoded form.
+    pub fn mem_bytes(&self) -> u64 {
+        self.footer_len * 4 + self.whole.as_ref().map_or(0, |w| w.len() as u64)
+    }
+
+    /// Rows in the object.
+    pub fn rows(&self) -> u64 {
+        self.meta.file_metadata().num_rows().max(0) as u64
+    }
+
+    /// The range of keys that holds every series of `metric` that has all tags `filters`.
+    pub fn key_range(&self, tenant: &str, metric: &str, filters: &[(String, String)]) -> KeyRange {
+        let mut want: BTreeMap<&str, &str> = BTreeMap::new();
+        for (k, v) in filters {
+            if want.insert(k, v).is_some_and(|old| old != v) {
+                return KeyRange::empty(); // two values for one tag: nothing matches
+            }
+        }
+        let mut prefix = format!("{tenant}/{metric}{{");
+        let Some(keys) = self.tag_keys.get(metric) else {
+            return KeyRange::prefix(prefix);
+        };
+        if want.keys().any(|k| !keys.iter().any(|have| have == k)) {
+            return KeyRange::empty(); // a filter on a tag no series of the metric has
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let Some(v) = want.get(k.as_str()) else {
+                break;
+            };
+            prefix.push_str(&format!("{k}={v}"));
+            prefix.push(if i + 1 == keys.len() { '}' } else { ',' });
+        }
+        if keys.is_empty() {
+            prefix.push('}');
+        }
+        KeyRange::prefix(prefix)
+    }
+
+    /// The row groups that may hold keys of `range`.
+    pub fn row_groups(&self, range: &KeyRange) -> Vec<usize> {
+        (0..self.meta.num_row_groups())
+            .filter(|&rg| {
+                let stats = self.meta.row_group(rg).column(COL_SERIES_KEY).statistics();
+                range.meets(
+                    stats.and_then(|s| s.min_bytes_opt()),
+                    stats.and_then(|s| s.max_bytes_opt()),
+                )
+            })
+            .collect()
+    }
+
+    /// The bytes of row group `rg`'s page indexes: the column index of `series_key`, and the
+    /// offset indexes of `series_key` up to `state` (written one after the other). `None` when
+    /// the object has none (its column chunks are then read whole).
+    pub fn index_ranges(&self, rg: usize) -> Option<[Range<u64>; 2]> {
+        let row_group = self.meta.row_group(rg);
+        let column_index = row_group.column(COL_SERIES_KEY).column_index_range()?;
+        let first = row_group.column(COL_SERIES_KEY).offset_index_range()?;
+        let last = row_group.column(COL_STATE).offset_index_range()?;
+        Some([
+            column_index,
+            first.start.min(last.start)..first.end.max(last.end),
+        ])
+    }
+
+    fn chunk(&self, rg: usize, col: usize) -> &ColumnChunkMetaData {
+        self.meta.row_group(rg).column(col)
+    }
+}
+
+fn parse_tag_keys(text: &str) -> HashMap<String, Vec<String>> {
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(name, keys)| {
+            let keys = keys
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect();
+            (name.to_string(), keys)
+        })
+        .collect()
+}
+
+/// The pages of one column chunk of a row group.
+#[derive(Debug, Clone)]
+struct ColumnPages {
+    /// The chunk's bytes in the object.
+    chunk: Range<u64>,
+    /// Its data pages, or `None` without an offset index (the chunk is read whole).
+    pages: Option<Vec<PageLocation>>,
+}
+
+impl ColumnPages {
+    fn new(meta: &ColumnChunkMetaData, pages: Option<Vec<PageLocation>>) -> Self {
+        let (start, len) = meta.byte_range();
+        Self {
+            chunk: start..start + len,
+            pages,
+        }
+    }
+
+    /// The rows of page `i` of a row group of `rows` rows.
+    fn page_rows(pages: &[PageLocation], i: usize, rows: u64) -> Range<u64> {
+        let first = pages[i].first_row_index.max(0) as u64;
+        let end = pages
+            .get(i + 1)
+            .map_or(rows, |p| p.first_row_index.max(0) as u64);
+        first..end
+    }
+
+    /// The pages that hold a row of `runs` (sorted, disjoint), as page numbers.
+    fn pages_of(&self, runs: &[Range<u64>], rows: u64) -> Vec<usize> {
+        let Some(pages) = &self.pages else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut run = runs.iter().peekable();
+        for i in 0..pages.len() {
+            let span = Self::page_rows(pages, i, rows);
+            while run.peek().is_some_and(|r| r.end <= span.start) {
+                run.next();
+            }
+            if run.peek().is_some_and(|r| r.start < span.end) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// The bytes to fetch to read `pages`: the dictionary page, if any, and those pages; the
+    /// whole chunk without an offset index.
+    fn fetch(&self, pages: &[usize]) -> Vec<Range<u64>> {
+        let Some(all) = &self.pages else {
+            return vec![self.chunk.clone()];
+        };
+        let mut out = Vec::new();
+        if let Some(first) = all.first() {
+            let first = first.offset.max(0) as u64;
+            if first > self.chunk.start {
+                out.push(self.chunk.start..first);
+            }
+        }
+        for &i in pages {
+            let p = &all[i];
+            let start = p.offset.max(0) as u64;
+            out.push(start..start + p.compressed_page_size.max(0) as u64);
+        }
+        out
+    }
+
+    /// Rows of `pages` (all the chunk's rows without an offset index).
+    fn rows_in(&self, pages: &[usize], rows: u64) -> u64 {
+        match &self.pages {
+            Some(all) => pages
+                .iter()
+                .map(|&i| {
+                    let r = Self::page_rows(all, i, rows);
+                    r.end - r.start
+                })
+                .sum(),
+            None => rows,
+        }
+    }
+}
+
+/// A page's min and max (`None` when unknown).
+type PageBounds = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The page index of one row group: `series_key`'s pages with their bounds, and the pages of
+/// `window_start` and `state`.
+#[derive(Debug, Clone)]
+pub struct RowGroupIndex {
+    rg: usize,
+    rows: u64,
+    key: ColumnPages,
+    /// Per key page: min and max (`None` when unknown).
+    key_bounds: Vec<PageBounds>,
+    window: ColumnPages,
+    state: ColumnPages,
+}
+
+impl RowGroupIndex {
+    /// Decodes the page indexes fetched from [`Footer::index_ranges`] (`None`: there are none).
+    pub fn decode(
+        footer: &Footer,
+        rg: usize,
+        indexes: Option<(&[u8], &[u8], u64)>,
+    ) -> Result<Self, StoreError> {
+        let rows = footer.meta.row_group(rg).num_rows().max(0) as u64;
+        let chunk = |col| footer.chunk(rg, col);
+        let Some((column_index, offsets, offsets_at)) = indexes else {
+            return Ok(Self {
+                rg,
+                rows,
+                key: ColumnPages::new(chunk(COL_SERIES_KEY), None),
+                key_bounds: Vec::new(),
+                window: ColumnPages::new(chunk(COL_WINDOW_START), None),
+                state: ColumnPages::new(chunk(COL_STATE), None),
+            });
+        };
+        let pages = |col: usize| -> Result<Vec<PageLocation>, StoreError> {
+            let range = chunk(col).offset_index_range().ok_or_else(|| {
+                corrupt(format!("row group {rg}: no offset index of column {col}"))
+            })?;
+            let from = range.start.checked_sub(offsets_at);
+            let bytes = from
+                .and_then(|f| offsets.get(f as usize..(f + range.end - range.start) as usize))
+                .ok_or_else(|| corrupt(format!("row group {rg}: offset index out of range")))?;
+            Ok(decode_offset_index(bytes)
+                .map_err(corrupt)?
+                .page_locations()
+                .clone())
+        };
+        let key_pages = pages(COL_SERIES_KEY)?;
+        let index = decode_column_index(column_index, chunk(COL_SERIES_KEY).column_type())
+            .map_err(corrupt)?;
+        let key_bounds = match &index {
+            ColumnIndexMetaData::BYTE_ARRAY(ix) => (0..key_pages.len())
+                .map(|i| {
+                    if ix.is_null_page(i) {
+                        (None, None)
+                    } else {
+                        (
+                            ix.min_value(i).map(<[u8]>::to_vec),
+                            ix.max_value(i).map(<[u8]>::to_vec),
+                        )
+                    }
+                })
+                .collect(),
+            _ => vec![(None, None); key_pages.len()],
+        };
+        Ok(Self {
+            rg,
+            rows,
+            key: ColumnPages::new(chunk(COL_SERIES_KEY), Some(key_pages)),
+            key_bounds,
+            window: ColumnPages::new(chunk(COL_WINDOW_START), Some(pages(COL_WINDOW_START)?)),
+            state: ColumnPages::new(chunk(COL_STATE), Some(pages(COL_STATE)?)),
+        })
+    }
+
+    /// Memory held, roughly.
+    pub fn mem_bytes(&self) -> u64 {
+        let pages = |c: &ColumnPages| c.pages.as_ref().map_or(0, Vec::len) as u64 * 24;
+        let bounds: u64 = self
+            .key_bounds
+            .iter()
+            .map(|(a, b)| {
+                48 + a.as_ref().map_or(0, Vec::len) as u64 + b.as_ref().map_or(0, Vec::len) as u64
+            })
+            .sum();
+        128 + pages(&self.key) + pages(&self.window) + pages(&self.state) + bounds
+    }
+
+    /// The `series_key` pages that may hold keys of `range`, and the bytes to fetch to read them.
+    pub fn key_fetch(&self, range: &KeyRange) -> KeyPages {
+        let pages: Vec<usize> = match &self.key.pages {
+            Some(p) => (0..p.len())
+                .filter(|&i| {
+                    let (min, max) = self.key_bounds.get(i).cloned().unwrap_or((None, None));
+                    range.meets(min.as_deref(), max.as_deref())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let whole = self.key.pages.is_none() && !range.is_empty();
+        let runs = match &self.key.pages {
+            Some(all) => merge_runs(
+                pages
+                    .iter()
+                    .map(|&i| ColumnPages::page_rows(all, i, self.rows)),
+            ),
+            None if whole => std::iter::once(0..self.rows).collect(),
+            None => Vec::new(),
+        };
+        let fetch = if runs.is_empty() {
+            Vec::new()
+        } else {
+            self.key.fetch(&pages)
+        };
+        KeyPages {
+            keys_decoded: runs.iter().map(|r| r.end - r.start).sum(),
+            runs,
+            fetch,
+        }
+    }
+
+    /// The bytes to fetch to read the `window_start` and `state` values of `selected`.
+    pub fn data_fetch(&self, selected: &Selected) -> Vec<Range<u64>> {
+        let runs: Vec<Range<u64>> = selected.runs.iter().map(|(r, _)| r.clone()).collect();
+        if runs.is_empty() {
+            return Vec::new();
+        }
+        let mut out = self.window.fetch(&self.window.pages_of(&runs, self.rows));
+        out.extend(self.state.fetch(&self.state.pages_of(&runs, self.rows)));
+        out
+    }
+}
+
+/// The `series_key` pages to decode for a key range.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPages {
+    /// Their rows, as sorted disjoint runs.
+    pub runs: Vec<Range<u64>>,
+    /// Their bytes.
+    pub fetch: Vec<Range<u64>>,
+    /// Rows they hold.
+    pub keys_decoded: u64,
+}
+
+/// The rows of the selected series in one row group.
+#[derive(Debug, Clone, Default)]
+pub struct Selected {
+    /// Sorted disjoint runs of rows, each of one series.
+    pub runs: Vec<(Range<u64>, MetricKey)>,
+}
+
+/// Sorts and merges adjacent or overlapping ranges.
+fn merge_runs(ranges: impl IntoIterator<Item = Range<u64>>) -> Vec<Range<u64>> {
+    let mut v: Vec<Range<u64>> = ranges.into_iter().filter(|r| r.start < r.end).collect();
+    v.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Byte ranges to fetch, coalesced: ranges closer than [`COALESCE_GAP`] become one.
+pub fn coalesce(ranges: impl IntoIterator<Item = Range<u64>>) -> Vec<Range<u64>> {
+    let mut v: Vec<Range<u64>> = ranges.into_iter().filter(|r| r.start < r.end).collect();
+    v.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end + COALESCE_GAP => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Some byte ranges of an object, as a Parquet [`ChunkReader`]: reading outside them is an error
+/// (a bug in what was fetched), never a silent zero.
+#[derive(Debug, Clone)]
+pub struct Sparse {
+    size: u64,
+    parts: BTreeMap<u64, Bytes>,
+}
+
+impl Sparse {
+    pub fn new(size: u64) -> Self {
+        Self {
+            size,
+            parts: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the bytes of the object from offset `at`.
+    pub fn insert(&mut self, at: u64, bytes: Bytes) {
+        self.parts.insert(at, bytes);
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> u64 {
+        self.parts.values().map(|b| b.len() as u64).sum()
+    }
+
+    /// The bytes of `range`, which must have been fetched.
+    pub fn bytes(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
+        self.slice(range.start, range.end.saturating_sub(range.start))
+            .map_err(corrupt)
+    }
+
+    fn slice(&self, start: u64, len: u64) -> parquet::errors::Result<Bytes> {
+        let found = self.parts.range(..=start).next_back();
+        if let Some((at, b)) = found {
+            let rel = start - at;
+            if rel + len <= b.len() as u64 {
+                return Ok(b.slice(rel as usize..(rel + len) as usize));
+            }
+        }
+        Err(parquet::errors::ParquetError::General(format!(
+            "bytes {start}..{} of the object were not fetched",
+            start + len
+        )))
+    }
+}
+
+impl Length for Sparse {
+    fn len(&self) -> u64 {
+        self.size
+    }
+}
+
+impl ChunkReader for Sparse {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        let found = self.parts.range(..=start).next_back();
+        match found {
+            Some((at, b)) if start - at <= b.len() as u64 => {
+                Ok(b.slice((start - at) as usize..).reader())
+            }
+            _ => Err(parquet::errors::ParquetError::General(format!(
+                "byte {start} of the object was not fetched"
+            ))),
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length as u64)
+    }
+}
+
+/// Calls `each(row, value)` for every row of `runs` (sorted, disjoint) of one column chunk.
+fn read_column<T: DataType, R: ChunkReader + 'static>(
+    reader: &Arc<R>,
+    meta: &ColumnChunkMetaData,
+    rows: u64,
+    pages: Option<Vec<PageLocation>>,
+    runs: &[Range<u64>],
+    mut each: impl FnMut(u64, T::T),
+) -> Result<(), StoreError>
+where
+    T::T: Clone,
+{
+    let page_reader =
+        SerializedPageReader::new(reader.clone(), meta, rows as usize, pages).map_err(corrupt)?;
+    let mut col = ColumnReaderImpl::<T>::new(meta.column_descr_ptr(), Box::new(page_reader));
+    let mut pos = 0u64;
+    let mut values = Vec::new();
+    for run in runs {
+        if run.start > pos {
+            let want = (run.start - pos) as usize;
+            let skipped = col.skip_records(want).map_err(corrupt)?;
+            if skipped != want {
+                return Err(corrupt(format!(
+                    "column chunk ends before row {}",
+                    run.start
+                )));
+            }
+        }
+        let mut row = run.start;
+        while row < run.end {
+            values.clear();
+            let want = (run.end - row).min(8192) as usize;
+            let (got, _, _) = col
+                .read_records(want, None, None, &mut values)
+                .map_err(corrupt)?;
+            if got == 0 || values.len() != got {
+                return Err(corrupt(format!("column chunk ends before row {row}")));
+            }
+            for v in values.drain(..) {
+                each(row, v);
+                row += 1;
+            }
+        }
+        pos = run.end;
+    }
+    Ok(())
+}
+
+/// Decodes the `series_key` pages of `pages` and keeps the runs of rows whose series is in `range`
+/// and satisfies `matches`.
+pub fn select_keys<R: ChunkReader + 'static>(
+    footer: &Footer,
+    index: &RowGroupIndex,
+    reader: &Arc<R>,
+    pages: &KeyPages,
+    range: &KeyRange,
+    matches: impl Fn(&MetricKey) -> bool,
+) -> Result<Selected, StoreError> {
+    let mut out = Selected::default();
+    let mut current: Option<(Vec<u8>, bool)> = None;
+    let mut failed: Option<StoreError> = None;
+    read_column::<ByteArrayType, R>(
+        reader,
+        footer.chunk(index.rg, COL_SERIES_KEY),
+        index.rows,
+        index.key.pages.clone(),
+        &pages.runs,
+        |row, key| {
+            let bytes = key.data();
+            let same = current.as_ref().is_some_and(|(k, _)| k.as_slice() == bytes);
+            if !same {
+                let wanted = range.contains(bytes)
+                    && match parse_key(bytes) {
+                        Ok(k) => {
+                            let yes = matches(&k);
+                            if yes {
+                                out.runs.push((row..row, k));
+                            }
+                            yes
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                            false
+                        }
+                    };
+                current = Some((bytes.to_vec(), wanted));
+            }
+            if let Some((_, true)) = current {
+                if let Some((r, _)) = out.runs.last_mut() {
+                    if r.end == row {
+                        r.end = row + 1;
+                    } else {
+                        // The same series again after a gap (pages are read in runs).
+                        let k = out.runs.last().map(|(_, k)| k.clone());
+                        if let Some(k) = k {
+                            out.runs.push((row..row + 1, k));
+                        }
+                    }
+                }
+            }
+        },
+    )?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn parse_key(bytes: &[u8]) -> Result<MetricKey, StoreError> {
+    let s = std::str::from_utf8(bytes).map_err(corrupt)?;
+    MetricKey::parse(s).map_err(corrupt)
+}
+
+/// Reads the `window_start` and `state` of `selected`'s rows; with the rows of the `state` pages
+/// decoded.
+pub fn read_rows<R: ChunkReader + 'static>(
+    footer: &Footer,
+    index: &RowGroupIndex,
+    reader: &Arc<R>,
+    selected: &Selected,
+) -> Result<(Vec<ColdRow>, u64), StoreError> {
+    let runs: Vec<Range<u64>> = selected.runs.iter().map(|(r, _)| r.clone()).collect();
+    let total: usize = runs.iter().map(|r| (r.end - r.start) as usize).sum();
+    let mut windows = Vec::with_capacity(total);
+    read_column::<Int64Type, R>(
+        reader,
+        footer.chunk(index.rg, COL_WINDOW_START),
+        index.rows,
+        index.window.pages.clone(),
+        &runs,
+        |_, w| windows.push(w),
+    )?;
+    let mut out = Vec::with_capacity(total);
+    let mut failed: Option<StoreError> = None;
+    let mut run = 0usize;
+    read_column::<ByteArrayType, R>(
+        reader,
+        footer.chunk(index.rg, COL_STATE),
+        index.rows,
+        index.state.pages.clone(),
+        &runs,
+        |row, state| {
+            while selected.runs.get(run).is_some_and(|(r, _)| r.end <= row) {
+                run += 1;
+            }
+            let (Some((_, series)), Some(&window_start)) =
+                (selected.runs.get(run), windows.get(out.len()))
+            else {
+                failed.get_or_insert(corrupt("state and window columns disagree"));
+                return;
+            };
+            match HotCell::decode(state.data()) {
+                Ok(cell) => out.push(ColdRow {
+                    series: series.clone(),
+                    window_start,
+                    cell,
+                }),
+                Err(e) => {
+                    failed.get_or_insert(corrupt(e));
+                }
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let decoded = index
+        .state
+        .rows_in(&index.state.pages_of(&runs, index.rows), index.rows);
+    Ok((out, decoded))
+}
+
+/// Every row of a whole object, read column by column (the compactor's roll-up input).
+pub fn decode_all(bytes: Bytes) -> Result<Vec<ColdRow>, StoreError> {
+    let size = bytes.len() as u64;
+    let mut footer = match Footer::parse(&bytes, size)? {
+        Tail::Footer(f) => f,
+        Tail::Need(n) => {
+            return Err(corrupt(format!(
+                "footer of {n} bytes in an object of {size}"
+            )))
+        }
+    };
+    footer.whole = None; // `bytes` is read directly: no copy kept
+    let reader = Arc::new(bytes);
+    let mut out = Vec::with_capacity(footer.rows() as usize);
+    for rg in 0..footer.meta.num_row_groups() {
+        let index = RowGroupIndex::decode(&footer, rg, None)?;
+        let all = KeyRange {
+            lo: Vec::new(),
+            hi: vec![0xff],
+        };
+        let pages = KeyPages {
+            runs: std::iter::once(0..index.rows).collect(),
+            fetch: Vec::new(),
+            keys_decoded: index.rows,
+        };
+        let selected = select_keys(&footer, &index, &reader, &pages, &all, |_| true)?;
+        out.extend(read_rows(&footer, &index, &reader, &selected)?.0);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cold_format::{encode_with, KEY_PAGE_ROWS, PAGE_ROWS, ROW_GROUP_ROWS};
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+    use thermo_core::aggregate::{Aggregate, Counter};
+    use thermo_core::window::Resolution;
+
+    const METRICS: [&str; 3] = ["re", "req", "req_total"];
+
+    fn key(metric: &str, host: usize) -> MetricKey {
+        let tags = vec![
+            ("dc".to_string(), format!("d{}", host % 3)),
+            ("host".to_string(), format!("h{host}")),
+        ];
+        MetricKey::new("acme", metric, tags).unwrap()
+    }
+
+    /// Three metrics whose names prefix each other, 300 series each, 10 minutes; every value
+    /// different.
+    fn rows() -> Vec<ColdRow> {
+        let mut out = Vec::new();
+        for (mi, metric) in METRICS.iter().enumerate() {
+            for host in 0..300 {
+                for m in 0..10 {
+                    out.push(ColdRow {
+                        series: key(metric, host),
+                        window_start: 3600 + 60 * m,
+                        cell: HotCell {
+                            contributors: vec![(host as u64, m as u64)],
+                            agg: Aggregate::Counter(Counter {
+                                sum: (mi * 1_000_000 + host * 100 + m as usize) as f64,
+                                samples: 1,
+                            }),
+                        },
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn sorted(mut rows: Vec<ColdRow>) -> Vec<ColdRow> {
+        rows.sort_by_key(|r| (r.series.encode(), r.window_start));
+        rows
+    }
+
+    /// The read service's steps (footer, page index, key pages, data pages) over an object in
+    /// memory: the rows of `metric` with `filters`, the keys and the rows decoded.
+    fn select(bytes: &[u8], metric: &str, filters: &[(&str, &str)]) -> (Vec<ColdRow>, u64, u64) {
+        let Tail::Footer(footer) = Footer::parse(bytes, bytes.len() as u64).unwrap() else {
+            panic!("the whole object holds its footer");
+        };
+        let reader = Arc::new(Bytes::copy_from_slice(bytes));
+        let filters: Vec<(String, String)> = filters
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let range = footer.key_range("acme", metric, &filters);
+        let (mut out, mut keys, mut decoded) = (Vec::new(), 0, 0);
+        for rg in footer.row_groups(&range) {
+            let index = match footer.index_ranges(rg) {
+                None => RowGroupIndex::decode(&footer, rg, None).unwrap(),
+                Some([ci, oi]) => {
+                    let at = |r: &Range<u64>| &bytes[r.start as usize..r.end as usize];
+                    RowGroupIndex::decode(&footer, rg, Some((at(&ci), at(&oi), oi.start))).unwrap()
+                }
+            };
+            let pages = index.key_fetch(&range);
+            if pages.runs.is_empty() {
+                continue;
+            }
+            keys += pages.keys_decoded;
+            let selected = select_keys(&footer, &index, &reader, &pages, &range, |k| {
+                k.name() == metric && filters.iter().all(|(t, v)| k.tag(t) == Some(v.as_str()))
+            })
+            .unwrap();
+            let (part, n) = read_rows(&footer, &index, &reader, &selected).unwrap();
+            out.extend(part);
+            decoded += n;
+        }
+        (sorted(out), keys, decoded)
+    }
+
+    fn model(all: &[ColdRow], metric: &str, filters: &[(&str, &str)]) -> Vec<ColdRow> {
+        sorted(
+            all.iter()
+                .filter(|r| {
+                    r.series.name() == metric
+                        && filters.iter().all(|(t, v)| r.series.tag(t) == Some(*v))
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
+    const SELECTIONS: [(&str, &[(&str, &str)]); 9] = [
+        ("req", &[]),
+        ("re", &[]),
+        ("req_total", &[("dc", "d2")]),
+        ("req", &[("dc", "d1"), ("host", "h7")]),
+        ("req", &[("host", "h7")]),
+        ("req", &[("dc", "d0"), ("host", "h7")]), // h7 is in d1: nothing
+        ("req", &[("host", "h7"), ("host", "h8")]),
+        ("req", &[("zone", "z")]),
+        ("nope", &[]),
+    ];
+
+    #[test]
+    fn selected_series_read_exactly_from_their_pages_in_both_layouts() {
+        let all = rows();
+        let layout2 = encode_with(Resolution::OneMinute, all.clone(), 1000, None).unwrap();
+        let layout1 = {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build();
+            encode_with(
+                Resolution::OneMinute,
+                all.clone(),
+                ROW_GROUP_ROWS,
+                Some(props),
+            )
+            .unwrap()
+        };
+        for (name, bytes) in [("layout 2", &layout2), ("layout 1", &layout1)] {
+            for (metric, filters) in SELECTIONS {
+                let (got, _, _) = select(bytes, metric, filters);
+                assert_eq!(
+                    got,
+                    model(&all, metric, filters),
+                    "{name}: {metric} {filters:?}"
+                );
+            }
+            assert_eq!(
+                sorted(decode_all(Bytes::copy_from_slice(bytes)).unwrap()),
+                sorted(all.clone()),
+                "{name}: every row"
+            );
+        }
+        // Layout 2 decodes only the pages of the series: 10 rows, at most two pages of each column.
+        let (got, keys, decoded) = select(&layout2, "req", &[("dc", "d1"), ("host", "h7")]);
+        assert_eq!(got.len(), 10);
+        assert!(keys <= 2 * KEY_PAGE_ROWS as u64, "{keys} keys decoded");
+        assert!(decoded <= 2 * PAGE_ROWS as u64, "{decoded} rows decoded");
+        // A filter on a later tag key scans the metric's keys, but decodes only the series' rows.
+        let (got, keys, decoded) = select(&layout2, "req", &[("host", "h7")]);
+        assert_eq!(got.len(), 10);
+        assert!(
+            keys <= 3000 + 2 * KEY_PAGE_ROWS as u64,
+            "{keys} keys decoded"
+        );
+        assert!(decoded <= 2 * PAGE_ROWS as u64, "{decoded} rows decoded");
+        // Nothing of a metric the object does not hold is decoded.
+        assert_eq!(select(&layout2, "nope", &[]).1, 0);
+    }
+}
