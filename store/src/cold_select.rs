@@ -43,8 +43,11 @@ use std::sync::Arc;
 use thermo_core::codec::HotCell;
 use thermo_core::key::MetricKey;
 
-/// Bytes of an object's tail fetched first: enough for the footer of most objects.
-pub const TAIL_GUESS: u64 = 64 << 10;
+/// Bytes of an object's tail fetched first. An object up to this size arrives whole in that one
+/// request, and every later range is served from it: on S3 a request costs tens of milliseconds
+/// whatever its size up to about a megabyte, so a few ranged GETs of a mid-size object would cost
+/// more than the whole. A larger object's tail holds its footer (and usually its page indexes).
+pub const TAIL_GUESS: u64 = 1 << 20;
 /// Ranges closer than this are fetched as one.
 pub const COALESCE_GAP: u64 = 16 << 10;
 
