@@ -18,7 +18,9 @@
 
 use crate::cold::{ColdReader, ColdView, Want};
 use crate::error::ApiError;
+use futures_util::StreamExt;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use thermo_core::aggregate::{Aggregate, TypeConflict};
 use thermo_core::codec::{Absorbed, HotCell};
 use thermo_core::key::MetricKey;
@@ -328,36 +330,17 @@ async fn read_hot<H: HotStore>(
 }
 
 /// The state of one read.
-struct Stitch<'a, C> {
-    cold: Option<&'a ColdReader<C>>,
+struct Stitch<'a> {
     sel: Selector<'a>,
     hot: HotCells,
     buckets: Buckets,
     served: Served,
 }
 
-impl<C: ColdStore> Stitch<'_, C> {
+impl Stitch<'_> {
     fn add(&mut self, series: &MetricKey, window: i64, agg: &Aggregate, by: Served) {
         self.buckets.add(series, window, agg);
         self.served.add(by);
-    }
-
-    /// The selected rows of an object, if the reader has it.
-    async fn rows(
-        &self,
-        res: Resolution,
-        chunk: i64,
-        generation: u64,
-    ) -> Result<Option<std::sync::Arc<Vec<ColdRow>>>, ApiError> {
-        let want = Want {
-            tenant: self.sel.tenant,
-            metric: self.sel.metric,
-            filters: self.sel.filters,
-        };
-        match self.cold {
-            Some(c) => Ok(c.rows(want, res, chunk, generation).await?),
-            None => Ok(None),
-        }
     }
 
     fn add_object_rows(&mut self, rows: &[ColdRow], from: i64, to: i64) {
@@ -395,36 +378,57 @@ impl<C: ColdStore> Stitch<'_, C> {
         self.hot = hot;
     }
 
-    async fn part(&mut self, part: &Part) -> Result<(), ApiError> {
+    /// Adds one part, with the rows of its object (fetched by [`object_rows`]).
+    fn part(&mut self, part: &Part, object: Option<&[ColdRow]>) {
         match *part {
-            Part::Object {
-                res,
-                chunk,
-                generation,
-                from,
-                to,
-            } => {
-                if let Some(o) = self.rows(res, chunk, generation).await? {
-                    self.add_object_rows(&o, from, to);
+            Part::Object { from, to, .. } => {
+                if let Some(rows) = object {
+                    self.add_object_rows(rows, from, to);
                 }
             }
-            Part::Hour {
-                hour,
-                from,
-                to,
-                cold,
-                hot,
-            } => {
-                let object = match cold {
-                    Some(g) => self.rows(Resolution::OneMinute, hour, g).await?,
-                    None => None,
-                };
-                let rows = object.as_ref().map_or(&[][..], |o| o.as_slice());
-                self.add_hour(rows, from, to, hot);
+            Part::Hour { from, to, hot, .. } => {
+                self.add_hour(object.unwrap_or(&[]), from, to, hot);
             }
         }
-        Ok(())
     }
+}
+
+/// Objects of one read fetched at the same time, at most.
+pub const COLD_FETCHES: usize = 8;
+
+/// The object a part reads, if any: resolution, chunk and generation.
+fn part_object(part: &Part) -> Option<(Resolution, i64, u64)> {
+    match *part {
+        Part::Object {
+            res,
+            chunk,
+            generation,
+            ..
+        } => Some((res, chunk, generation)),
+        Part::Hour {
+            hour,
+            cold: Some(generation),
+            ..
+        } => Some((Resolution::OneMinute, hour, generation)),
+        Part::Hour { cold: None, .. } => None,
+    }
+}
+
+/// The selected rows of `object` (from [`part_object`]), if there is one and a reader.
+async fn object_rows<C: ColdStore>(
+    cold: Option<&ColdReader<C>>,
+    sel: Selector<'_>,
+    object: Option<(Resolution, i64, u64)>,
+) -> Result<Option<Arc<Vec<ColdRow>>>, ApiError> {
+    let (Some(reader), Some((res, chunk, generation))) = (cold, object) else {
+        return Ok(None);
+    };
+    let want = Want {
+        tenant: sel.tenant,
+        metric: sel.metric,
+        filters: sel.filters,
+    };
+    Ok(reader.rows(want, res, chunk, generation).await?)
 }
 
 /// Executes a plan: every selected series' windows merged into buckets of `step` seconds, and
@@ -438,14 +442,18 @@ pub async fn read<H: HotStore, C: ColdStore>(
 ) -> Result<(Buckets, Served), ApiError> {
     let hot_cells = read_hot(hot, &sel, &hot_runs(parts)).await?;
     let mut s = Stitch {
-        cold,
         sel,
         hot: hot_cells,
         buckets: Buckets::new(step),
         served: Served::default(),
     };
+    // The parts' objects are fetched up to COLD_FETCHES at a time, and added in order.
+    let mut objects = futures_util::stream::iter(parts.iter().map(part_object))
+        .map(|o| object_rows(cold, sel, o))
+        .buffered(COLD_FETCHES);
     for p in parts {
-        s.part(p).await?;
+        let object = objects.next().await.transpose()?.flatten();
+        s.part(p, object.as_deref().map(Vec::as_slice));
     }
     sel.check_count(s.buckets.len())?;
     Ok((s.buckets, s.served))
