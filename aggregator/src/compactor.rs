@@ -29,7 +29,7 @@ use thermo_store::catalog::{object_key, Catalog};
 use thermo_store::cold::ColdStore;
 use thermo_store::cold_format::{self, ColdRow};
 use thermo_store::hot::HotStore;
-use thermo_store::StoreError;
+use thermo_store::{off_thread, StoreError};
 
 /// Compactor settings.
 #[derive(Debug, Clone)]
@@ -383,15 +383,4 @@ impl<C: ColdStore, K: Catalog> Compactor<C, K> {
         }
         Ok(())
     }
-}
-
-/// Runs `f` (encoding or decoding an object: far more than the ~500 µs an async worker may be
-/// blocked) on a blocking thread.
-async fn off_thread<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
 }

@@ -16,7 +16,7 @@ use thermo_store::cold_format::ColdRow;
 use thermo_store::cold_select::{
     coalesce, read_rows, select_keys, Footer, RowGroupIndex, Sparse, Tail, TAIL_GUESS,
 };
-use thermo_store::StoreError;
+use thermo_store::{off_thread, StoreError};
 
 fn corrupt(detail: String) -> StoreError {
     StoreError::Corrupt {
@@ -180,16 +180,6 @@ pub struct ColdReader<C> {
     counters: ColdCounters,
 }
 
-/// Runs `f` on a blocking thread (decoding is CPU work of more than a few hundred µs).
-async fn blocking<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
-}
-
 impl<C: ColdStore> ColdReader<C> {
     pub fn new(store: C, prefix: &str, cache: ColdCache, counters: ColdCounters) -> Self {
         Self {
@@ -266,7 +256,7 @@ impl<C: ColdStore> ColdReader<C> {
             let sparse = Arc::new(sparse);
             let (f, i, s, r) = (footer.clone(), index.clone(), sparse.clone(), range.clone());
             let want_owned = (want.metric.to_string(), want.filters.to_vec());
-            let selected = blocking("selecting series", move || {
+            let selected = off_thread("selecting series", move || {
                 let w = Want {
                     tenant: "",
                     metric: &want_owned.0,
@@ -282,7 +272,7 @@ impl<C: ColdStore> ColdReader<C> {
             self.fetch(key, &footer, &index.data_fetch(&selected), &mut sparse)
                 .await?;
             let (f, sparse) = (footer.clone(), Arc::new(sparse));
-            let (part, decoded) = blocking("reading rows", move || {
+            let (part, decoded) = off_thread("reading rows", move || {
                 read_rows(&f, &index, &sparse, &selected)
             })
             .await?;
@@ -348,7 +338,7 @@ impl<C: ColdStore> ColdReader<C> {
                 return Ok(None);
             };
             self.counters.bytes_read.inc_by(tail.len() as u64);
-            match blocking("reading a footer", move || Footer::parse(&tail, size)).await? {
+            match off_thread("reading a footer", move || Footer::parse(&tail, size)).await? {
                 Tail::Footer(f) => {
                     let f: Arc<Footer> = Arc::from(f);
                     self.cache
@@ -385,7 +375,7 @@ impl<C: ColdStore> ColdReader<C> {
                     &mut sparse,
                 )
                 .await?;
-                blocking("reading a page index", move || {
+                off_thread("reading a page index", move || {
                     let ci = sparse.bytes(column_index)?;
                     let oi = sparse.bytes(offsets.clone())?;
                     RowGroupIndex::decode(&f, rg, Some((&ci, &oi, offsets.start)))

@@ -26,6 +26,17 @@ pub mod redis_catalog;
 pub mod redis_hot;
 pub mod s3;
 
+/// Runs `f` on a blocking thread: for CPU work over the ~500 µs an async worker may be blocked
+/// (encoding or decoding a cold object, a Parquet footer, pages). `what` names it in the error.
+pub async fn off_thread<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
+}
+
 /// Replaces `path` by the fully written file `tmp`, durably: `tmp` is `fsync`ed, renamed, and the
 /// directory `fsync`ed, so that after a power loss `path` is the old file or the new one, whole.
 pub(crate) fn replace_durably(

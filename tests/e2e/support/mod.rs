@@ -112,17 +112,8 @@ impl Proc {
         log: PathBuf,
         log_level: &'static str,
     ) -> Self {
-        let mut p = Self {
-            name: name.to_string(),
-            child: None,
-            log,
-            cmd: std::iter::once(program.display().to_string())
-                .chain(args.iter().cloned())
-                .collect(),
-            cwd: cwd.to_path_buf(),
-            log_level,
-            shifted_clock: true,
-        };
+        let mut p = Self::new(name, program, args, cwd, log);
+        p.log_level = log_level;
         p.start();
         p
     }
@@ -135,7 +126,15 @@ impl Proc {
         cwd: &Path,
         log: PathBuf,
     ) -> Self {
-        let mut p = Self {
+        let mut p = Self::new(name, program, args, cwd, log);
+        p.shifted_clock = false;
+        p.start();
+        p
+    }
+
+    /// Not started yet: at level `info`, on the tests' clock.
+    fn new(name: &str, program: &Path, args: &[String], cwd: &Path, log: PathBuf) -> Self {
+        Self {
             name: name.to_string(),
             child: None,
             log,
@@ -144,10 +143,8 @@ impl Proc {
                 .collect(),
             cwd: cwd.to_path_buf(),
             log_level: "info",
-            shifted_clock: false,
-        };
-        p.start();
-        p
+            shifted_clock: true,
+        }
     }
 
     pub fn start(&mut self) {
