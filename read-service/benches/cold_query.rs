@@ -85,22 +85,7 @@ fn bench(c: &mut Criterion) {
     }
     // Bytes per counter point: a 1m object of one hour of 100 counter series (each row carries
     // its contribution id, as 1m rows do), and the 1h objects above.
-    let minute_rows: Vec<ColdRow> = (0..SERIES)
-        .flat_map(|i| {
-            (0..60).map(move |m| ColdRow {
-                series: key(i),
-                window_start: END + m * 60,
-                cell: counter(
-                    (i * 7 + m as usize % 13) as f64,
-                    3,
-                    vec![(0x9e37_79b9 ^ i as u64, 1_000 + m as u64)],
-                ),
-            })
-        })
-        .collect();
-    let one_minute = encode(Resolution::OneMinute, minute_rows)
-        .expect("encode")
-        .len();
+    let one_minute = minute_object(SERIES, END).len();
     println!(
         "bytes per stored counter point: 1m object {:.1} ({} bytes / {} points), 1h objects {:.1} ({} bytes / {} points)",
         one_minute as f64 / (SERIES * 60) as f64,
@@ -167,7 +152,7 @@ fn minute_object(n: usize, hour: i64) -> Vec<u8> {
                 series: key(i),
                 window_start: hour + m * 60,
                 cell: counter(
-                    (i % 97 + m as usize) as f64,
+                    (i * 7 + m as usize % 13) as f64,
                     3,
                     vec![(0x9e37_79b9 ^ i as u64, 1_000 + m as u64)],
                 ),

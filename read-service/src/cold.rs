@@ -12,18 +12,11 @@ use thermo_core::window::Resolution;
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::catalog::{object_key, Catalog};
 use thermo_store::cold::ColdStore;
-use thermo_store::cold_format::ColdRow;
+use thermo_store::cold_format::{corrupt, ColdRow};
 use thermo_store::cold_select::{
     coalesce, read_rows, select_keys, Footer, RowGroupIndex, Sparse, Tail, TAIL_GUESS,
 };
 use thermo_store::{off_thread, StoreError};
-
-fn corrupt(detail: String) -> StoreError {
-    StoreError::Corrupt {
-        what: "cold object",
-        detail,
-    }
-}
 
 /// What the catalog said when a query started: which chunks have objects (with their
 /// generations), which coarse chunks are dirty, which hours have hot cells not yet rolled up.
@@ -154,7 +147,8 @@ pub struct Want<'a> {
 }
 
 impl Want<'_> {
-    fn matches(&self, key: &MetricKey) -> bool {
+    /// Whether `key` is a series of the metric with every tag of the filters.
+    pub fn matches(&self, key: &MetricKey) -> bool {
         key.name() == self.metric
             && self
                 .filters
@@ -338,7 +332,11 @@ impl<C: ColdStore> ColdReader<C> {
                 return Ok(None);
             };
             self.counters.bytes_read.inc_by(tail.len() as u64);
-            match off_thread("reading a footer", move || Footer::parse(&tail, size)).await? {
+            match off_thread("reading a footer", move || {
+                Footer::parse(Bytes::from(tail), size)
+            })
+            .await?
+            {
                 Tail::Footer(f) => {
                     let f: Arc<Footer> = Arc::from(f);
                     self.cache

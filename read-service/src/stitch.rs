@@ -255,13 +255,18 @@ pub struct Selector<'a> {
     pub max_series: usize,
 }
 
-impl Selector<'_> {
+impl<'a> Selector<'a> {
+    /// The rows of cold objects this read wants.
+    pub fn want(&self) -> Want<'a> {
+        Want {
+            tenant: self.tenant,
+            metric: self.metric,
+            filters: self.filters,
+        }
+    }
+
     pub fn matches(&self, key: &MetricKey) -> bool {
-        key.name() == self.metric
-            && self
-                .filters
-                .iter()
-                .all(|(k, v)| key.tag(k) == Some(v.as_str()))
+        self.want().matches(key)
     }
 
     fn check_count(&self, n: usize) -> Result<(), ApiError> {
@@ -423,12 +428,7 @@ async fn object_rows<C: ColdStore>(
     let (Some(reader), Some((res, chunk, generation))) = (cold, object) else {
         return Ok(None);
     };
-    let want = Want {
-        tenant: sel.tenant,
-        metric: sel.metric,
-        filters: sel.filters,
-    };
-    Ok(reader.rows(want, res, chunk, generation).await?)
+    Ok(reader.rows(sel.want(), res, chunk, generation).await?)
 }
 
 /// Executes a plan: every selected series' windows merged into buckets of `step` seconds, and

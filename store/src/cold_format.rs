@@ -98,7 +98,8 @@ pub struct ColdRow {
     pub cell: HotCell,
 }
 
-pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
+/// A cold object that cannot be read as one.
+pub fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         what: "cold object",
         detail: e.to_string(),

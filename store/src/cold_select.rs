@@ -117,8 +117,9 @@ impl KeyRange {
 }
 
 impl Footer {
-    /// Parses the footer from `tail`, the last bytes of an object of `size` bytes.
-    pub fn parse(tail: &[u8], size: u64) -> Result<Tail, StoreError> {
+    /// Parses the footer from `tail`, the last bytes of an object of `size` bytes. When `tail`
+    /// is the whole object it is kept (by reference, not copied) to serve every later range.
+    pub fn parse(tail: Bytes, size: u64) -> Result<Tail, StoreError> {
         if tail.len() < FOOTER_SIZE {
             return Err(corrupt(format!(
                 "{size} bytes: shorter than a Parquet footer"
@@ -150,7 +151,7 @@ impl Footer {
             .and_then(|kv| kv.value.as_deref())
             .map(parse_tag_keys)
             .unwrap_or_default();
-        let whole = (tail.len() as u64 == size).then(|| Bytes::copy_from_slice(tail));
+        let whole = (tail.len() as u64 == size).then_some(tail);
         Ok(Tail::Footer(Box::new(Self {
             meta,
             size,
@@ -765,7 +766,7 @@ pub fn read_rows<R: ChunkReader + 'static>(
 /// Every row of a whole object, read column by column (the compactor's roll-up input).
 pub fn decode_all(bytes: Bytes) -> Result<Vec<ColdRow>, StoreError> {
     let size = bytes.len() as u64;
-    let mut footer = match Footer::parse(&bytes, size)? {
+    let footer = match Footer::parse(bytes.clone(), size)? {
         Tail::Footer(f) => f,
         Tail::Need(n) => {
             return Err(corrupt(format!(
@@ -773,7 +774,6 @@ pub fn decode_all(bytes: Bytes) -> Result<Vec<ColdRow>, StoreError> {
             )))
         }
     };
-    footer.whole = None; // `bytes` is read directly: no copy kept
     let reader = Arc::new(bytes);
     let mut out = Vec::with_capacity(footer.rows() as usize);
     for rg in 0..footer.meta.num_row_groups() {
@@ -844,10 +844,11 @@ mod tests {
     /// The read service's steps (footer, page index, key pages, data pages) over an object in
     /// memory: the rows of `metric` with `filters`, the keys and the rows decoded.
     fn select(bytes: &[u8], metric: &str, filters: &[(&str, &str)]) -> (Vec<ColdRow>, u64, u64) {
-        let Tail::Footer(footer) = Footer::parse(bytes, bytes.len() as u64).unwrap() else {
+        let whole = Bytes::copy_from_slice(bytes);
+        let Tail::Footer(footer) = Footer::parse(whole.clone(), bytes.len() as u64).unwrap() else {
             panic!("the whole object holds its footer");
         };
-        let reader = Arc::new(Bytes::copy_from_slice(bytes));
+        let reader = Arc::new(whole);
         let filters: Vec<(String, String)> = filters
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -81,6 +81,17 @@ pub fn wait_metric(port: u16, sample: &str, timeout: Duration, ok: impl Fn(f64) 
     }
 }
 
+/// Waits until the agent serving /metrics on `port` counted `lines` received lines, and no more.
+pub fn wait_received_lines(port: u16, lines: f64) {
+    let sample = "thermo_agent_received_total";
+    wait_metric(port, sample, Duration::from_secs(30), |v| v >= lines);
+    assert_eq!(
+        metric(port, sample),
+        lines,
+        "the agent on port {port} received more lines than sent"
+    );
+}
+
 fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }

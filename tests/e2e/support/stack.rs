@@ -128,18 +128,7 @@ impl Stack {
 
     /// Waits until every agent has counted `lines` received lines in total.
     pub fn wait_agent_lines(&self, idx: usize, lines: f64) {
-        let port = self.agents[idx].http;
-        wait_metric(
-            port,
-            "thermo_agent_received_total",
-            Duration::from_secs(30),
-            |v| v >= lines,
-        );
-        assert_eq!(
-            metric(port, "thermo_agent_received_total"),
-            lines,
-            "agent {idx} received more lines than sent"
-        );
+        wait_received_lines(self.agents[idx].http, lines);
     }
 
     /// Polls `params` until `f(answer)` holds (bounded), returning the last answer.
@@ -369,13 +358,7 @@ impl Target for Standalone {
         })
     }
     fn wait_agent_lines(&self, _idx: usize, lines: f64) {
-        wait_metric(
-            self.http,
-            "thermo_agent_received_total",
-            Duration::from_secs(30),
-            |v| v >= lines,
-        );
-        assert_eq!(metric(self.http, "thermo_agent_received_total"), lines);
+        wait_received_lines(self.http, lines);
     }
     fn flush_agents(&self) {
         let r = http()
