@@ -1,170 +1,288 @@
-//! A 30-day query of one series at 1-hour resolution, served from cold storage, with a cold and a
-//! warm object cache; plus the stored bytes per counter point.
+//! Cold reads of one series and of a whole metric, through the read service's real path
+//! (`evaluate`: plan, object reads through the cache, stitching, step buckets), in a tenant of 100
+//! and one of 100,000 counter series (`req{host=h0..}`), on the local-directory cold store (the
+//! same Parquet objects the S3 backend stores). Prints a table: per query the median time with a
+//! cold cache (a new reader each run) and with a warm one, the points answered, the rows the
+//! reader selected, the rows and keys it decoded and the bytes it read.
 //!
-//! Setup: one tenant, 100 counter series (`req{host=h0..h99}`), 5 weeks of 1h objects (one
-//! object per epoch-aligned week, 16,800 rows each) in a local-directory cold store (the same
-//! Parquet objects the S3 backend stores). The query reads `req{host=h7}` over the last 30 days
-//! at step 3600.
+//! Data: 1m objects (one per hour, every row with its contribution id, as the compactor writes
+//! them) for the 7 days before `END`, and 1h objects (one per epoch-aligned week) for the 365 days
+//! before it. The 100-series tenant has all 168 + 53 objects. The 100,000-series tenant has one
+//! real object of each resolution (the last hour: 6,000,000 rows; the last week: 16,800,000 rows),
+//! and its other chunks are hard links to it: 221 distinct objects would need 25 GB and an hour to
+//! encode. A read of a linked object does the same work as a read of a real one (same footer, same
+//! pages, same rows selected); only the last chunk's rows fall in their chunk's time range, so
+//! that tenant's multi-chunk queries answer fewer points than they read.
 //!
-//! Then the case of issue 18: one series' hour at 1m from the 1m object of a tenant of 100 and of
-//! 20,000 counter series (`req{host=h0..}`, each row with its contribution id, as 1m rows are),
-//! cold cache: the selective read (footer, page index, then only the pages of that series) against
-//! fetching and decoding the whole object with the parquet row API, which is what the read service
-//! did before the layout of `thermo_store::cold_format` version 2 (one row group).
+//! Then the choices of `thermo_store::cold_format`, measured on the 100,000-series hour: the row
+//! group size, and whether a bloom filter on `series_key` pays (a query of a series the object
+//! does not hold).
 //!
 //! `cargo bench --workspace --bench cold_query`
 
-use criterion::{criterion_group, criterion_main, Criterion};
 use prometheus::{IntCounter, IntGauge};
-use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 use thermo_core::aggregate::{Aggregate, Counter};
 use thermo_core::codec::HotCell;
 use thermo_core::key::MetricKey;
 use thermo_core::query::Stat;
-use thermo_core::window::Resolution;
+use thermo_core::window::{chunks_in, Resolution};
 use thermo_read_service::cache::ColdCache;
-use thermo_read_service::cold::{ColdCounters, ColdReader, ColdView};
+use thermo_read_service::cold::{ColdCounters, ColdReader, ColdView, Want};
 use thermo_read_service::query::{evaluate, Cold, GroupBy, QueryParams};
 use thermo_store::catalog::object_key;
 use thermo_store::cold::{ColdStore, LocalDirCold};
-use thermo_store::cold_format::{encode, ColdRow};
+use thermo_store::cold_format::{encode_tuned, ColdRow, Tuning};
 use thermo_store::mem_hot::MemHot;
 
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
 const WEEK: i64 = 604_800;
-/// An epoch-aligned week start (2026-11-26T00:00:00Z is a Thursday, like the epoch).
+/// An epoch-aligned week start (2026-11-26T00:00:00Z is a Thursday, like the epoch): every query
+/// ends here.
 const END: i64 = 1_795_651_200 + WEEK;
-const SERIES: usize = 100;
+const PREFIX: &str = "cold/v1";
+const TENANT: &str = "acme";
 
 fn key(i: usize) -> MetricKey {
-    MetricKey::new("acme", "req", vec![("host".into(), format!("h{i}"))]).expect("valid key")
+    MetricKey::new(TENANT, "req", vec![("host".into(), format!("h{i}"))]).expect("valid key")
 }
 
-fn counter(sum: f64, samples: u64, contributors: Vec<(u64, u64)>) -> HotCell {
-    HotCell {
-        contributors,
-        agg: Aggregate::Counter(Counter { sum, samples }),
-    }
+/// The rows of `n` counter series over the chunk of `res` that starts at `chunk`.
+fn rows(n: usize, res: Resolution, chunk: i64) -> Vec<ColdRow> {
+    let windows = res.chunk_seconds() / res.seconds();
+    let minute = res == Resolution::OneMinute;
+    let keys: Vec<MetricKey> = (0..n).map(key).collect();
+    keys.into_iter()
+        .enumerate()
+        .flat_map(|(i, series)| {
+            (0..windows).map(move |w| ColdRow {
+                series: series.clone(),
+                window_start: chunk + w * res.seconds(),
+                cell: HotCell {
+                    // 1m rows carry their contribution id; coarser rows have none.
+                    contributors: if minute {
+                        vec![(0x9e37_79b9 ^ i as u64, 1_000 + w as u64)]
+                    } else {
+                        Vec::new()
+                    },
+                    agg: Aggregate::Counter(Counter {
+                        sum: (i * 7 + w as usize % 13) as f64,
+                        samples: 3,
+                    }),
+                },
+            })
+        })
+        .collect()
 }
 
-fn cache(bytes: u64) -> ColdCache {
+fn cache() -> ColdCache {
     let c = |n: &str| IntCounter::new(n, n).expect("counter");
     ColdCache::new(
-        bytes,
+        1 << 30,
         c("hits"),
         c("misses"),
         IntGauge::new("bytes", "bytes").expect("gauge"),
     )
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = std::env::temp_dir().join(format!("thermo-bench-cold-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = LocalDirCold::new(&dir);
-    let mut chunks = BTreeMap::new();
-    let mut stored = 0usize;
-    for w in 0..5 {
-        let chunk = END - (5 - w) * WEEK;
-        let rows: Vec<ColdRow> = (0..SERIES)
-            .flat_map(|i| {
-                (0..168).map(move |h| ColdRow {
-                    series: key(i),
-                    window_start: chunk + h * 3600,
-                    cell: counter((i + h as usize) as f64, 60, Vec::new()),
-                })
-            })
-            .collect();
-        let bytes = encode(Resolution::OneHour, rows).expect("encode");
-        stored += bytes.len();
-        rt.block_on(store.put(
-            &object_key("cold/v1", "acme", Resolution::OneHour, chunk),
-            bytes,
-        ))
-        .expect("put");
-        chunks.insert(chunk, 1u64);
-    }
-    // Bytes per counter point: a 1m object of one hour of 100 counter series (each row carries
-    // its contribution id, as 1m rows do), and the 1h objects above.
-    let one_minute = minute_object(SERIES, END).len();
-    println!(
-        "bytes per stored counter point: 1m object {:.1} ({} bytes / {} points), 1h objects {:.1} ({} bytes / {} points)",
-        one_minute as f64 / (SERIES * 60) as f64,
-        one_minute,
-        SERIES * 60,
-        stored as f64 / (SERIES * 168 * 5) as f64,
-        stored,
-        SERIES * 168 * 5
-    );
+/// One tenant's objects in a local-directory cold store of its own.
+struct Tenant {
+    series: usize,
+    dir: PathBuf,
+    store: LocalDirCold,
+    view: ColdView,
+}
 
-    let view = ColdView {
-        cold: [(Resolution::OneHour, chunks)].into_iter().collect(),
-        ..ColdView::default()
-    };
-    let hot = MemHot::new();
-    let p = QueryParams {
+impl Tenant {
+    fn new(series: usize, tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "thermo-bench-cold-{tag}-{series}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self {
+            series,
+            store: LocalDirCold::new(&dir),
+            dir,
+            view: ColdView::default(),
+        }
+    }
+
+    fn path(&self, res: Resolution, chunk: i64) -> PathBuf {
+        self.dir.join(object_key(PREFIX, TENANT, res, chunk))
+    }
+
+    fn put(&mut self, rt: &tokio::runtime::Runtime, res: Resolution, chunk: i64, bytes: Vec<u8>) {
+        rt.block_on(
+            self.store
+                .put(&object_key(PREFIX, TENANT, res, chunk), bytes),
+        )
+        .expect("put");
+        self.view.cold.entry(res).or_default().insert(chunk, 1);
+    }
+
+    /// Chunk `chunk` of `res` as a hard link to the object of chunk `to`.
+    fn link(&mut self, res: Resolution, chunk: i64, to: i64) {
+        let path = self.path(res, chunk);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::hard_link(self.path(res, to), path).expect("link");
+        self.view.cold.entry(res).or_default().insert(chunk, 1);
+    }
+
+    /// Every chunk of `res` in `[from, END)`: real objects, or (`link`) one real object of the
+    /// last chunk and links to it. Returns the last chunk's object size.
+    fn fill(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        res: Resolution,
+        from: i64,
+        link: bool,
+    ) -> usize {
+        let chunks: Vec<i64> = chunks_in(res, from, END).collect();
+        let last = *chunks.last().expect("a chunk");
+        let started = Instant::now();
+        let bytes =
+            encode_tuned(res, rows(self.series, res, last), Tuning::default()).expect("encode");
+        let size = bytes.len();
+        println!(
+            "  {} series, {} object of chunk {last}: {} rows, {size} bytes, encoded in {:.1} s",
+            self.series,
+            res.as_str(),
+            self.series as i64 * res.chunk_seconds() / res.seconds(),
+            started.elapsed().as_secs_f64()
+        );
+        self.put(rt, res, last, bytes);
+        for &chunk in &chunks[..chunks.len() - 1] {
+            if link {
+                self.link(res, chunk, last);
+            } else {
+                let bytes = encode_tuned(res, rows(self.series, res, chunk), Tuning::default())
+                    .expect("encode");
+                self.put(rt, res, chunk, bytes);
+            }
+        }
+        size
+    }
+}
+
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A query of `req` over `[END - span, END)` at resolution `res` and step `step`: of `host=h7`
+/// (`one`), or of every series.
+fn query(span: i64, res: Resolution, step: i64, host: Option<&str>) -> QueryParams {
+    QueryParams {
         metric: "req".into(),
-        from: END - 30 * 86_400,
+        from: END - span,
         to: END,
-        step: 3600,
+        step,
         stat: Stat::Sum,
-        filters: vec![("host".into(), "h7".into())],
-        group_by: GroupBy::All,
-        resolution: Resolution::OneHour,
-    };
+        filters: host
+            .map(|h| vec![("host".to_string(), h.to_string())])
+            .unwrap_or_default(),
+        group_by: if host.is_some() {
+            GroupBy::All
+        } else {
+            GroupBy::Each
+        },
+        resolution: res,
+    }
+}
+
+/// What one query cost.
+struct Figures {
+    cold_ms: f64,
+    warm_ms: f64,
+    points: usize,
+    rows_selected: u64,
+    rows_decoded: u64,
+    keys_decoded: u64,
+    bytes_read: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `p` on `t` `runs` times with a cold cache and `runs` times with a warm one.
+fn measure(rt: &tokio::runtime::Runtime, t: &Tenant, p: &QueryParams, runs: usize) -> Figures {
+    let hot = MemHot::new();
     let reader = || {
         ColdReader::new(
-            store.clone(),
-            "cold/v1",
-            cache(256 << 20),
+            t.store.clone(),
+            PREFIX,
+            cache(),
             ColdCounters::unregistered(),
         )
     };
-    // One query through `reader`; checks that every hour of the 30 days was answered.
-    let run = |reader: &ColdReader<LocalDirCold>| {
+    let run = |reader: &ColdReader<LocalDirCold>| -> (f64, usize) {
         let cold = Cold {
             reader,
-            view: &view,
+            view: &t.view,
         };
+        let started = Instant::now();
         let r = rt
-            .block_on(evaluate(&hot, Some(cold), "acme", &p, 10_000))
+            .block_on(evaluate(&hot, Some(cold), TENANT, p, 200_000))
             .expect("query");
-        assert_eq!(
-            r.series[0].points.len(),
-            30 * 24,
-            "every hour of 30 days answered"
-        );
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        (ms, r.series.iter().map(|s| s.points.len()).sum())
     };
-
-    let mut g = c.benchmark_group("cold_query_30d_1h");
-    g.sample_size(20);
-    g.bench_function("cold_cache", |b| b.iter(|| run(&reader())));
-    let warm = reader();
-    g.bench_function("warm_cache", |b| b.iter(|| run(&warm)));
-    g.finish();
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut cold = Vec::new();
+    let mut last = None;
+    for _ in 0..runs {
+        let r = reader();
+        let (ms, points) = run(&r);
+        cold.push(ms);
+        last = Some((r, points));
+    }
+    let (warm_reader, points) = last.expect("a run");
+    let c = warm_reader.counters();
+    let figures = (
+        c.rows_selected.get(),
+        c.rows_decoded.get(),
+        c.keys_decoded.get(),
+        c.bytes_read.get(),
+    );
+    let warm: Vec<f64> = (0..runs).map(|_| run(&warm_reader).0).collect();
+    assert_eq!(
+        warm_reader.counters().rows_decoded.get(),
+        figures.1,
+        "a warm query decodes nothing"
+    );
+    Figures {
+        cold_ms: median(cold),
+        warm_ms: median(warm),
+        points,
+        rows_selected: figures.0,
+        rows_decoded: figures.1,
+        keys_decoded: figures.2,
+        bytes_read: figures.3,
+    }
 }
 
-/// The 1m object of hour `hour` for a tenant of `n` counter series.
-fn minute_object(n: usize, hour: i64) -> Vec<u8> {
-    let rows: Vec<ColdRow> = (0..n)
-        .flat_map(|i| {
-            (0..60).map(move |m| ColdRow {
-                series: key(i),
-                window_start: hour + m * 60,
-                cell: counter(
-                    (i * 7 + m as usize % 13) as f64,
-                    3,
-                    vec![(0x9e37_79b9 ^ i as u64, 1_000 + m as u64)],
-                ),
-            })
-        })
-        .collect();
-    encode(Resolution::OneMinute, rows).expect("encode")
+fn row(name: &str, t: &Tenant, f: &Figures) {
+    println!(
+        "| {name} | {} | {:.2} | {:.3} | {} | {} | {} | {} | {} |",
+        t.series,
+        f.cold_ms,
+        f.warm_ms,
+        f.points,
+        f.rows_selected,
+        f.rows_decoded,
+        f.keys_decoded,
+        f.bytes_read
+    );
 }
 
-/// What the read service did before: the whole object, every row decoded with the row API, then
-/// the selected series kept.
-fn whole_object_rows(bytes: Vec<u8>, want: &MetricKey) -> usize {
+/// What the read service did before layout 2: fetch the whole object, decode every row with the
+/// parquet row API, keep the rows of the selected series. Returns the rows kept.
+fn whole_object_rows(bytes: Vec<u8>, keep: &dyn Fn(&MetricKey) -> bool) -> usize {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::RowAccessor;
     let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).expect("parquet");
@@ -173,76 +291,179 @@ fn whole_object_rows(bytes: Vec<u8>, want: &MetricKey) -> usize {
         let row = row.expect("row");
         let series = MetricKey::parse(row.get_string(3).expect("key")).expect("series");
         let _window = row.get_long(4).expect("window");
-        let cell = HotCell::decode(row.get_bytes(15).expect("state").data()).expect("cell");
-        if &series == want {
-            n += usize::from(cell.agg.metric_type() == thermo_core::aggregate::MetricType::Counter);
-        }
+        let _cell = HotCell::decode(row.get_bytes(15).expect("state").data()).expect("cell");
+        n += usize::from(keep(&series));
     }
     n
 }
 
-fn one_series_hour(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let hour = END;
-    let mut g = c.benchmark_group("one_series_hour_1m_cold_cache");
-    g.sample_size(10);
-    for n in [100usize, 20_000] {
-        let dir = std::env::temp_dir().join(format!("thermo-bench-one-{n}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = LocalDirCold::new(&dir);
-        let bytes = minute_object(n, hour);
-        println!("tenant of {n} series: 1m object of {} bytes", bytes.len());
-        let object = object_key("cold/v1", "acme", Resolution::OneMinute, hour);
-        rt.block_on(store.put(&object, bytes)).expect("put");
-        let view = ColdView {
-            cold: [(Resolution::OneMinute, [(hour, 1u64)].into())]
-                .into_iter()
-                .collect(),
-            ..ColdView::default()
-        };
-        let hot = MemHot::new();
-        let p = QueryParams {
-            metric: "req".into(),
-            from: hour,
-            to: hour + 3600,
-            step: 60,
-            stat: Stat::Sum,
-            filters: vec![("host".into(), "h7".into())],
-            group_by: GroupBy::All,
-            resolution: Resolution::OneMinute,
-        };
-        g.bench_function(format!("selective/{n}_series"), |b| {
-            b.iter(|| {
-                let counters = ColdCounters::unregistered();
-                let reader = ColdReader::new(store.clone(), "cold/v1", cache(256 << 20), counters);
-                let cold = Cold {
-                    reader: &reader,
-                    view: &view,
-                };
-                let r = rt
-                    .block_on(evaluate(&hot, Some(cold), "acme", &p, 10_000))
-                    .expect("query");
-                assert_eq!(r.series[0].points.len(), 60, "every minute of the hour");
-                assert!(
-                    reader.counters().rows_decoded.get() < 1_000,
-                    "only the series' pages are decoded"
-                );
-            })
-        });
-        let want = key(7);
-        g.bench_function(format!("whole_object/{n}_series"), |b| {
-            b.iter(|| {
-                let bytes = rt
-                    .block_on(store.get(&object))
-                    .expect("get")
-                    .expect("object");
-                assert_eq!(whole_object_rows(bytes, &want), 60);
-            })
-        });
-        let _ = std::fs::remove_dir_all(&dir);
+/// The median time of the whole-object reads of the 1m objects of the last `hours` hours, and
+/// the rows kept.
+fn whole_object(
+    rt: &tokio::runtime::Runtime,
+    t: &Tenant,
+    hours: i64,
+    keep: &dyn Fn(&MetricKey) -> bool,
+    runs: usize,
+) -> (f64, usize) {
+    let mut times = Vec::new();
+    let mut kept = 0;
+    for _ in 0..runs {
+        let started = Instant::now();
+        kept = 0;
+        for h in 1..=hours {
+            let key = object_key(PREFIX, TENANT, Resolution::OneMinute, END - h * HOUR);
+            let bytes = rt
+                .block_on(t.store.get(&key))
+                .expect("get")
+                .expect("object");
+            kept += whole_object_rows(bytes, keep);
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    g.finish();
+    (median(times), kept)
 }
 
-criterion_group!(benches, bench, one_series_hour);
-criterion_main!(benches);
+fn footer_len(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("object");
+    let n = bytes.len();
+    let len: [u8; 4] = bytes[n - 8..n - 4].try_into().expect("4 bytes");
+    u32::from_le_bytes(len) as u64 + 8
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let header = "| query | tenant series | cold cache ms | warm cache ms | points | rows selected | rows decoded | keys decoded | bytes read (cold) |\n|---|---|---|---|---|---|---|---|---|";
+
+    println!("objects:");
+    let mut small = Tenant::new(100, "main");
+    let small_1m = small.fill(&rt, Resolution::OneMinute, END - 7 * DAY, false);
+    let small_1h = small.fill(&rt, Resolution::OneHour, END - 365 * DAY, false);
+    let mut large = Tenant::new(100_000, "main");
+    large.fill(&rt, Resolution::OneMinute, END - 7 * DAY, true);
+    large.fill(&rt, Resolution::OneHour, END - 365 * DAY, true);
+    println!(
+        "bytes per stored counter point: 1m {:.1} ({small_1m} B / 6,000), 1h {:.1} ({small_1h} B / 16,800)",
+        small_1m as f64 / 6_000.0,
+        small_1h as f64 / 16_800.0
+    );
+
+    println!("\nOne series (host=h7), median of 21 runs (1 hour) or 5 runs each:\n{header}");
+    let one = [
+        (
+            "1 hour at 1m",
+            query(HOUR, Resolution::OneMinute, 60, Some("h7")),
+        ),
+        (
+            "7 days at 1m",
+            query(7 * DAY, Resolution::OneMinute, 60, Some("h7")),
+        ),
+        (
+            "365 days at 1h",
+            query(365 * DAY, Resolution::OneHour, 3600, Some("h7")),
+        ),
+    ];
+    for (i, (name, p)) in one.iter().enumerate() {
+        for t in [&small, &large] {
+            row(name, t, &measure(&rt, t, p, if i == 0 { 21 } else { 5 }));
+        }
+    }
+
+    println!("\nEvery series of the metric (100 series), median of 5 runs each:\n{header}");
+    for (name, p) in [
+        ("1 hour at 1m", query(HOUR, Resolution::OneMinute, 60, None)),
+        (
+            "7 days at 1m",
+            query(7 * DAY, Resolution::OneMinute, 60, None),
+        ),
+    ] {
+        row(name, &small, &measure(&rt, &small, &p, 5));
+    }
+
+    println!("\nBefore layout 2 (fetch each 1m object whole, decode every row; no stitching):");
+    let h7 = key(7);
+    for (name, t, runs) in [("one series", &small, 5), ("one series", &large, 1)] {
+        let (ms, kept) = whole_object(&rt, t, 1, &|k| k == &h7, runs);
+        assert_eq!(kept, 60);
+        println!("  {name}, 1 hour, {} series: {ms:.1} ms", t.series);
+    }
+    let (ms, kept) = whole_object(&rt, &small, 1, &|_| true, 5);
+    assert_eq!(kept, 6_000);
+    println!("  every series, 1 hour, 100 series: {ms:.1} ms");
+    let (ms, kept) = whole_object(&rt, &small, 168, &|_| true, 3);
+    assert_eq!(kept, 1_008_000);
+    println!("  every series, 7 days, 100 series: {ms:.1} ms");
+    drop(large);
+
+    println!("\nRow group size, 100,000-series 1m object, one series' hour, median of 21 runs:");
+    println!("| rows per row group | object bytes | footer bytes | cold cache ms | bytes read | keys decoded | rows decoded |\n|---|---|---|---|---|---|---|");
+    let hour_rows = || rows(100_000, Resolution::OneMinute, END - HOUR);
+    let one_hour = query(HOUR, Resolution::OneMinute, 60, Some("h7"));
+    for rg in [1 << 16, 1 << 17, 1 << 18, 1 << 20] {
+        let tuning = Tuning {
+            row_group_rows: rg,
+            key_bloom_filter: false,
+        };
+        let bytes = encode_tuned(Resolution::OneMinute, hour_rows(), tuning).expect("encode");
+        let size = bytes.len();
+        let mut t = Tenant::new(100_000, &format!("rg{rg}"));
+        t.put(&rt, Resolution::OneMinute, END - HOUR, bytes);
+        let f = measure(&rt, &t, &one_hour, 21);
+        println!(
+            "| {rg} | {size} | {} | {:.2} | {} | {} | {} |",
+            footer_len(&t.path(Resolution::OneMinute, END - HOUR)),
+            f.cold_ms,
+            f.bytes_read,
+            f.keys_decoded,
+            f.rows_decoded
+        );
+    }
+
+    println!("\nBloom filter on series_key, 100,000-series 1m object, a series it does not hold, median of 21 runs:");
+    let filters = [("host".to_string(), "h100000".to_string())];
+    let absent = Want {
+        tenant: TENANT,
+        metric: "req",
+        filters: &filters,
+    };
+    let mut sizes = Vec::new();
+    for bloom in [false, true] {
+        let tuning = Tuning {
+            key_bloom_filter: bloom,
+            ..Tuning::default()
+        };
+        let bytes = encode_tuned(Resolution::OneMinute, hour_rows(), tuning).expect("encode");
+        sizes.push(bytes.len());
+        if bloom {
+            break; // the reader does not consult a filter: only its size matters
+        }
+        let mut t = Tenant::new(100_000, "bloom");
+        t.put(&rt, Resolution::OneMinute, END - HOUR, bytes);
+        let mut times = Vec::new();
+        let mut counters = ColdCounters::unregistered();
+        for _ in 0..21 {
+            counters = ColdCounters::unregistered();
+            let reader = ColdReader::new(t.store.clone(), PREFIX, cache(), counters.clone());
+            let started = Instant::now();
+            let rows = rt
+                .block_on(reader.rows(absent, Resolution::OneMinute, END - HOUR, 1))
+                .expect("read")
+                .expect("object");
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            assert!(rows.is_empty(), "the series is not there");
+        }
+        println!(
+            "  without a filter: {:.2} ms cold, {} keys decoded, {} bytes read",
+            median(times),
+            counters.keys_decoded.get(),
+            counters.bytes_read.get()
+        );
+    }
+    let row_groups = 6_000_000usize.div_ceil(Tuning::default().row_group_rows);
+    println!(
+        "  with a filter (1% false positives): the object grows by {} bytes, {} per row group, which a read of one series would fetch in one more request round to skip the decode of at most one key page",
+        sizes[1] - sizes[0],
+        (sizes[1] - sizes[0]) / row_groups
+    );
+}

@@ -10,7 +10,11 @@
 
 use crate::StoreError;
 use std::future::Future;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+/// Ranged reads of one object in flight at once ([`ColdStore::get_ranges`]).
+pub const RANGE_FETCHES: usize = 4;
 
 /// An object store.
 pub trait ColdStore: Send + Sync + 'static {
@@ -25,6 +29,23 @@ pub trait ColdStore: Send + Sync + 'static {
         start: u64,
         end: u64,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Bytes of each of `ranges` of the object at `key` (each as [`Self::get_range`]), or `None`
+    /// if there is no such object. By default [`RANGE_FETCHES`] ranged reads at a time.
+    fn get_ranges(
+        &self,
+        key: &str,
+        ranges: Vec<Range<u64>>,
+    ) -> impl Future<Output = Result<Option<Vec<Vec<u8>>>, StoreError>> + Send {
+        use futures_util::{StreamExt, TryStreamExt};
+        async move {
+            let got: Vec<Option<Vec<u8>>> = futures_util::stream::iter(ranges)
+                .map(|r| self.get_range(key, r.start, r.end))
+                .buffered(RANGE_FETCHES)
+                .try_collect()
+                .await?;
+            Ok(got.into_iter().collect())
+        }
+    }
     /// The last `len` bytes of the object at `key` (all of it if it is shorter) and the object's
     /// size, or `None`.
     fn get_tail(
@@ -36,6 +57,13 @@ pub trait ColdStore: Send + Sync + 'static {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Removes the object at `key` (no error if absent).
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// How many bytes of an object's tail a reader fetches first, to find its footer: what one
+    /// request moves for about the cost of a small one. On S3 (the default) a request costs tens
+    /// of milliseconds up to about a megabyte, so an object that small arrives whole in one
+    /// request ([`crate::cold_select::TAIL_GUESS`]).
+    fn tail_guess(&self) -> u64 {
+        crate::cold_select::TAIL_GUESS
+    }
 }
 
 /// Objects as files under a directory.
@@ -90,12 +118,15 @@ impl LocalDirCold {
     }
 }
 
-/// Reads the bytes `span(size)` of the file at `path` (clamped to its size), and its size; `None`
-/// if there is no file.
-fn read_at(
+/// The bytes of some ranges of a file, and its size.
+type FileRanges = (Vec<Vec<u8>>, u64);
+
+/// Bytes of each of the ranges `ranges(size)` of the file at `path` (clamped to its end) and its
+/// size, or `None` without a file.
+fn read_ranges(
     path: &Path,
-    span: impl FnOnce(u64) -> (u64, u64),
-) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    ranges: impl FnOnce(u64) -> Vec<Range<u64>>,
+) -> Result<Option<FileRanges>, StoreError> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -103,15 +134,20 @@ fn read_at(
         Err(e) => return Err(io_err(e, path)),
     };
     let size = f.metadata().map_err(|e| io_err(e, path))?.len();
-    let (start, end) = span(size);
-    let (start, end) = (start.min(size), end.min(size));
-    let mut buf = Vec::with_capacity(usize::try_from(end.saturating_sub(start)).unwrap_or(0));
-    f.seek(SeekFrom::Start(start))
-        .map_err(|e| io_err(e, path))?;
-    f.take(end.saturating_sub(start))
-        .read_to_end(&mut buf)
-        .map_err(|e| io_err(e, path))?;
-    Ok(Some((buf, size)))
+    let ranges = ranges(size);
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (start, end) = (r.start.min(size), r.end.min(size));
+        let mut buf = Vec::with_capacity(usize::try_from(end.saturating_sub(start)).unwrap_or(0));
+        f.seek(SeekFrom::Start(start))
+            .map_err(|e| io_err(e, path))?;
+        (&mut f)
+            .take(end.saturating_sub(start))
+            .read_to_end(&mut buf)
+            .map_err(|e| io_err(e, path))?;
+        out.push(buf);
+    }
+    Ok(Some((out, size)))
 }
 
 impl ColdStore for LocalDirCold {
@@ -149,17 +185,40 @@ impl ColdStore for LocalDirCold {
         end: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.root.join(checked(key)?);
-        tokio::task::spawn_blocking(move || read_at(&path, |_| (start, end)))
+        tokio::task::spawn_blocking(move || {
+            read_ranges(&path, |_| std::iter::once(start..end).collect())
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(e.to_string()))?
+        .map(|o| o.and_then(|(mut parts, _)| parts.pop()))
+    }
+
+    /// A local read costs little per request, and per byte: a smaller tail than S3's (more is read
+    /// when the footer is longer).
+    fn tail_guess(&self) -> u64 {
+        256 << 10
+    }
+
+    /// One blocking task and one open file for every range.
+    async fn get_ranges(
+        &self,
+        key: &str,
+        ranges: Vec<Range<u64>>,
+    ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let path = self.root.join(checked(key)?);
+        tokio::task::spawn_blocking(move || read_ranges(&path, |_| ranges))
             .await
             .map_err(|e| StoreError::Invalid(e.to_string()))?
-            .map(|o| o.map(|(b, _)| b))
+            .map(|o| o.map(|(parts, _)| parts))
     }
 
     async fn get_tail(&self, key: &str, len: u64) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
         let path = self.root.join(checked(key)?);
-        tokio::task::spawn_blocking(move || read_at(&path, |size| (size.saturating_sub(len), size)))
+        let tail = move |size: u64| std::iter::once(size.saturating_sub(len)..size).collect();
+        tokio::task::spawn_blocking(move || read_ranges(&path, tail))
             .await
             .map_err(|e| StoreError::Invalid(e.to_string()))?
+            .map(|o| o.and_then(|(mut parts, size)| Some((parts.pop()?, size))))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

@@ -30,7 +30,8 @@
 //!   [`KEY_PAGE_ROWS`] rows, min/max statistics per chunk and per page (the column index);
 //! - `window_start` (DELTA_BINARY_PACKED) and `state` (PLAIN): no dictionary, pages of
 //!   [`PAGE_ROWS`] rows, so a series' rows are read by a few small pages;
-//! - the offset index of every column; chunk statistics for the plain columns, none for `state`;
+//! - the offset index of every column; chunk statistics for the plain columns, none for `state`,
+//!   `tenant` and `resolution` (constant in an object);
 //! - key-value metadata `thermo.tag_keys`: a line `name<TAB>k1,k2,...` for each metric whose
 //!   series all have the same tag keys, so that equality filters on the first tag keys become a
 //!   key prefix.
@@ -56,7 +57,7 @@ use thermo_core::key::MetricKey;
 use thermo_core::window::Resolution;
 
 /// Most rows in one row group.
-pub const ROW_GROUP_ROWS: usize = 1 << 20;
+pub const ROW_GROUP_ROWS: usize = 1 << 17;
 /// Rows per data page of `window_start` and `state`.
 pub const PAGE_ROWS: usize = 128;
 /// Rows per data page of `series_key`.
@@ -131,14 +132,25 @@ fn plain(agg: &Aggregate) -> [Option<f64>; 7] {
     }
 }
 
-fn writer_properties(tag_keys: String) -> WriterProperties {
+/// The writer properties of layout 2; `key_bloom`: a bloom filter on `series_key` sized for that
+/// many distinct keys.
+fn writer_properties(tag_keys: String, key_bloom: Option<u64>) -> WriterProperties {
     let key = ColumnPath::from("series_key");
     let window = ColumnPath::from("window_start");
     let state = ColumnPath::from("state");
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+    let mut b = WriterProperties::builder();
+    if let Some(ndv) = key_bloom {
+        b = b
+            .set_column_bloom_filter_enabled(key.clone(), true)
+            .set_column_bloom_filter_max_ndv(key.clone(), ndv.max(1))
+            .set_column_bloom_filter_fpp(key.clone(), 0.01);
+    }
+    b.set_compression(Compression::SNAPPY)
         .set_write_batch_size(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Chunk)
+        // Constant in an object: statistics would only lengthen the footer every read decodes.
+        .set_column_statistics_enabled(ColumnPath::from("tenant"), EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("resolution"), EnabledStatistics::None)
         .set_column_statistics_enabled(key.clone(), EnabledStatistics::Page)
         .set_column_dictionary_enabled(key.clone(), false)
         .set_column_encoding(key.clone(), Encoding::DELTA_BYTE_ARRAY)
@@ -223,15 +235,43 @@ fn tag_keys_text<'a>(series: impl Iterator<Item = &'a MetricKey>) -> String {
 
 /// Encodes rows as one Parquet file of layout 2 (see the module docs; rows are sorted here).
 pub fn encode(resolution: Resolution, rows: Vec<ColdRow>) -> Result<Vec<u8>, StoreError> {
-    encode_with(resolution, rows, ROW_GROUP_ROWS, None)
+    encode_tuned(resolution, rows, Tuning::default())
 }
 
-/// [`encode`] with row groups of at most `row_group_rows` rows and, if given, other writer
-/// properties (tests: smaller row groups, and objects of layout 1).
+/// How [`encode`] lays an object out. The default is what the compactor writes; the others
+/// exist to measure the choice (`read-service/benches/cold_query.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Most rows in one row group.
+    pub row_group_rows: usize,
+    /// A bloom filter on `series_key` in every row group (sized for the object's series, 1%
+    /// false positives).
+    pub key_bloom_filter: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            row_group_rows: ROW_GROUP_ROWS,
+            key_bloom_filter: false,
+        }
+    }
+}
+
+/// [`encode`] with another layout.
+pub fn encode_tuned(
+    resolution: Resolution,
+    rows: Vec<ColdRow>,
+    tuning: Tuning,
+) -> Result<Vec<u8>, StoreError> {
+    encode_with(resolution, rows, tuning, None)
+}
+
+/// [`encode_tuned`] with, if given, other writer properties (tests: objects of layout 1).
 pub(crate) fn encode_with(
     resolution: Resolution,
     mut rows: Vec<ColdRow>,
-    row_group_rows: usize,
+    tuning: Tuning,
     props: Option<WriterProperties>,
 ) -> Result<Vec<u8>, StoreError> {
     // Sort by the parsed key (cheap comparisons), then order the series by their key strings.
@@ -253,14 +293,14 @@ pub(crate) fn encode_with(
 
     let schema = Arc::new(parse_message_type(SCHEMA).map_err(corrupt)?);
     let props = Arc::new(props.unwrap_or_else(|| {
-        writer_properties(tag_keys_text(
-            series.iter().map(|(_, r)| &rows[r.start].series),
-        ))
+        let tag_keys = tag_keys_text(series.iter().map(|(_, r)| &rows[r.start].series));
+        let bloom = tuning.key_bloom_filter.then_some(series.len() as u64);
+        writer_properties(tag_keys, bloom)
     }));
     let resolution = ByteArray::from(resolution.as_str());
     let mut buf = Vec::new();
     let mut w = SerializedFileWriter::new(&mut buf, schema, props).map_err(corrupt)?;
-    for group in order.chunks(row_group_rows.max(1)) {
+    for group in order.chunks(tuning.row_group_rows.max(1)) {
         write_row_group(&mut w, group, &series, &resolution)?;
     }
     w.close().map_err(corrupt)?;

@@ -41,6 +41,17 @@ pub async fn run<C: ColdStore>(store: &C, prefix: &str) {
     assert_eq!(range(4, 4).await.unwrap(), Some(Vec::new()));
     assert_eq!(range(12, 20).await.unwrap(), Some(Vec::new()));
     assert_eq!(store.get_range(&k("none"), 0, 4).await.unwrap(), None);
+    // Several ranges at once: each as get_range answers it, in order.
+    let ranges = vec![7..100, 2..5, 4..4, 0..10, 12..20];
+    let mut each = Vec::new();
+    for r in &ranges {
+        each.push(range(r.start, r.end).await.unwrap().unwrap());
+    }
+    assert_eq!(
+        store.get_ranges(&one, ranges.clone()).await.unwrap(),
+        Some(each)
+    );
+    assert_eq!(store.get_ranges(&k("none"), ranges).await.unwrap(), None);
     // Tails, with the object's size.
     let tail = |n: u64| store.get_tail(&one, n);
     assert_eq!(tail(3).await.unwrap(), Some((b"789".to_vec(), 10)));

@@ -37,6 +37,21 @@ pub async fn off_thread<T: Send + 'static>(
         .map_err(|e| StoreError::Invalid(format!("{what}: {e}")))?
 }
 
+/// Runs `f` inline when `small` (its caller's estimate that it takes well under the ~500 µs an
+/// async worker may be blocked: a hand-off to a blocking thread and back costs tens of
+/// microseconds), else on a blocking thread ([`off_thread`]).
+pub async fn off_thread_unless<T: Send + 'static>(
+    small: bool,
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    if small {
+        f()
+    } else {
+        off_thread(what, f).await
+    }
+}
+
 /// Replaces `path` by the fully written file `tmp`, durably: `tmp` is `fsync`ed, renamed, and the
 /// directory `fsync`ed, so that after a power loss `path` is the old file or the new one, whole.
 pub(crate) fn replace_durably(
