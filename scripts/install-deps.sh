@@ -20,6 +20,8 @@
 #          and the end-to-end tests use it as the cold store)
 #   duckdb DuckDB for Python: pip install duckdb (the tests read the cold Parquet objects with it)
 #   chromium  headless browser (Debian package chromium); tests/e2e/browser.rs loads the dashboard in it
+#   prometheus  promtool (Debian package prometheus); tests/e2e/prom.rs queries thermo's
+#          Prometheus API with it
 set -euo pipefail
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -38,11 +40,11 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --tansu-log) [ $# -ge 2 ] || die "--tansu-log needs a file"; tansu_log="$2"; shift 2 ;;
     --tansu-log=*) tansu_log="${1#*=}"; shift ;;
-    build|rust|redis|tansu|moto|duckdb|chromium) components+=("$1"); shift ;;
+    build|rust|redis|tansu|moto|duckdb|chromium|prometheus) components+=("$1"); shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb chromium tansu)
+[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb chromium prometheus tansu)
 
 want() { local c; for c in "${components[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
@@ -259,6 +261,16 @@ install_chromium() {
   log "chromium: installed $(chromium --version 2>/dev/null | head -n1)"
 }
 
+install_prometheus() {
+  if command -v promtool >/dev/null 2>&1; then
+    log "prometheus: already installed ($(command -v promtool))"
+    return 0
+  fi
+  apt_install prometheus
+  command -v promtool >/dev/null 2>&1 || die "promtool still not on PATH after apt-get install prometheus"
+  log "prometheus: installed $(promtool --version 2>&1 | head -n1)"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 # tansu in the background (the slow one), so the caller can go on.
@@ -279,7 +291,7 @@ if [ -n "$tansu_log" ] && want tansu; then
   components=("${new[@]+"${new[@]}"}")
 fi
 
-for c in build rust redis moto duckdb chromium tansu; do
+for c in build rust redis moto duckdb chromium prometheus tansu; do
   if [ ${#components[@]} -gt 0 ] && want "$c"; then "install_$c"; fi
 done
 log "done"

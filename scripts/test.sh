@@ -3,7 +3,8 @@
 #
 # On a fresh Debian machine with Rust installed it does everything:
 #   1. deps    installs what is missing (scripts/install-deps.sh): build tools, rustfmt/clippy,
-#              redis-server, moto_server, DuckDB for Python, chromium in the foreground; tansu
+#              redis-server, moto_server, DuckDB for Python, chromium, promtool in the
+#              foreground; tansu
 #              (a ~20 min cargo install) in the background, logging to target/deps/tansu-install.log
 #   2. fmt     cargo fmt --all -- --check
 #   3. build   cargo build --workspace --all-targets            (while tansu compiles)
@@ -14,7 +15,8 @@
 #
 # The end-to-end tests in tests/ start and stop redis-server, tansu and moto_server themselves on
 # free loopback ports (found on PATH, which includes ~/.cargo/bin here), and read the cold Parquet
-# objects with DuckDB through python3; tests/e2e/browser.rs loads the dashboard in headless chromium.
+# objects with DuckDB through python3; tests/e2e/browser.rs loads the dashboard in headless chromium;
+# tests/e2e/prom.rs queries the Prometheus API with promtool.
 # So this script starts no services. `--locked` is passed to cargo when Cargo.lock exists.
 #
 # Environment: THERMO_SKIP_DEPS=1 skips phase 1 and 5 (the tools must already be on PATH).
@@ -97,7 +99,7 @@ if [ "${THERMO_SKIP_DEPS:-0}" != 1 ]; then
     scripts/install-deps.sh tansu >"$TANSU_LOG" 2>&1 </dev/null &
     TANSU_PID=$!
   fi
-  scripts/install-deps.sh build rust redis moto duckdb chromium
+  scripts/install-deps.sh build rust redis moto duckdb chromium prometheus
   end
 fi
 
@@ -130,7 +132,7 @@ if [ -n "$TANSU_PID" ]; then
   end
 fi
 missing=()
-for tool in redis-server tansu moto_server chromium; do
+for tool in redis-server tansu moto_server chromium promtool; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 python3 -c 'import duckdb' >/dev/null 2>&1 || missing+=("python3 module duckdb")

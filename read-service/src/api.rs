@@ -1,4 +1,5 @@
-//! The read service's routes: `/api/v1/metrics` and `/api/v1/query`.
+//! The read service's routes: `/api/v1/metrics` and `/api/v1/query`, and the Prometheus API
+//! under `/prometheus` ([`crate::prom`]).
 //!
 //! Authentication: with `api_keys` configured, `Authorization: Bearer <key>` selects the tenant, and a
 //! tenant sees only its own metrics; without keys every request reads tenant `default`.
@@ -32,10 +33,10 @@ pub struct ColdSide<K, C> {
 }
 
 pub struct AppState<H, K, C> {
-    cfg: ReadConfig,
-    hot: H,
+    pub(crate) cfg: ReadConfig,
+    pub(crate) hot: H,
     cold: Option<ColdSide<K, C>>,
-    metrics: SelfMetrics,
+    pub(crate) metrics: SelfMetrics,
 }
 
 impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
@@ -59,11 +60,12 @@ pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C
     Router::new()
         .route("/api/v1/metrics", get(list_metrics::<H, K, C>))
         .route("/api/v1/query", get(query::<H, K, C>))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::prom::router(state))
         .merge(crate::dashboard::router())
 }
 
-fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {
     thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(ApiError::Unauthorized)
 }
 
@@ -98,7 +100,7 @@ async fn list_metrics<H: HotStore, K: Catalog, C: ColdStore>(
 }
 
 /// Evaluates `p`, with the catalog read first when cold storage is on.
-async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
+pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
     st: &AppState<H, K, C>,
     tenant: &str,
     p: &QueryParams,

@@ -4,6 +4,7 @@
 //! - `GET /api/v1/query`: one statistic of a metric per step bucket, filtered by `where`, grouped
 //!   by `group_by` (see [`query`] and docs/api.md); with `cold_enabled`, Redis and the cold
 //!   objects are stitched ([`stitch`]) and decoded objects are cached ([`cache`]).
+//! - `/prometheus/api/v1/*`: the Prometheus-compatible API ([`prom`]).
 
 pub mod api;
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod cold;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod prom;
 pub mod query;
 pub mod stitch;
 

@@ -34,7 +34,7 @@ fn standalone_keeps_acknowledged_minutes_across_sigkill() {
     wait_received_lines(http, 60.0);
     // Standalone's /flush answers 200 only once the minutes are applied: a query right after it
     // sees every one (no waiting).
-    let (status, flushed) = http_client_post(&format!("http://127.0.0.1:{http}/flush"));
+    let (status, flushed) = post_json(&format!("http://127.0.0.1:{http}/flush"));
     assert_eq!(status, 200, "flush drained and applied: {flushed}");
     assert_eq!(flushed["applied"], true, "{flushed}");
     assert_eq!(flushed["pending_batches"], 0, "{flushed}");
@@ -56,7 +56,7 @@ fn standalone_keeps_acknowledged_minutes_across_sigkill() {
         "after SIGKILL and restart"
     );
     // A flush with nothing open still waits for the log to be applied: nothing replayed twice.
-    let (status, flushed) = http_client_post(&format!("http://127.0.0.1:{http}/flush"));
+    let (status, flushed) = post_json(&format!("http://127.0.0.1:{http}/flush"));
     assert_eq!(status, 200, "{flushed}");
     assert_eq!(flushed["flushed_series"], 0, "{flushed}");
     assert_eq!(
@@ -70,21 +70,6 @@ fn standalone_keeps_acknowledged_minutes_across_sigkill() {
         page.as_str().is_some_and(|h| h.contains("uPlot")),
         "the dashboard is served"
     );
-}
-
-/// POSTs to `url`; returns the status and the JSON answer (status 0 if the request failed).
-fn http_client_post(url: &str) -> (u16, serde_json::Value) {
-    match http().post(url).send() {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let body = r.text().unwrap_or_default();
-            (
-                status,
-                serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
-            )
-        }
-        Err(e) => (0, serde_json::Value::String(e.to_string())),
-    }
 }
 
 const HOUR: i64 = 3600;

@@ -399,6 +399,21 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("http client")
 }
 
+/// POSTs to `url`; returns the status and the JSON answer (status 0 if the request failed).
+pub fn post_json(url: &str) -> (u16, serde_json::Value) {
+    match http().post(url).send() {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body = r.text().unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            )
+        }
+        Err(e) => (0, serde_json::Value::String(e.to_string())),
+    }
+}
+
 /// GET a JSON document; returns (status, body).
 pub fn get_json(url: &str) -> (u16, serde_json::Value) {
     let r = http()

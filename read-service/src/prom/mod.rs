@@ -1,0 +1,586 @@
+//! The Prometheus-compatible query API under `/prometheus/api/v1/*`, so a Grafana data source or
+//! `promtool` reads thermo unchanged (docs/api.md, "Prometheus API").
+//!
+//! Every endpoint takes GET with URL parameters, POST with a form body, and POST with URL
+//! parameters. Answers have Prometheus's shapes: `{"status": "success", "data": ...,
+//! "warnings": [...]}` or `{"status": "error", "errorType": ..., "error": ...}`.
+//!
+//! PromQL is parsed with the `promql-parser` crate. This part evaluates number literals and
+//! vector selectors (`=`, `!=`, `=~`, `!~`, `offset`), in parentheses; any other expression is a
+//! 400 `bad_data` naming it. Series are read through the same stitched hot/cold path and cache as
+//! the native API ([`select`]); the listings (`series`, `labels`, label values, `metadata`) come
+//! from the hot store's index, so they name the series written within the hot retention.
+
+pub mod select;
+
+use crate::api::{tenant, AppState};
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use promql_parser::label::Matcher;
+use promql_parser::parser::{Expr, Offset, VectorSelector};
+use select::{all_matchers, at, labels_match, samples, sources, Series, NAME};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use thermo_core::aggregate::MetricType;
+use thermo_core::query::Stat;
+use thermo_core::window::{minute_start, now_s, Resolution};
+use thermo_store::catalog::Catalog;
+use thermo_store::cold::ColdStore;
+use thermo_store::hot::HotStore;
+
+/// Prometheus's default lookback: an instant vector takes a series' latest sample at most this old.
+const LOOKBACK_SECS: i64 = 300;
+
+/// An error as Prometheus reports it.
+#[derive(Debug)]
+pub struct PromError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl PromError {
+    fn bad_data(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_data",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ApiError> for PromError {
+    fn from(e: ApiError) -> Self {
+        let kind = match &e {
+            ApiError::BadParam { .. } => "bad_data",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Timeout => "timeout",
+            ApiError::Store(_) | ApiError::Startup(_) => "unavailable",
+        };
+        let status = match &e {
+            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            other => other.status(),
+        };
+        if status.is_server_error() {
+            tracing::warn!("prometheus query failed: {e}");
+        }
+        Self {
+            status,
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for PromError {
+    fn into_response(self) -> Response {
+        let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A success answer, with `warnings` when there are any.
+fn success(data: Value, warnings: Vec<String>) -> Response {
+    let mut body = json!({"status": "success", "data": data});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    Json(body).into_response()
+}
+
+/// A request's parameters: the URL's, then a form body's (`match[]` may repeat).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn new(query: Option<String>, headers: &HeaderMap, body: &[u8]) -> Result<Self, PromError> {
+        let parse = |text: &[u8]| {
+            serde_urlencoded::from_bytes::<Vec<(String, String)>>(text)
+                .map_err(|e| PromError::bad_data(format!("invalid parameters: {e}")))
+        };
+        let mut all = parse(query.unwrap_or_default().as_bytes())?;
+        let form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if form {
+            all.extend(parse(body)?);
+        }
+        Ok(Self(all))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, PromError> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| PromError::bad_data(format!("missing parameter {name:?}")))
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A time: unix seconds (a float) or RFC 3339.
+    fn time(&self, name: &str) -> Result<Option<f64>, PromError> {
+        let Some(v) = self.get(name).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        if let Ok(secs) = v.parse::<f64>() {
+            if secs.is_finite() {
+                return Ok(Some(secs));
+            }
+        }
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| Some(t.timestamp_millis() as f64 / 1000.0))
+            .map_err(|_| {
+                PromError::bad_data(format!(
+                    "invalid parameter {name:?}: {v:?} is not a unix time or RFC 3339"
+                ))
+            })
+    }
+
+    /// A duration: seconds (a float) or a Prometheus duration (`15s`, `1m`).
+    fn duration(&self, name: &str) -> Result<f64, PromError> {
+        let v = self.required(name)?;
+        let secs = match v.parse::<f64>() {
+            Ok(s) => s,
+            Err(_) => promql_parser::util::parse_duration(v)
+                .map_err(|e| PromError::bad_data(format!("invalid parameter {name:?}: {e}")))?
+                .as_secs_f64(),
+        };
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(PromError::bad_data(format!(
+                "invalid parameter {name:?}: zero or negative query resolution step widths are not accepted"
+            )));
+        }
+        Ok(secs)
+    }
+}
+
+pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C>>) -> Router {
+    let both = MethodFilter::GET.or(MethodFilter::POST);
+    let at = |path: &str| format!("/prometheus/api/v1/{path}");
+    Router::new()
+        .route(&at("query"), on(both, instant::<H, K, C>))
+        .route(&at("query_range"), on(both, range::<H, K, C>))
+        .route(&at("series"), on(both, series::<H, K, C>))
+        .route(&at("labels"), on(both, labels::<H, K, C>))
+        .route(
+            &at("label/{name}/values"),
+            on(both, label_values::<H, K, C>),
+        )
+        .route(&at("metadata"), on(both, metadata::<H, K, C>))
+        .route(&at("status/buildinfo"), on(both, buildinfo))
+        .route(&at("rules"), on(both, rules))
+        .route(&at("alerts"), on(both, alerts))
+        .route(&at("query_exemplars"), on(both, exemplars))
+        .with_state(state)
+}
+
+/// What an expression evaluates to, over the evaluation times of a query.
+enum Evaluated {
+    Scalar(f64),
+    Vector(Vec<Series>),
+}
+
+/// The resolution a step reads: 1m below 5 minutes, 5m below an hour, else 1h.
+fn resolution_for(step: f64) -> Resolution {
+    if step >= 3600.0 {
+        Resolution::OneHour
+    } else if step >= 300.0 {
+        Resolution::FiveMinutes
+    } else {
+        Resolution::OneMinute
+    }
+}
+
+/// The name of what `e` is, for an error.
+fn kind(e: &Expr) -> &'static str {
+    match e {
+        Expr::Aggregate(_) => "aggregation",
+        Expr::Unary(_) => "unary expression",
+        Expr::Binary(_) => "binary expression",
+        Expr::Paren(_) => "parentheses",
+        Expr::Subquery(_) => "subquery",
+        Expr::NumberLiteral(_) => "number",
+        Expr::StringLiteral(_) => "string",
+        Expr::VectorSelector(_) => "vector selector",
+        Expr::MatrixSelector(_) => "range selector",
+        Expr::Call(_) => "function call",
+        Expr::Extension(_) => "extension",
+    }
+}
+
+/// The seconds a selector's `offset` moves it back.
+fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
+    if vs.at.is_some() {
+        return Err(PromError::bad_data(
+            "unsupported: the @ modifier (not implemented yet)",
+        ));
+    }
+    Ok(match &vs.offset {
+        None => 0,
+        Some(Offset::Pos(d)) => d.as_secs() as i64,
+        Some(Offset::Neg(d)) => -(d.as_secs() as i64),
+    })
+}
+
+/// Evaluates `expr` at the times `start, start + step, ... <= end`.
+async fn eval<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
+    tenant: &str,
+    expr: &Expr,
+    (start, end, step): (f64, f64, f64),
+) -> Result<(Evaluated, Vec<String>), PromError> {
+    match expr {
+        Expr::NumberLiteral(n) => Ok((Evaluated::Scalar(n.val), Vec::new())),
+        Expr::Paren(p) => Box::pin(eval(st, tenant, &p.expr, (start, end, step))).await,
+        Expr::VectorSelector(vs) => {
+            let offset = offset_secs(vs)?;
+            let res = resolution_for(step);
+            let from = res.start(start.floor() as i64 - offset - lookback_for(step));
+            let to = res.start(end.floor() as i64 - offset) + res.seconds();
+            let (mut series, warnings) =
+                samples(st, tenant, &all_matchers(vs), res, from, to).await?;
+            for s in &mut series {
+                for (ts, _) in &mut s.samples {
+                    *ts += offset;
+                }
+            }
+            Ok((Evaluated::Vector(series), warnings))
+        }
+        other => Err(PromError::bad_data(format!(
+            "unsupported: {} (this version evaluates numbers and vector selectors)",
+            kind(other)
+        ))),
+    }
+}
+
+/// A sample `[time, "value"]`, the time a whole number of seconds when it is one (as Prometheus
+/// writes it).
+fn sample_json(t: f64, v: f64) -> Value {
+    let t = if t.fract() == 0.0 && t.abs() < 9.0e15 {
+        json!(t as i64)
+    } else {
+        json!(t)
+    };
+    json!([t, format_value(v)])
+}
+
+/// A value as Prometheus writes it.
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn lookback_for(step: f64) -> i64 {
+    LOOKBACK_SECS.max(resolution_for(step).seconds())
+}
+
+/// Parses `query` with promql-parser.
+fn parse_query(params: &Params) -> Result<Expr, PromError> {
+    let q = params.required("query")?;
+    promql_parser::parser::parse(q).map_err(|e| PromError::bad_data(format!("invalid query: {e}")))
+}
+
+/// Runs `f` within the query timeout, counting the request like the native API.
+async fn timed<H: HotStore, K: Catalog, C: ColdStore, F>(
+    st: &AppState<H, K, C>,
+    f: F,
+) -> Result<Response, PromError>
+where
+    F: std::future::Future<Output = Result<Response, PromError>>,
+{
+    st.metrics.received.inc();
+    let r = tokio::time::timeout(Duration::from_millis(st.cfg.query_timeout_ms), f)
+        .await
+        .unwrap_or_else(|_| Err(PromError::from(ApiError::Timeout)));
+    match &r {
+        Ok(_) => st.metrics.sent.inc(),
+        Err(e) => st
+            .metrics
+            .errors
+            .with_label_values(&[e.status.as_str()])
+            .inc(),
+    }
+    r
+}
+
+async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, PromError> {
+    timed(&st, async {
+        let tenant = tenant(&st.cfg, &headers)?;
+        let params = Params::new(query, &headers, &body)?;
+        let expr = parse_query(&params)?;
+        let t = params.time("time")?.unwrap_or(now_s() as f64);
+        // An instant query reads at 1m, looking back LOOKBACK_SECS.
+        let (value, warnings) = eval(&st, &tenant, &expr, (t, t, 60.0)).await?;
+        let data = match value {
+            Evaluated::Scalar(v) => json!({"resultType": "scalar", "result": sample_json(t, v)}),
+            Evaluated::Vector(series) => {
+                let lookback = lookback_for(60.0);
+                let result: Vec<Value> = series
+                    .into_iter()
+                    .filter_map(|s| {
+                        at(&s.samples, t, lookback)
+                            .map(|v| json!({"metric": s.labels, "value": sample_json(t, v)}))
+                    })
+                    .collect();
+                json!({"resultType": "vector", "result": result})
+            }
+        };
+        Ok(success(data, warnings))
+    })
+    .await
+}
+
+async fn range<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, PromError> {
+    timed(&st, async {
+        let tenant = tenant(&st.cfg, &headers)?;
+        let params = Params::new(query, &headers, &body)?;
+        let expr = parse_query(&params)?;
+        let start = params
+            .time("start")?
+            .ok_or_else(|| PromError::bad_data("missing parameter \"start\""))?;
+        let end = params
+            .time("end")?
+            .ok_or_else(|| PromError::bad_data("missing parameter \"end\""))?;
+        let step = params.duration("step")?;
+        if end < start {
+            return Err(PromError::bad_data(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        let points = ((end - start) / step).floor() as i64 + 1;
+        if points > st.cfg.max_points {
+            return Err(PromError::bad_data(format!(
+                "exceeded maximum resolution of {} points per timeseries (max_points); try decreasing the query resolution (?step=XX)",
+                st.cfg.max_points
+            )));
+        }
+        let times: Vec<f64> = (0..points).map(|i| start + i as f64 * step).collect();
+        let (value, warnings) = eval(&st, &tenant, &expr, (start, end, step)).await?;
+        let result: Vec<Value> = match value {
+            Evaluated::Scalar(v) => {
+                let values: Vec<Value> = times.iter().map(|&t| sample_json(t, v)).collect();
+                vec![json!({"metric": {}, "values": values})]
+            }
+            Evaluated::Vector(series) => {
+                let lookback = lookback_for(step);
+                series
+                    .into_iter()
+                    .filter_map(|s| {
+                        let values: Vec<Value> = times
+                            .iter()
+                            .filter_map(|&t| at(&s.samples, t, lookback).map(|v| sample_json(t, v)))
+                            .collect();
+                        (!values.is_empty()).then(|| json!({"metric": s.labels, "values": values}))
+                    })
+                    .collect()
+            }
+        };
+        Ok(success(
+            json!({"resultType": "matrix", "result": result}),
+            warnings,
+        ))
+    })
+    .await
+}
+
+/// Every series the hot store indexes for `tenant` (written within the hot retention), as
+/// Prometheus label sets.
+async fn indexed_series<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
+    tenant: &str,
+) -> Result<(Vec<BTreeMap<String, String>>, Vec<select::Source>), PromError> {
+    let since = minute_start(now_s() - st.cfg.hot_retention_hours * 3600);
+    let metrics = st.hot.metrics(tenant).await.map_err(ApiError::from)?;
+    let all = sources(&metrics);
+    let mut out = Vec::new();
+    for s in &all {
+        for key in st
+            .hot
+            .series(tenant, &s.thermo, since)
+            .await
+            .map_err(ApiError::from)?
+        {
+            let mut labels: BTreeMap<String, String> = key.tags().iter().cloned().collect();
+            labels.insert(NAME.to_string(), s.prom.clone());
+            out.push(labels);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok((out, all))
+}
+
+/// The `match[]` selectors of a request, each as its matchers (none: every series).
+fn selectors(params: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
+    params
+        .all("match[]")
+        .into_iter()
+        .map(|m| match promql_parser::parser::parse(m) {
+            Ok(Expr::VectorSelector(vs)) => Ok(all_matchers(&vs)),
+            Ok(other) => Err(PromError::bad_data(format!(
+                "invalid parameter \"match[]\": {m:?} is a {}, not a series selector",
+                kind(&other)
+            ))),
+            Err(e) => Err(PromError::bad_data(format!(
+                "invalid parameter \"match[]\": {e}"
+            ))),
+        })
+        .collect()
+}
+
+/// The indexed series that match any of the request's `match[]` selectors (all without one).
+async fn matched_series<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
+    headers: &HeaderMap,
+    params: &Params,
+    required: bool,
+) -> Result<Vec<BTreeMap<String, String>>, PromError> {
+    let tenant = tenant(&st.cfg, headers)?;
+    let sel = selectors(params)?;
+    if required && sel.is_empty() {
+        return Err(PromError::bad_data("no match[] parameter provided"));
+    }
+    let (all, _) = indexed_series(st, &tenant).await?;
+    Ok(all
+        .into_iter()
+        .filter(|l| sel.is_empty() || sel.iter().any(|m| labels_match(l, m)))
+        .collect())
+}
+
+async fn series<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, PromError> {
+    let params = Params::new(query, &headers, &body)?;
+    let found = matched_series(&st, &headers, &params, true).await?;
+    Ok(success(json!(found), Vec::new()))
+}
+
+async fn labels<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, PromError> {
+    let params = Params::new(query, &headers, &body)?;
+    let found = matched_series(&st, &headers, &params, false).await?;
+    let names: BTreeSet<&String> = found.iter().flat_map(BTreeMap::keys).collect();
+    Ok(success(json!(names), Vec::new()))
+}
+
+async fn label_values<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, PromError> {
+    let params = Params::new(query, &headers, &body)?;
+    let found = matched_series(&st, &headers, &params, false).await?;
+    let values: BTreeSet<&String> = found.iter().filter_map(|l| l.get(&name)).collect();
+    Ok(success(json!(values), Vec::new()))
+}
+
+async fn metadata<H: HotStore, K: Catalog, C: ColdStore>(
+    State(st): State<Arc<AppState<H, K, C>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, PromError> {
+    let params = Params::new(query, &headers, &body)?;
+    let tenant = tenant(&st.cfg, &headers)?;
+    let metrics = st.hot.metrics(&tenant).await.map_err(ApiError::from)?;
+    let wanted = params.get("metric").filter(|m| !m.is_empty());
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for s in sources(&metrics) {
+        if wanted.is_some_and(|w| w != s.prom) {
+            continue;
+        }
+        // Counters and a histogram's count and sum are per-window increments: `rate` and
+        // `increase` apply to them, as to Prometheus counters.
+        let (kind, help) = match (s.metric_type, s.stat) {
+            (MetricType::Counter, _) => ("counter", "a counter: the sum of each window"),
+            (MetricType::Gauge, _) => ("gauge", "a gauge: the last value of each window"),
+            (MetricType::Set, _) => ("gauge", "a set: the distinct values of each window"),
+            (_, Stat::Count) => ("counter", "a histogram: the values of each window"),
+            _ => (
+                "counter",
+                "a histogram: the sum of the values of each window",
+            ),
+        };
+        out.entry(s.prom.clone()).or_default().push(json!({
+            "type": kind,
+            "help": format!("{help}; thermo metric {:?} ({})", s.thermo, s.metric_type.as_str()),
+            "unit": "",
+        }));
+    }
+    Ok(success(json!(out), Vec::new()))
+}
+
+async fn buildinfo() -> Response {
+    success(
+        json!({
+            "version": "2.42.0",
+            "revision": concat!("thermo-", env!("CARGO_PKG_VERSION")),
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+        }),
+        Vec::new(),
+    )
+}
+
+async fn rules() -> Response {
+    success(json!({"groups": []}), Vec::new())
+}
+
+async fn alerts() -> Response {
+    success(json!({"alerts": []}), Vec::new())
+}
+
+async fn exemplars() -> Response {
+    success(json!([]), Vec::new())
+}
+
+#[cfg(test)]
+mod tests;

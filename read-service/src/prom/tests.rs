@@ -1,0 +1,374 @@
+//! Router tests of the Prometheus API: every endpoint in its three request forms, on a known data
+//! set in the embedded hot store.
+
+use super::*;
+use crate::api::{router as app, ColdSide};
+use crate::ReadConfig;
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use thermo_core::aggregate::{Aggregate, Counter, DistinctSet, Gauge, Hist};
+use thermo_core::codec::HotCell;
+use thermo_core::key::MetricKey;
+use thermo_runtime::telemetry::SelfMetrics;
+use thermo_store::cold::LocalDirCold;
+use thermo_store::mem_catalog::MemCatalog;
+use thermo_store::mem_hot::MemHot;
+use tower::ServiceExt;
+
+/// How a request carries its parameters.
+#[derive(Debug, Clone, Copy)]
+enum Carried {
+    Get,
+    PostBody,
+    PostUrl,
+}
+
+const FORMS: [Carried; 3] = [Carried::Get, Carried::PostBody, Carried::PostUrl];
+
+struct Fixture {
+    router: Router,
+    /// The first minute of the data.
+    base: i64,
+}
+
+fn cell(agg: Aggregate) -> HotCell {
+    HotCell {
+        contributors: vec![(1, 1)],
+        agg,
+    }
+}
+
+fn key(name: &str, tags: &[(&str, &str)]) -> MetricKey {
+    let tags = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    MetricKey::new("default", name, tags).unwrap()
+}
+
+impl Fixture {
+    /// Counters `http.requests` of hosts a (1, 2, 3) and b (10, 20, 30) over three minutes, a
+    /// gauge `mem`, a histogram `lat` (values 1, 2, 3) and a set `users` (2 members).
+    fn new() -> Self {
+        let base = minute_start(now_s()) - 3600;
+        let hot = MemHot::new();
+        let a = key("http.requests", &[("host", "a"), ("route", "/x")]);
+        let b = key("http.requests", &[("host", "b"), ("route", "/y")]);
+        for (i, m) in [base, base + 60, base + 120].into_iter().enumerate() {
+            let n = (i + 1) as f64;
+            let c = |sum| cell(Aggregate::Counter(Counter { sum, samples: 1 }));
+            hot.insert(a.clone(), m, c(n));
+            hot.insert(b.clone(), m, c(10.0 * n));
+        }
+        hot.insert(
+            key("mem", &[("host", "a")]),
+            base,
+            cell(Aggregate::Gauge(Gauge::new(5.5, base * 1000))),
+        );
+        let mut h = Hist::new();
+        for v in [1.0, 2.0, 3.0] {
+            h.record(v, 1);
+        }
+        hot.insert(
+            key("lat", &[("host", "a")]),
+            base,
+            cell(Aggregate::Histogram(h)),
+        );
+        let mut s = DistinctSet::default();
+        s.insert("alice");
+        s.insert("bob");
+        hot.insert(
+            key("users", &[("host", "a")]),
+            base,
+            cell(Aggregate::Set(s)),
+        );
+        let cfg = ReadConfig {
+            hot_retention_hours: 48,
+            ..ReadConfig::default()
+        };
+        let state = AppState::new(
+            cfg,
+            hot,
+            None::<ColdSide<MemCatalog, LocalDirCold>>,
+            SelfMetrics::new("read_service", "queries"),
+        );
+        Self {
+            router: app(state),
+            base,
+        }
+    }
+
+    async fn call(
+        &self,
+        form: Carried,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let encoded = serde_urlencoded::to_string(params).unwrap();
+        let req = match form {
+            Carried::Get => {
+                Request::get(format!("/prometheus/api/v1/{path}?{encoded}")).body(Body::empty())
+            }
+            Carried::PostBody => Request::post(format!("/prometheus/api/v1/{path}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(encoded)),
+            Carried::PostUrl => {
+                Request::post(format!("/prometheus/api/v1/{path}?{encoded}")).body(Body::empty())
+            }
+        };
+        let resp = self.router.clone().oneshot(req.unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// The `data` of a successful answer, the same in every request form.
+    async fn data(&self, path: &str, params: &[(&str, &str)]) -> Value {
+        let mut first: Option<Value> = None;
+        for form in FORMS {
+            let (status, body) = self.call(form, path, params).await;
+            assert_eq!(status, StatusCode::OK, "{form:?} {path} {params:?}: {body}");
+            assert_eq!(body["status"], "success", "{body}");
+            match &first {
+                None => first = Some(body["data"].clone()),
+                Some(f) => assert_eq!(&body["data"], f, "{form:?} answers differently"),
+            }
+        }
+        first.unwrap()
+    }
+
+    /// The instant vector of `query` at `t` as (labels, value) pairs.
+    async fn instant(&self, query: &str, t: i64) -> Vec<(Value, String)> {
+        let t = t.to_string();
+        let data = self.data("query", &[("query", query), ("time", &t)]).await;
+        assert_eq!(data["resultType"], "vector", "{data}");
+        data["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                assert_eq!(s["value"][0], json!(t.parse::<i64>().unwrap()));
+                (
+                    s["metric"].clone(),
+                    s["value"][1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Value {
+    json!(pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>())
+}
+
+#[tokio::test]
+async fn instant_selectors_with_every_matcher_and_offset() {
+    let f = Fixture::new();
+    let t = f.base + 150; // the third minute is the latest sample
+    let a = labels(&[
+        ("__name__", "http_requests"),
+        ("host", "a"),
+        ("route", "/x"),
+    ]);
+    let b = labels(&[
+        ("__name__", "http_requests"),
+        ("host", "b"),
+        ("route", "/y"),
+    ]);
+    assert_eq!(
+        f.instant("http_requests{host=\"a\"}", t).await,
+        [(a.clone(), "3".to_string())]
+    );
+    assert_eq!(
+        f.instant("http_requests", t).await,
+        [(a.clone(), "3".into()), (b.clone(), "30".into())]
+    );
+    assert_eq!(
+        f.instant("http_requests{host!=\"a\"}", t).await,
+        [(b.clone(), "30".into())]
+    );
+    assert_eq!(
+        f.instant("http_requests{route=~\"/x|/z\"}", t).await,
+        [(a.clone(), "3".into())]
+    );
+    assert_eq!(
+        f.instant("{__name__=~\"http_req.*\", host!~\"a\"}", t)
+            .await,
+        [(b.clone(), "30".into())]
+    );
+    assert_eq!(
+        f.instant("(http_requests{host=\"b\"} offset 1m)", t).await,
+        [(b.clone(), "20".into())]
+    );
+    // Each type's value per window.
+    let one = |n: &str| labels(&[("__name__", n), ("host", "a")]);
+    let t0 = f.base + 30;
+    assert_eq!(f.instant("mem", t0).await, [(one("mem"), "5.5".into())]);
+    assert_eq!(
+        f.instant("lat_count", t0).await,
+        [(one("lat_count"), "3".into())]
+    );
+    assert_eq!(
+        f.instant("lat_sum", t0).await,
+        [(one("lat_sum"), "6".into())]
+    );
+    assert_eq!(f.instant("users", t0).await, [(one("users"), "2".into())]);
+    // Lookback: 5 minutes after the last sample the series is gone; before the first, absent.
+    assert_eq!(f.instant("mem", f.base + 299).await.len(), 1);
+    assert_eq!(f.instant("mem", f.base + 300).await, []);
+    assert_eq!(f.instant("mem", f.base - 1).await, []);
+    assert_eq!(f.instant("nothing_here", t).await, []);
+}
+
+#[tokio::test]
+async fn range_queries_and_scalars() {
+    let f = Fixture::new();
+    let (start, end) = (f.base.to_string(), (f.base + 120).to_string());
+    let data = f
+        .data(
+            "query_range",
+            &[
+                ("query", "http_requests{host=\"a\"}"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(data["resultType"], "matrix");
+    let b = f.base;
+    assert_eq!(
+        data["result"],
+        json!([{
+            "metric": labels(&[("__name__", "http_requests"), ("host", "a"), ("route", "/x")]),
+            "values": [[b, "1"], [b + 60, "2"], [b + 120, "3"]],
+        }])
+    );
+    // RFC 3339 times and a duration step give the same answer.
+    let rfc = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap().to_rfc3339();
+    let again = f
+        .data(
+            "query_range",
+            &[
+                ("query", "http_requests{host=\"a\"}"),
+                ("start", &rfc(f.base)),
+                ("end", &rfc(f.base + 120)),
+                ("step", "1m"),
+            ],
+        )
+        .await;
+    assert_eq!(again, data);
+    let scalar = f.data("query", &[("query", "42"), ("time", &start)]).await;
+    assert_eq!(scalar, json!({"resultType": "scalar", "result": [b, "42"]}));
+}
+
+#[tokio::test]
+async fn errors_have_prometheus_shapes() {
+    let f = Fixture::new();
+    for form in FORMS {
+        for (params, says) in [
+            (vec![("query", "sum(http_requests)")], "aggregation"),
+            (vec![("query", "rate(http_requests[5m])")], "function call"),
+            (vec![("query", "http_requests{")], "invalid query"),
+            (vec![("time", "1")], "missing parameter \"query\""),
+            (vec![("query", "up"), ("time", "yesterday")], "\"time\""),
+            (vec![("query", "{host=~\".*\"}")], "non-empty matcher"),
+        ] {
+            let (status, body) = f.call(form, "query", &params).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{params:?}: {body}");
+            assert_eq!(body["status"], "error");
+            assert_eq!(body["errorType"], "bad_data");
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains(says), "{params:?}: {error}");
+        }
+        let (status, body) = f
+            .call(
+                form,
+                "query_range",
+                &[
+                    ("query", "up"),
+                    ("start", "10"),
+                    ("end", "5"),
+                    ("step", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            (status, body["errorType"].clone()),
+            (StatusCode::BAD_REQUEST, json!("bad_data"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn listings_series_labels_values_metadata() {
+    let f = Fixture::new();
+    let series = f.data("series", &[("match[]", "http_requests")]).await;
+    assert_eq!(
+        series,
+        json!([
+            labels(&[
+                ("__name__", "http_requests"),
+                ("host", "a"),
+                ("route", "/x")
+            ]),
+            labels(&[
+                ("__name__", "http_requests"),
+                ("host", "b"),
+                ("route", "/y")
+            ]),
+        ])
+    );
+    let two = f
+        .data("series", &[("match[]", "mem"), ("match[]", "users")])
+        .await;
+    assert_eq!(
+        two,
+        json!([
+            labels(&[("__name__", "mem"), ("host", "a")]),
+            labels(&[("__name__", "users"), ("host", "a")]),
+        ])
+    );
+    assert_eq!(
+        f.data("labels", &[]).await,
+        json!(["__name__", "host", "route"])
+    );
+    assert_eq!(
+        f.data("labels", &[("match[]", "mem")]).await,
+        json!(["__name__", "host"])
+    );
+    assert_eq!(
+        f.data("label/__name__/values", &[]).await,
+        json!(["http_requests", "lat_count", "lat_sum", "mem", "users"])
+    );
+    assert_eq!(
+        f.data("label/route/values", &[("match[]", "{host=\"b\"}")])
+            .await,
+        json!(["/y"])
+    );
+    let meta = f.data("metadata", &[]).await;
+    assert_eq!(meta["http_requests"][0]["type"], "counter");
+    assert_eq!(meta["mem"][0]["type"], "gauge");
+    assert_eq!(meta["lat_count"][0]["type"], "counter");
+    assert_eq!(
+        f.data("metadata", &[("metric", "users")]).await["users"][0]["type"],
+        "gauge"
+    );
+    assert_eq!(f.data("status/buildinfo", &[]).await["version"], "2.42.0");
+    assert_eq!(f.data("rules", &[]).await, json!({"groups": []}));
+    assert_eq!(f.data("alerts", &[]).await, json!({"alerts": []}));
+    assert_eq!(
+        f.data("query_exemplars", &[("query", "mem")]).await,
+        json!([])
+    );
+    // series needs a selector.
+    let (status, body) = f.call(Carried::Get, "series", &[]).await;
+    assert_eq!(
+        (status, body["errorType"].clone()),
+        (StatusCode::BAD_REQUEST, json!("bad_data"))
+    );
+}
