@@ -47,26 +47,35 @@ pub fn run(args: impl Iterator<Item = String>) -> Result<()> {
     let mut traffic = DemoTraffic::new(o.seed);
     let start = Instant::now();
     let (mut lines, mut datagrams, mut bytes) = (0u64, 0u64, 0u64);
-    // Send every 10 ms the requests due by then, 20 lines per datagram.
-    let per_tick = (o.rate as f64 / 100.0).max(1.0);
-    let mut due = 0.0;
-    let end = start + Duration::from_secs(o.seconds);
-    while Instant::now() < end {
-        due += per_tick;
-        let n = due.floor() as usize;
-        due -= n as f64;
-        for d in traffic.datagrams(n, 20) {
+    // Every 10 ms, send the requests due by then (rate × elapsed time), 20 lines per datagram. The
+    // count follows the clock, not the ticks: a late tick sends more, and the run ends with
+    // exactly rate × seconds requests sent.
+    let total = o.rate.saturating_mul(o.seconds);
+    let span = Duration::from_secs(o.seconds);
+    let mut requests = 0u64;
+    while requests < total {
+        let elapsed = start.elapsed();
+        let due = if elapsed >= span {
+            total
+        } else {
+            ((o.rate as f64 * elapsed.as_secs_f64()) as u64).min(total)
+        };
+        let n = due.saturating_sub(requests);
+        for d in traffic.datagrams(n as usize, 20) {
             sock.send_to(d.as_bytes(), &o.agent)
                 .with_context(|| format!("send to {}", o.agent))?;
             lines += d.lines().count() as u64;
             datagrams += 1;
             bytes += d.len() as u64;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        requests += n;
+        if requests < total {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "sent {lines} lines in {datagrams} datagrams ({bytes} bytes) to {} in {secs:.1} s: {:.0} lines/s",
+        "sent {lines} lines in {datagrams} datagrams ({bytes} bytes) to {} in {secs:.1} s: {:.0} lines/s ({requests} requests)",
         o.agent,
         lines as f64 / secs
     );

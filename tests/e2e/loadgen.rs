@@ -59,8 +59,7 @@ fn loadgen_sends_valid_lines_and_reports_them() {
     let (lines, bad) = receiver.join().expect("receiver");
     assert_eq!(bad, 0, "every line parses");
     assert_eq!(lines, sent, "{stdout}");
-    assert!(
-        sent >= 500,
-        "about 300 requests of 2+ lines in 1 s: {stdout}"
-    );
+    // Exactly rate × seconds requests, however late the ticks (this test shares the cores).
+    assert!(stdout.trim_end().ends_with("(300 requests)"), "{stdout}");
+    assert!(sent >= 600, "every request has 2+ lines: {stdout}");
 }
