@@ -56,44 +56,37 @@ fn promtool_queries_standalone_exactly() {
     assert_eq!(status, 200, "flushed and applied: {flushed}");
 
     let server = format!("http://127.0.0.1:{http}/prometheus");
-    let at = (base + 150).to_string();
-    let a = json!({"__name__": "http_requests", "host": "a"});
-    let b = json!({"__name__": "http_requests", "host": "b"});
-    let t = base + 150;
-    assert_eq!(
+    let at = (base + 180).to_string(); // the third minute has ended
+    let instant = |expr: &str| {
         promtool(
             &bin,
-            &[
-                "instant",
-                "-o",
-                "json",
-                "--time",
-                &at,
-                &server,
-                "http_requests"
-            ]
-        ),
+            &["instant", "-o", "json", "--time", &at, &server, expr],
+        )
+    };
+    let a = json!({"__name__": "http_requests", "host": "a"});
+    let b = json!({"__name__": "http_requests", "host": "b"});
+    let t = base + 180;
+    assert_eq!(
+        instant("http_requests"),
         json!([
             {"metric": a, "value": [t, "3"]},
             {"metric": b, "value": [t, "30"]},
         ])
     );
     assert_eq!(
-        promtool(
-            &bin,
-            &[
-                "instant",
-                "-o",
-                "json",
-                "--time",
-                &at,
-                &server,
-                "mem{host=~\"a|c\"} offset 1m"
-            ]
-        ),
+        instant("mem{host=~\"a|c\"} offset 1m"),
         json!([{"metric": {"__name__": "mem", "host": "a"}, "value": [t, "6"]}])
     );
-    let (start, end) = (base.to_string(), (base + 120).to_string());
+    // Exact per-minute increments: the three minutes of both hosts, nothing extrapolated.
+    assert_eq!(
+        instant("sum(increase(http_requests[3m]))"),
+        json!([{"metric": {}, "value": [t, "66"]}])
+    );
+    assert_eq!(
+        instant("topk(1, max_over_time(mem[5m]))"),
+        json!([{"metric": {"host": "a"}, "value": [t, "7"]}])
+    );
+    let (start, end) = ((base + 60).to_string(), (base + 180).to_string());
     let bf = base;
     assert_eq!(
         promtool(
@@ -112,7 +105,7 @@ fn promtool_queries_standalone_exactly() {
                 "http_requests{host!=\"a\"}",
             ]
         ),
-        json!([{"metric": b, "values": [[bf, "10"], [bf + 60, "20"], [bf + 120, "30"]]}])
+        json!([{"metric": b, "values": [[bf + 60, "10"], [bf + 120, "20"], [bf + 180, "30"]]}])
     );
     assert_eq!(
         promtool(

@@ -5,12 +5,13 @@
 //! parameters. Answers have Prometheus's shapes: `{"status": "success", "data": ...,
 //! "warnings": [...]}` or `{"status": "error", "errorType": ..., "error": ...}`.
 //!
-//! PromQL is parsed with the `promql-parser` crate. This part evaluates number literals and
-//! vector selectors (`=`, `!=`, `=~`, `!~`, `offset`), in parentheses; any other expression is a
-//! 400 `bad_data` naming it. Series are read through the same stitched hot/cold path and cache as
-//! the native API ([`select`]); the listings (`series`, `labels`, label values, `metadata`) come
-//! from the hot store's index, so they name the series written within the hot retention.
+//! PromQL is parsed with the `promql-parser` crate and evaluated by [`eval`]; what it does not
+//! evaluate is a 400 `bad_data` naming it. Series are read through the same stitched hot/cold path
+//! and cache as the native API ([`select`]); the listings (`series`, `labels`, label values,
+//! `metadata`) come from the hot store's index, so they name the series written within the hot
+//! retention.
 
+pub mod eval;
 pub mod select;
 
 use crate::api::{tenant, AppState};
@@ -21,9 +22,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
+use eval::{Eval, Val};
 use promql_parser::label::Matcher;
-use promql_parser::parser::{Expr, Offset, VectorSelector};
-use select::{all_matchers, at, labels_match, samples, sources, Series, NAME};
+use promql_parser::parser::Expr;
+use select::{all_matchers, labels_match, sources, NAME};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -194,12 +196,6 @@ pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C
         .with_state(state)
 }
 
-/// What an expression evaluates to, over the evaluation times of a query.
-enum Evaluated {
-    Scalar(f64),
-    Vector(Vec<Series>),
-}
-
 /// The resolution a step reads: 1m below 5 minutes, 5m below an hour, else 1h.
 fn resolution_for(step: f64) -> Resolution {
     if step >= 3600.0 {
@@ -228,51 +224,6 @@ fn kind(e: &Expr) -> &'static str {
     }
 }
 
-/// The seconds a selector's `offset` moves it back.
-fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
-    if vs.at.is_some() {
-        return Err(PromError::bad_data(
-            "unsupported: the @ modifier (not implemented yet)",
-        ));
-    }
-    Ok(match &vs.offset {
-        None => 0,
-        Some(Offset::Pos(d)) => d.as_secs() as i64,
-        Some(Offset::Neg(d)) => -(d.as_secs() as i64),
-    })
-}
-
-/// Evaluates `expr` at the times `start, start + step, ... <= end`.
-async fn eval<H: HotStore, K: Catalog, C: ColdStore>(
-    st: &AppState<H, K, C>,
-    tenant: &str,
-    expr: &Expr,
-    (start, end, step): (f64, f64, f64),
-) -> Result<(Evaluated, Vec<String>), PromError> {
-    match expr {
-        Expr::NumberLiteral(n) => Ok((Evaluated::Scalar(n.val), Vec::new())),
-        Expr::Paren(p) => Box::pin(eval(st, tenant, &p.expr, (start, end, step))).await,
-        Expr::VectorSelector(vs) => {
-            let offset = offset_secs(vs)?;
-            let res = resolution_for(step);
-            let from = res.start(start.floor() as i64 - offset - lookback_for(step));
-            let to = res.start(end.floor() as i64 - offset) + res.seconds();
-            let (mut series, warnings) =
-                samples(st, tenant, &all_matchers(vs), res, from, to).await?;
-            for s in &mut series {
-                for (ts, _) in &mut s.samples {
-                    *ts += offset;
-                }
-            }
-            Ok((Evaluated::Vector(series), warnings))
-        }
-        other => Err(PromError::bad_data(format!(
-            "unsupported: {} (this version evaluates numbers and vector selectors)",
-            kind(other)
-        ))),
-    }
-}
-
 /// A sample `[time, "value"]`, the time a whole number of seconds when it is one (as Prometheus
 /// writes it).
 fn sample_json(t: f64, v: f64) -> Value {
@@ -297,6 +248,7 @@ fn format_value(v: f64) -> String {
     }
 }
 
+/// The lookback of an instant vector at `step`: Prometheus's 5 minutes, or one window.
 fn lookback_for(step: f64) -> i64 {
     LOOKBACK_SECS.max(resolution_for(step).seconds())
 }
@@ -341,17 +293,23 @@ async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
         let params = Params::new(query, &headers, &body)?;
         let expr = parse_query(&params)?;
         let t = params.time("time")?.unwrap_or(now_s() as f64);
-        // An instant query reads at 1m, looking back LOOKBACK_SECS.
-        let (value, warnings) = eval(&st, &tenant, &expr, (t, t, 60.0)).await?;
+        // An instant query reads 1m windows, looking back LOOKBACK_SECS.
+        let mut ev = Eval {
+            st: &st,
+            tenant: &tenant,
+            times: vec![t],
+            step: 60.0,
+            warnings: Vec::new(),
+        };
+        let value = ev.eval(&expr).await?;
+        let warnings = ev.warnings;
         let data = match value {
-            Evaluated::Scalar(v) => json!({"resultType": "scalar", "result": sample_json(t, v)}),
-            Evaluated::Vector(series) => {
-                let lookback = lookback_for(60.0);
-                let result: Vec<Value> = series
+            Val::Scalar(v) => json!({"resultType": "scalar", "result": sample_json(t, v[0])}),
+            Val::Vector(rows) => {
+                let result: Vec<Value> = rows
                     .into_iter()
-                    .filter_map(|s| {
-                        at(&s.samples, t, lookback)
-                            .map(|v| json!({"metric": s.labels, "value": sample_json(t, v)}))
+                    .filter_map(|r| {
+                        r.values[0].map(|v| json!({"metric": r.labels, "value": sample_json(t, v)}))
                     })
                     .collect();
                 json!({"resultType": "vector", "result": result})
@@ -392,26 +350,33 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
             )));
         }
         let times: Vec<f64> = (0..points).map(|i| start + i as f64 * step).collect();
-        let (value, warnings) = eval(&st, &tenant, &expr, (start, end, step)).await?;
-        let result: Vec<Value> = match value {
-            Evaluated::Scalar(v) => {
-                let values: Vec<Value> = times.iter().map(|&t| sample_json(t, v)).collect();
-                vec![json!({"metric": {}, "values": values})]
-            }
-            Evaluated::Vector(series) => {
-                let lookback = lookback_for(step);
-                series
-                    .into_iter()
-                    .filter_map(|s| {
-                        let values: Vec<Value> = times
-                            .iter()
-                            .filter_map(|&t| at(&s.samples, t, lookback).map(|v| sample_json(t, v)))
-                            .collect();
-                        (!values.is_empty()).then(|| json!({"metric": s.labels, "values": values}))
-                    })
-                    .collect()
-            }
+        let mut ev = Eval {
+            st: &st,
+            tenant: &tenant,
+            times: times.clone(),
+            step,
+            warnings: Vec::new(),
         };
+        let value = ev.eval(&expr).await?;
+        let warnings = ev.warnings;
+        let rows = match value {
+            Val::Scalar(v) => vec![eval::Row {
+                labels: BTreeMap::new(),
+                values: v.into_iter().map(Some).collect(),
+            }],
+            Val::Vector(rows) => rows,
+        };
+        let result: Vec<Value> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let values: Vec<Value> = times
+                    .iter()
+                    .zip(&r.values)
+                    .filter_map(|(&t, v)| v.map(|v| sample_json(t, v)))
+                    .collect();
+                (!values.is_empty()).then(|| json!({"metric": r.labels, "values": values}))
+            })
+            .collect();
         Ok(success(
             json!({"resultType": "matrix", "result": result}),
             warnings,

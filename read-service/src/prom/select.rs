@@ -116,6 +116,25 @@ pub fn all_matchers(vs: &VectorSelector) -> Vec<Matcher> {
     out
 }
 
+/// Which value of a window a read takes: the type's ([`Source::stat`]), or a gauge's min or max
+/// (`min_over_time`, `max_over_time`; other types keep theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Value,
+    Min,
+    Max,
+}
+
+impl Pick {
+    fn stat(self, s: &Source) -> Stat {
+        match (self, s.metric_type) {
+            (Pick::Min, MetricType::Gauge) => Stat::Min,
+            (Pick::Max, MetricType::Gauge) => Stat::Max,
+            _ => s.stat,
+        }
+    }
+}
+
 /// One series' samples: its labels and `(window start, value)` in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
@@ -123,14 +142,15 @@ pub struct Series {
     pub samples: Vec<(i64, f64)>,
 }
 
-/// The samples of every series matching `matchers` in windows `[from, to)` of `res`.
+/// The samples (`pick` of each window) of every series matching `matchers` in windows
+/// `[from, to)` of `res`.
 pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
     st: &AppState<H, K, C>,
     tenant: &str,
     matchers: &[Matcher],
     res: Resolution,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
+    pick: Pick,
 ) -> Result<(Vec<Series>, Vec<String>), ApiError> {
     if matchers.iter().all(|m| m.is_match("")) {
         return Err(ApiError::param(
@@ -153,7 +173,7 @@ pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
             from,
             to,
             step: res.seconds(),
-            stat: s.stat,
+            stat: pick.stat(&s),
             filters: filters.clone(),
             group_by: GroupBy::Each,
             resolution: res,

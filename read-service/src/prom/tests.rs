@@ -49,7 +49,8 @@ fn key(name: &str, tags: &[(&str, &str)]) -> MetricKey {
 
 impl Fixture {
     /// Counters `http.requests` of hosts a (1, 2, 3) and b (10, 20, 30) over three minutes, a
-    /// gauge `mem`, a histogram `lat` (values 1, 2, 3) and a set `users` (2 members).
+    /// gauge `mem` (5.5, then last 4 with min 1 and max 9), a histogram `lat` (values 1, 2, 3)
+    /// and a set `users` (2 members), each of host a. Samples are stamped with their minute's end.
     fn new() -> Self {
         let base = minute_start(now_s()) - 3600;
         let hot = MemHot::new();
@@ -61,11 +62,19 @@ impl Fixture {
             hot.insert(a.clone(), m, c(n));
             hot.insert(b.clone(), m, c(10.0 * n));
         }
+        let mem = key("mem", &[("host", "a")]);
         hot.insert(
-            key("mem", &[("host", "a")]),
+            mem.clone(),
             base,
             cell(Aggregate::Gauge(Gauge::new(5.5, base * 1000))),
         );
+        let swings = Gauge {
+            last: 4.0,
+            last_ms: (base + 70) * 1000,
+            min: 1.0,
+            max: 9.0,
+        };
+        hot.insert(mem, base + 60, cell(Aggregate::Gauge(swings)));
         let mut h = Hist::new();
         for v in [1.0, 2.0, 3.0] {
             h.record(v, 1);
@@ -168,7 +177,7 @@ fn labels(pairs: &[(&str, &str)]) -> Value {
 #[tokio::test]
 async fn instant_selectors_with_every_matcher_and_offset() {
     let f = Fixture::new();
-    let t = f.base + 150; // the third minute is the latest sample
+    let t = f.base + 180; // the third minute has ended: it is the latest sample
     let a = labels(&[
         ("__name__", "http_requests"),
         ("host", "a"),
@@ -186,6 +195,11 @@ async fn instant_selectors_with_every_matcher_and_offset() {
     assert_eq!(
         f.instant("http_requests", t).await,
         [(a.clone(), "3".into()), (b.clone(), "30".into())]
+    );
+    // The third minute is not over 30 s into it: the second one answers.
+    assert_eq!(
+        f.instant("http_requests{host=\"a\"}", t - 30).await,
+        [(a.clone(), "2".into())]
     );
     assert_eq!(
         f.instant("http_requests{host!=\"a\"}", t).await,
@@ -206,8 +220,9 @@ async fn instant_selectors_with_every_matcher_and_offset() {
     );
     // Each type's value per window.
     let one = |n: &str| labels(&[("__name__", n), ("host", "a")]);
-    let t0 = f.base + 30;
+    let t0 = f.base + 60;
     assert_eq!(f.instant("mem", t0).await, [(one("mem"), "5.5".into())]);
+    assert_eq!(f.instant("mem", t0 + 60).await, [(one("mem"), "4".into())]);
     assert_eq!(
         f.instant("lat_count", t0).await,
         [(one("lat_count"), "3".into())]
@@ -217,17 +232,139 @@ async fn instant_selectors_with_every_matcher_and_offset() {
         [(one("lat_sum"), "6".into())]
     );
     assert_eq!(f.instant("users", t0).await, [(one("users"), "2".into())]);
-    // Lookback: 5 minutes after the last sample the series is gone; before the first, absent.
-    assert_eq!(f.instant("mem", f.base + 299).await.len(), 1);
-    assert_eq!(f.instant("mem", f.base + 300).await, []);
-    assert_eq!(f.instant("mem", f.base - 1).await, []);
+    // Lookback: 5 minutes after its last sample a series is gone; before its first, absent.
+    assert_eq!(f.instant("lat_count", t0 + 299).await.len(), 1);
+    assert_eq!(f.instant("lat_count", t0 + 300).await, []);
+    assert_eq!(f.instant("lat_count", t0 - 1).await, []);
     assert_eq!(f.instant("nothing_here", t).await, []);
+}
+
+/// Every function, aggregation and operator, at one time, against values worked out by hand from
+/// the fixture (minute sums a: 1, 2, 3; b: 10, 20, 30).
+#[tokio::test]
+async fn functions_aggregations_and_operators() {
+    let f = Fixture::new();
+    let t = f.base + 180;
+    let a = labels(&[("host", "a"), ("route", "/x")]);
+    let b = labels(&[("host", "b"), ("route", "/y")]);
+    let named = |l: &Value| {
+        let mut l = l.clone();
+        l["__name__"] = json!("http_requests");
+        l
+    };
+    let v = |x: f64| format!("{x}");
+    let both = |x: f64, y: f64| vec![(a.clone(), v(x)), (b.clone(), v(y))];
+    let cases: Vec<(&str, Vec<(Value, String)>)> = vec![
+        ("increase(http_requests[3m])", both(6.0, 60.0)),
+        ("increase(http_requests[2m])", both(5.0, 50.0)),
+        ("rate(http_requests[3m])", both(6.0 / 180.0, 60.0 / 180.0)),
+        ("sum_over_time(http_requests[3m])", both(6.0, 60.0)),
+        ("avg_over_time(http_requests[3m])", both(2.0, 20.0)),
+        ("min_over_time(http_requests[3m])", both(1.0, 10.0)),
+        ("max_over_time(http_requests[3m])", both(3.0, 30.0)),
+        ("count_over_time(http_requests[3m])", both(3.0, 3.0)),
+        (
+            "last_over_time(http_requests[3m])",
+            vec![(named(&a), v(3.0)), (named(&b), v(30.0))],
+        ),
+        ("increase(http_requests[3m] offset 1m)", both(3.0, 30.0)),
+        ("sum(http_requests)", vec![(json!({}), v(33.0))]),
+        (
+            "sum by (host) (http_requests)",
+            vec![
+                (labels(&[("host", "a")]), v(3.0)),
+                (labels(&[("host", "b")]), v(30.0)),
+            ],
+        ),
+        (
+            "sum without (route) (http_requests)",
+            vec![
+                (labels(&[("host", "a")]), v(3.0)),
+                (labels(&[("host", "b")]), v(30.0)),
+            ],
+        ),
+        ("avg(http_requests)", vec![(json!({}), v(16.5))]),
+        ("min(http_requests)", vec![(json!({}), v(3.0))]),
+        ("max(http_requests)", vec![(json!({}), v(30.0))]),
+        ("count(http_requests)", vec![(json!({}), v(2.0))]),
+        ("topk(1, http_requests)", vec![(named(&b), v(30.0))]),
+        ("bottomk(1, http_requests)", vec![(named(&a), v(3.0))]),
+        ("http_requests * 2", both(6.0, 60.0)),
+        ("2 * http_requests - 1", both(5.0, 59.0)),
+        ("http_requests > 10", vec![(named(&b), v(30.0))]),
+        ("10 < http_requests", vec![(named(&b), v(30.0))]),
+        ("http_requests > bool 10", both(0.0, 1.0)),
+        (
+            "http_requests / ignoring(route) http_requests",
+            vec![
+                (labels(&[("host", "a")]), v(1.0)),
+                (labels(&[("host", "b")]), v(1.0)),
+            ],
+        ),
+        (
+            "http_requests + on(host) lat_count",
+            vec![(labels(&[("host", "a")]), v(6.0))],
+        ),
+        ("abs(-http_requests)", both(3.0, 30.0)),
+        ("clamp_max(http_requests, 10)", both(3.0, 10.0)),
+        ("clamp_min(http_requests, 10)", both(10.0, 30.0)),
+        ("round(rate(http_requests[3m]) * 1000)", both(33.0, 333.0)),
+        (
+            "round(rate(http_requests[3m]) * 1000, 10)",
+            both(30.0, 330.0),
+        ),
+        ("vector(5)", vec![(json!({}), v(5.0))]),
+        ("vector(time())", vec![(json!({}), v(t as f64))]),
+        (
+            "absent(nothing{host=\"z\"})",
+            vec![(labels(&[("host", "z")]), v(1.0))],
+        ),
+        ("absent(http_requests)", vec![]),
+    ];
+    for (query, want) in cases {
+        assert_eq!(f.instant(query, t).await, want, "{query}");
+    }
+    // A gauge's min and max over time use the stored min and max of each minute.
+    let mem = |x: f64| vec![(labels(&[("host", "a")]), v(x))];
+    let t2 = f.base + 120;
+    assert_eq!(f.instant("max_over_time(mem[5m])", t2).await, mem(9.0));
+    assert_eq!(f.instant("min_over_time(mem[5m])", t2).await, mem(1.0));
+    assert_eq!(f.instant("avg_over_time(mem[5m])", t2).await, mem(4.75));
+    let tq = t.to_string();
+    for (query, want) in [
+        ("2 * 3 + 1", "7"),
+        ("1 < bool 2", "1"),
+        ("scalar(http_requests{host=\"b\"})", "30"),
+        ("scalar(http_requests)", "NaN"),
+        ("time()", tq.as_str()),
+    ] {
+        let data = f.data("query", &[("query", query), ("time", &tq)]).await;
+        assert_eq!(data["resultType"], "scalar", "{query}");
+        assert_eq!(data["result"][1], want, "{query}");
+    }
+    // Over a range: each step's window.
+    let (start, end) = ((f.base + 120).to_string(), t.to_string());
+    let data = f
+        .data(
+            "query_range",
+            &[
+                ("query", "rate(http_requests{host=\"a\"}[2m])"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        data["result"],
+        json!([{"metric": a, "values": [[f.base + 120, v(3.0 / 120.0)], [t, v(5.0 / 120.0)]]}])
+    );
 }
 
 #[tokio::test]
 async fn range_queries_and_scalars() {
     let f = Fixture::new();
-    let (start, end) = (f.base.to_string(), (f.base + 120).to_string());
+    let (start, end) = ((f.base + 60).to_string(), (f.base + 180).to_string());
     let data = f
         .data(
             "query_range",
@@ -245,7 +382,7 @@ async fn range_queries_and_scalars() {
         data["result"],
         json!([{
             "metric": labels(&[("__name__", "http_requests"), ("host", "a"), ("route", "/x")]),
-            "values": [[b, "1"], [b + 60, "2"], [b + 120, "3"]],
+            "values": [[b + 60, "1"], [b + 120, "2"], [b + 180, "3"]],
         }])
     );
     // RFC 3339 times and a duration step give the same answer.
@@ -255,15 +392,18 @@ async fn range_queries_and_scalars() {
             "query_range",
             &[
                 ("query", "http_requests{host=\"a\"}"),
-                ("start", &rfc(f.base)),
-                ("end", &rfc(f.base + 120)),
+                ("start", &rfc(f.base + 60)),
+                ("end", &rfc(f.base + 180)),
                 ("step", "1m"),
             ],
         )
         .await;
     assert_eq!(again, data);
     let scalar = f.data("query", &[("query", "42"), ("time", &start)]).await;
-    assert_eq!(scalar, json!({"resultType": "scalar", "result": [b, "42"]}));
+    assert_eq!(
+        scalar,
+        json!({"resultType": "scalar", "result": [b + 60, "42"]})
+    );
 }
 
 #[tokio::test]
@@ -271,8 +411,16 @@ async fn errors_have_prometheus_shapes() {
     let f = Fixture::new();
     for form in FORMS {
         for (params, says) in [
-            (vec![("query", "sum(http_requests)")], "aggregation"),
-            (vec![("query", "rate(http_requests[5m])")], "function call"),
+            (
+                vec![("query", "stddev(http_requests)")],
+                "the aggregation stddev",
+            ),
+            (
+                vec![("query", "histogram_quantile(0.9, lat)")],
+                "the function histogram_quantile()",
+            ),
+            (vec![("query", "http_requests and mem")], "the operator and"),
+            (vec![("query", "http_requests[5m]")], "range vector"),
             (vec![("query", "http_requests{")], "invalid query"),
             (vec![("time", "1")], "missing parameter \"query\""),
             (vec![("query", "up"), ("time", "yesterday")], "\"time\""),
