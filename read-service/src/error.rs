@@ -11,6 +11,10 @@ pub enum ApiError {
     /// A query parameter is invalid: 400, naming it.
     #[error("{param}: {problem}")]
     BadParam { param: String, problem: String },
+    /// A query would read more than a limit allows (`max_series`): 400, naming the parameter to
+    /// narrow (the Prometheus API answers 422 `execution`).
+    #[error("{param}: {problem}")]
+    Limit { param: String, problem: String },
     #[error("missing or unknown API key")]
     Unauthorized,
     #[error("{0}")]
@@ -31,9 +35,16 @@ impl ApiError {
         }
     }
 
+    pub fn limit(param: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Limit {
+            param: param.into(),
+            problem: problem.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadParam { .. } => StatusCode::BAD_REQUEST,
+            Self::BadParam { .. } | Self::Limit { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -47,7 +58,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = serde_json::json!({ "error": self.to_string() });
-        if let Self::BadParam { param, .. } = &self {
+        if let Self::BadParam { param, .. } | Self::Limit { param, .. } = &self {
             body["param"] = serde_json::Value::String(param.clone());
         }
         if self.status().is_server_error() {

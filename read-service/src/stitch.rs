@@ -271,7 +271,7 @@ impl<'a> Selector<'a> {
 
     fn check_count(&self, n: usize) -> Result<(), ApiError> {
         if n > self.max_series {
-            return Err(ApiError::param(
+            return Err(ApiError::limit(
                 "where",
                 format!(
                     "{n} series match; at most {} (max_series): narrow the filter",

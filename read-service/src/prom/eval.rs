@@ -159,14 +159,14 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
                     .iter()
                     .map(|&t| {
                         let end = t - offset as f64;
-                        let inside: Vec<f64> = s
+                        // The samples in (end - range, end]: found by binary search, as the
+                        // samples are in time order.
+                        let lo = s
                             .samples
-                            .iter()
-                            .filter(|(ts, _)| {
-                                (*ts as f64) > end - range as f64 && (*ts as f64) <= end
-                            })
-                            .map(|(_, v)| *v)
-                            .collect();
+                            .partition_point(|(ts, _)| (*ts as f64) <= end - range as f64);
+                        let hi = s.samples.partition_point(|(ts, _)| (*ts as f64) <= end);
+                        let inside: Vec<f64> =
+                            s.samples[lo..hi.max(lo)].iter().map(|(_, v)| *v).collect();
                         (!inside.is_empty()).then(|| f(&inside, range as f64))
                     })
                     .collect();

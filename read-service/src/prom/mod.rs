@@ -62,6 +62,7 @@ impl From<ApiError> for PromError {
     fn from(e: ApiError) -> Self {
         let kind = match &e {
             ApiError::BadParam { .. } => "bad_data",
+            ApiError::Limit { .. } => "execution",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Timeout => "timeout",
@@ -69,6 +70,7 @@ impl From<ApiError> for PromError {
         };
         let status = match &e {
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Limit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             other => other.status(),
         };
         if status.is_server_error() {

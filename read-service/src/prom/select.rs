@@ -193,6 +193,17 @@ pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
                 });
             }
         }
+        // The bound holds for the selector, whatever number of metrics it spans.
+        if out.len() > st.cfg.max_series {
+            return Err(ApiError::limit(
+                "query",
+                format!(
+                    "{} series match a selector; at most {} (max_series): narrow it",
+                    out.len(),
+                    st.cfg.max_series
+                ),
+            ));
+        }
     }
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok((out, warnings))

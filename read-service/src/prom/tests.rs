@@ -52,6 +52,15 @@ impl Fixture {
     /// gauge `mem` (5.5, then last 4 with min 1 and max 9), a histogram `lat` (values 1, 2, 3)
     /// and a set `users` (2 members), each of host a. Samples are stamped with their minute's end.
     fn new() -> Self {
+        let cfg = ReadConfig {
+            hot_retention_hours: 48,
+            ..ReadConfig::default()
+        };
+        Self::with(cfg, |_, _| ())
+    }
+
+    /// [`Self::new`] with `cfg`, and `more` written to the hot store too.
+    fn with(cfg: ReadConfig, more: impl FnOnce(&MemHot, i64)) -> Self {
         let base = minute_start(now_s()) - 3600;
         let hot = MemHot::new();
         let a = key("http.requests", &[("host", "a"), ("route", "/x")]);
@@ -92,10 +101,7 @@ impl Fixture {
             base,
             cell(Aggregate::Set(s)),
         );
-        let cfg = ReadConfig {
-            hot_retention_hours: 48,
-            ..ReadConfig::default()
-        };
+        more(&hot, base);
         let state = AppState::new(
             cfg,
             hot,
@@ -519,4 +525,162 @@ async fn listings_series_labels_values_metadata() {
         (status, body["errorType"].clone()),
         (StatusCode::BAD_REQUEST, json!("bad_data"))
     );
+}
+
+#[tokio::test]
+async fn two_names_for_one_prometheus_name_are_both_answered_with_a_warning() {
+    let f = Fixture::with(
+        ReadConfig {
+            hot_retention_hours: 48,
+            ..ReadConfig::default()
+        },
+        |hot, base| {
+            let c = cell(Aggregate::Counter(Counter {
+                sum: 7.0,
+                samples: 1,
+            }));
+            hot.insert(key("http_requests", &[("host", "c")]), base, c);
+        },
+    );
+    let t = (f.base + 60).to_string();
+    for form in FORMS {
+        let (status, body) = f
+            .call(form, "query", &[("query", "http_requests"), ("time", &t)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let hosts: Vec<&str> = body["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["metric"]["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts, ["a", "b", "c"], "{body}");
+        assert_eq!(
+            body["warnings"],
+            json!(["http_requests answers thermo metrics http.requests, http_requests (their names map to one Prometheus name)"])
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_series_is_an_execution_error() {
+    let f = Fixture::with(
+        ReadConfig {
+            hot_retention_hours: 48,
+            max_series: 1,
+            ..ReadConfig::default()
+        },
+        |_, _| (),
+    );
+    let t = (f.base + 180).to_string();
+    for form in FORMS {
+        let (status, body) = f
+            .call(form, "query", &[("query", "http_requests"), ("time", &t)])
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errorType"], "execution", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("max_series"),
+            "{body}"
+        );
+        // One series is within the bound.
+        let (status, _) = f
+            .call(
+                form,
+                "query",
+                &[("query", "http_requests{host=\"a\"}"), ("time", &t)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+/// An hour in a cold object and the next in the hot store, with one minute in both (rolled up,
+/// not trimmed yet): every minute counted once, through the same stitching as the native API.
+#[tokio::test]
+async fn hot_and_cold_minutes_are_each_counted_once() {
+    use thermo_store::catalog::{object_key, Catalog};
+    use thermo_store::cold::ColdStore;
+    use thermo_store::cold_format::{encode, ColdRow};
+    let hour = (now_s() / 3600 - 3) * 3600;
+    let a = key("http.requests", &[("host", "a")]);
+    let counter = |sum: f64, seq: u64| HotCell {
+        contributors: vec![(7, seq)],
+        agg: Aggregate::Counter(Counter { sum, samples: 1 }),
+    };
+    let dir = std::env::temp_dir().join(format!("thermo-prom-cold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = LocalDirCold::new(&dir);
+    let cfg = ReadConfig {
+        hot_retention_hours: 48,
+        cold_enabled: true,
+        ..ReadConfig::default()
+    };
+    let rows: Vec<ColdRow> = (0..3)
+        .map(|m| ColdRow {
+            series: a.clone(),
+            window_start: hour + 60 * m,
+            cell: counter((m + 1) as f64, m as u64),
+        })
+        .collect();
+    let object = object_key(&cfg.cold_prefix, "default", Resolution::OneMinute, hour);
+    store
+        .put(&object, encode(Resolution::OneMinute, rows).unwrap())
+        .await
+        .unwrap();
+    let hot = Arc::new(MemHot::new());
+    let catalog = MemCatalog::new(hot.clone());
+    catalog
+        .mark_cold(Resolution::OneMinute, hour)
+        .await
+        .unwrap();
+    hot.insert(a.clone(), hour + 120, counter(3.0, 2)); // also in the object
+    hot.insert(a.clone(), hour + 3600, counter(10.0, 10));
+    hot.insert(a.clone(), hour + 3660, counter(20.0, 11));
+    let metrics = SelfMetrics::new("read_service", "queries");
+    let cold = crate::cold_side(&cfg, catalog, store, &metrics);
+    let f = Fixture {
+        router: app(AppState::new(cfg, hot, Some(cold), metrics)),
+        base: hour,
+    };
+    let t = hour + 3720;
+    assert_eq!(
+        f.instant("increase(http_requests[2h])", t).await,
+        [(labels(&[("host", "a")]), "36".to_string())]
+    );
+    let (start, end) = ((hour + 60).to_string(), t.to_string());
+    let data = f
+        .data(
+            "query_range",
+            &[
+                ("query", "http_requests"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "60"),
+            ],
+        )
+        .await;
+    let values: Vec<(i64, String)> = data["result"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_str().unwrap().to_string()))
+        .collect();
+    // Each minute at its end; a minute stays the latest sample for the 5-minute lookback.
+    let want: Vec<(i64, String)> = (1..=62)
+        .filter_map(|i| {
+            let at = hour + 60 * i;
+            let v = match i {
+                1 => "1",
+                2 => "2",
+                3..=7 => "3",
+                61 => "10",
+                62 => "20",
+                _ => return None,
+            };
+            Some((at, v.to_string()))
+        })
+        .collect();
+    assert_eq!(values, want);
+    let _ = std::fs::remove_dir_all(&dir);
 }
