@@ -271,8 +271,15 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
             "log partitions assigned to this aggregator",
         );
         tokio::pin!(shutdown);
+        let mut last_assignment: Option<Vec<i32>> = None;
         loop {
-            assigned.set(self.consumer.assignment().len() as i64);
+            let assignment = self.consumer.assignment();
+            assigned.set(assignment.len() as i64);
+            if last_assignment.as_ref() != Some(&assignment) {
+                // Every change of the group's assignment, for post-mortems of rebalances.
+                tracing::info!(partitions = ?assignment, "log partitions assigned");
+                last_assignment = Some(assignment);
+            }
             let polled = tokio::select! {
                 _ = &mut shutdown => break,
                 r = self.consumer.poll(self.settings.batch_max_records, self.settings.batch_max_wait) => r,

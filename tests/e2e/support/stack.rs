@@ -145,12 +145,15 @@ impl Stack {
                     .iter()
                     .map(|a| metric(a.http, "thermo_aggregator_assigned_partitions"))
                     .collect();
+                let logs: Vec<String> = self
+                    .aggregators
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| format!("aggregator {i} log:\n{}", a.proc.log_tail()))
+                    .collect();
                 panic!(
-                    "timed out waiting for {what}; last answer to {params}: {last}\nassigned partitions per aggregator: {assigned:?}\naggregator log:\n{}",
-                    self.aggregators
-                        .first()
-                        .map(|a| a.proc.log_tail())
-                        .unwrap_or_default()
+                    "timed out waiting for {what}; last answer to {params}: {last}\nassigned partitions per aggregator: {assigned:?}\n{}",
+                    logs.join("\n")
                 )
             })
     }
