@@ -12,6 +12,9 @@ pub struct AggregatorConfig {
     pub topic: String,
     /// Consumer group shared by every aggregator.
     pub group_id: String,
+    /// Kafka `group.instance.id` (static membership), one per aggregator and stable across its
+    /// restarts (e.g. the host name); empty: dynamic membership.
+    pub instance_id: String,
     pub redis_url: String,
     /// How long minutes stay in Redis.
     pub hot_retention_hours: i64,
@@ -56,6 +59,7 @@ impl Default for AggregatorConfig {
             kafka_brokers: "127.0.0.1:9092".into(),
             topic: "thermo-minutes".into(),
             group_id: "thermo-aggregators".into(),
+            instance_id: String::new(),
             redis_url: "redis://127.0.0.1:6379".into(),
             hot_retention_hours: 48,
             batch_max_records: 2000,

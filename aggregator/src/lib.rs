@@ -71,7 +71,8 @@ pub async fn run(
     let compactor = cfg
         .cold_enabled
         .then(|| start_compactor(&cfg, hot.clone(), metrics.clone(), stop_tx.subscribe()));
-    let consumer = KafkaConsumer::new(&cfg.kafka_brokers, &cfg.topic, &cfg.group_id)
+    let instance = Some(cfg.instance_id.as_str()).filter(|i| !i.is_empty());
+    let consumer = KafkaConsumer::new(&cfg.kafka_brokers, &cfg.topic, &cfg.group_id, instance)
         .map_err(|e| AggregatorError::Startup(e.to_string()))?;
     tracing::info!(
         addr = %cfg.http_addr, brokers = %cfg.kafka_brokers, topic = %cfg.topic,

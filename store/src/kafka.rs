@@ -137,8 +137,18 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    pub fn new(brokers: &str, topic: &str, group: &str) -> Result<Self, StoreError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+    /// `instance`: a `group.instance.id` (static membership), or none.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        instance: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let mut config = ClientConfig::new();
+        if let Some(id) = instance {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer = config
             .set("bootstrap.servers", brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")

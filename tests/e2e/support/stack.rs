@@ -70,7 +70,7 @@ impl Stack {
         let aggregators = (0..aggregators)
             .map(|i| {
                 Role::start(d, &format!("aggregator-{i}"), "aggregator", &format!(
-                    "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\n",
+                    "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\ninstance_id = \"aggregator-{i}\"\n",
                     broker.addr(), redis.url()))
             })
             .collect();
