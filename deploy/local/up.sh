@@ -362,6 +362,7 @@ http_addr = "$HOST:$AGGREGATOR_PORT"
 kafka_brokers = "$HOST:$KAFKA_PORT"
 topic = "$TOPIC"
 group_id = "thermo-aggregators"
+instance_id = "aggregator-$(hostname)"
 redis_url = "redis://$HOST:$REDIS_PORT"
 $(printf '%s\n' "${cold_keys[@]}")
 s3_create_bucket = true
