@@ -17,6 +17,8 @@ struct Opts {
     seed: u64,
 }
 
+const USAGE: &str = "usage: thermo loadgen [--agent ADDR] [--rate N] [--seconds N] [--seed N]";
+
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
     let mut o = Opts {
         agent: "127.0.0.1:8125".into(),
@@ -28,10 +30,18 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
             "--agent" => o.agent = value("--agent")?,
-            "--rate" => o.rate = value("--rate")?.parse().context("--rate: requests per second")?,
-            "--seconds" => o.seconds = value("--seconds")?.parse().context("--seconds: a whole number")?,
+            "--rate" => {
+                o.rate = value("--rate")?
+                    .parse()
+                    .context("--rate: requests per second")?
+            }
+            "--seconds" => {
+                o.seconds = value("--seconds")?
+                    .parse()
+                    .context("--seconds: a whole number")?
+            }
             "--seed" => o.seed = value("--seed")?.parse().context("--seed: a whole number")?,
-            other => bail!("unknown argument {other:?}; usage: thermo loadgen [--agent ADDR] [--rate N] [--seconds N] [--seed N]"),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     if o.rate == 0 || o.seconds == 0 || o.seconds > 86_400 {
@@ -42,7 +52,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
 
 /// Runs the load generator with the arguments after `loadgen`.
 pub fn run(args: impl Iterator<Item = String>) -> Result<()> {
-    let o = parse(args)?;
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let o = parse(args.into_iter())?;
     let sock = UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
     let mut traffic = DemoTraffic::new(o.seed);
     let start = Instant::now();

@@ -51,6 +51,9 @@ struct Opts {
     tags: Vec<(String, String)>,
 }
 
+const USAGE: &str =
+    "usage: thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--tag k=v]... [--demo]";
+
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
     let mut o = Opts {
         data: PathBuf::from(".thermo-standalone"),
@@ -71,7 +74,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
                 let (k, v) = t.split_once('=').context("--tag: expected key=value")?;
                 o.tags.push((k.to_string(), v.to_string()));
             }
-            other => bail!("unknown argument {other:?}; usage: thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--tag k=v]... [--demo]"),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     Ok(o)
@@ -79,7 +82,12 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
 
 /// Runs standalone mode with the arguments after `standalone`.
 pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
-    let o = parse(args)?;
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let o = parse(args.into_iter())?;
     std::fs::create_dir_all(&o.data).with_context(|| format!("create {}", o.data.display()))?;
     let data = o.data.canonicalize().unwrap_or(o.data.clone());
     let log = LocalLog::open(data.join("log"), 4, 1_000_000)?;

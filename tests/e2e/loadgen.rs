@@ -63,3 +63,19 @@ fn loadgen_sends_valid_lines_and_reports_them() {
     assert!(stdout.trim_end().ends_with("(300 requests)"), "{stdout}");
     assert!(sent >= 600, "every request has 2+ lines: {stdout}");
 }
+
+#[test]
+fn subcommands_print_their_usage_on_help() {
+    for (role, flag) in [("loadgen", "--help"), ("standalone", "-h")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_thermo"))
+            .args([role, flag])
+            .output()
+            .expect("run thermo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "thermo {role} {flag}: {stdout}");
+        assert!(
+            stdout.starts_with(&format!("usage: thermo {role} [")),
+            "thermo {role} {flag}: {stdout}"
+        );
+    }
+}
