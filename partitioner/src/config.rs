@@ -27,6 +27,12 @@ pub struct PartitionerConfig {
     pub max_past_secs: i64,
     /// Newest minute accepted, in seconds after now (400 beyond).
     pub max_future_secs: i64,
+    /// Ingest rate per tenant, in series-minutes per second (429 above); 0: no limit.
+    pub rate_limit_per_sec: u32,
+    /// Seconds of that rate a tenant may send at once (its bucket's size).
+    pub rate_limit_burst_secs: u32,
+    /// Per-tenant rates overriding `rate_limit_per_sec` (0: no limit for that tenant).
+    pub tenant_rate_limits: BTreeMap<String, u32>,
 }
 
 impl Default for PartitionerConfig {
@@ -42,6 +48,9 @@ impl Default for PartitionerConfig {
             produce_timeout_ms: 10_000,
             max_past_secs: 7 * 86_400,
             max_future_secs: 300,
+            rate_limit_per_sec: 0,
+            rate_limit_burst_secs: 60,
+            tenant_rate_limits: BTreeMap::new(),
         }
     }
 }

@@ -15,6 +15,13 @@ pub enum IngestError {
     TooLarge(String),
     #[error("unsupported content type {0:?}; use application/x-thermo-batch or application/json")]
     UnsupportedMedia(String),
+    /// The tenant's ingest rate is used up: 429 with `Retry-After`, the sender retries then.
+    #[error("tenant {tenant:?} is over its rate of {rate} series-minutes per second; retry in {retry_after_secs} s")]
+    RateLimited {
+        tenant: String,
+        rate: u32,
+        retry_after_secs: u64,
+    },
     /// The log did not acknowledge: 503, the sender retries.
     #[error("log unavailable: {0}")]
     Unavailable(String),
@@ -36,6 +43,7 @@ impl IngestError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Startup(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -47,6 +55,7 @@ impl IngestError {
             Self::Unauthorized => "unauthorized",
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMedia(_) => "unsupported_media",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) | Self::Startup(_) => "unavailable",
         }
     }
@@ -59,10 +68,17 @@ impl IntoResponse for IngestError {
         if let Self::Invalid { field, .. } = &self {
             body["field"] = serde_json::Value::String(field.clone());
         }
+        let retry_after = match &self {
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         resp
     }

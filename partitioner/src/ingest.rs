@@ -12,6 +12,7 @@
 
 use crate::config::PartitionerConfig;
 use crate::error::IngestError;
+use crate::limits::{RateLimits, Verdict};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Request};
@@ -43,6 +44,7 @@ pub struct AppState<P> {
     metrics: SelfMetrics,
     clock: Clock,
     anon: AtomicU64,
+    limits: RateLimits,
 }
 
 impl<P: LogProducer> AppState<P> {
@@ -56,12 +58,19 @@ impl<P: LogProducer> AppState<P> {
         metrics: SelfMetrics,
         clock: Clock,
     ) -> Arc<Self> {
+        let limits = RateLimits::new(
+            cfg.rate_limit_per_sec,
+            cfg.tenant_rate_limits.clone(),
+            cfg.rate_limit_burst_secs,
+            clock.clone(),
+        );
         Arc::new(Self {
             cfg,
             producer,
             metrics,
             clock,
             anon: AtomicU64::new(0),
+            limits,
         })
     }
 }
@@ -225,6 +234,21 @@ async fn handle<P: LogProducer>(
         }
     }
     let n = merged.len();
+    match st.limits.check(&tenant, n) {
+        Verdict::Allowed => {}
+        Verdict::Wait(d) => {
+            return Err(IngestError::RateLimited {
+                rate: st.limits.rate(&tenant),
+                tenant,
+                retry_after_secs: d.as_secs() + u64::from(d.subsec_nanos() > 0),
+            })
+        }
+        Verdict::TooBig { burst } => {
+            return Err(IngestError::TooLarge(format!(
+                "series: {n} series-minutes exceed tenant {tenant:?}'s burst of {burst} (rate_limit_per_sec × rate_limit_burst_secs)"
+            )))
+        }
+    }
     let records: Vec<(String, Vec<u8>)> = merged
         .into_iter()
         .map(|((key, minute), agg)| {
@@ -461,5 +485,65 @@ mod tests {
         )
         .await;
         assert_eq!(s, 503, "{v}");
+    }
+
+    /// A tenant over its rate gets 429 with `Retry-After`, nothing of the refused batch is
+    /// produced, and the same batch goes through once the bucket has refilled.
+    #[tokio::test]
+    async fn a_tenant_over_its_rate_gets_429_with_retry_after() {
+        use std::sync::atomic::AtomicI64;
+        let now = Arc::new(AtomicI64::new(NOW_MS));
+        let t = now.clone();
+        let cfg = PartitionerConfig {
+            rate_limit_per_sec: 10,
+            rate_limit_burst_secs: 6,
+            ..PartitionerConfig::default()
+        };
+        let log = Arc::new(FakeLog::default());
+        let m = SelfMetrics::new("partitioner", "series-minutes");
+        let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
+        let app = router(AppState::with_clock(cfg, log.clone(), m.clone(), clock));
+        let batch = |key: &str, hosts: std::ops::Range<usize>| {
+            let series: Vec<serde_json::Value> = hosts
+                .map(|h| {
+                    serde_json::json!({"metric": "req", "tags": {"host": format!("h{h}")},
+                    "time": NOW_MS / 1000, "type": "counter", "value": 1})
+                })
+                .collect();
+            serde_json::json!({"idempotency_key": key, "series": series}).to_string()
+        };
+        let send = |body: String| {
+            let app = app.clone();
+            async move {
+                let req = Request::post("/api/v1/ingest")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .unwrap();
+                let resp = app.oneshot(req).await.unwrap();
+                let retry = resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap().to_string());
+                (resp.status().as_u16(), retry)
+            }
+        };
+        // 10/s with 6 s of burst: 50 now leaves 10; a batch of 20 waits one second.
+        assert_eq!(send(batch("a", 0..50)).await, (200, None));
+        assert_eq!(send(batch("b", 0..20)).await, (429, Some("1".into())));
+        assert_eq!(log.records.lock().unwrap().len(), 50);
+        now.fetch_add(1_000, Ordering::SeqCst);
+        assert_eq!(send(batch("b", 0..20)).await, (200, None));
+        assert_eq!(log.records.lock().unwrap().len(), 70);
+        // More than the bucket holds can never pass: 413, not a retry.
+        assert_eq!(send(batch("c", 0..61)).await.0, 413);
+        let metrics = m.render();
+        assert!(
+            metrics.contains(r#"thermo_partitioner_dropped_total{reason="rate_limited"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("thermo_partitioner_sent_total 70"),
+            "{metrics}"
+        );
     }
 }

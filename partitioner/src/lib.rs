@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 
 pub use config::PartitionerConfig;
 pub use error::IngestError;
