@@ -79,6 +79,11 @@ impl RateLimits {
             .unwrap_or(self.default_rate)
     }
 
+    /// The size of `tenant`'s bucket, in series-minutes.
+    fn burst(&self, tenant: &str) -> u32 {
+        self.rate(tenant).saturating_mul(self.burst_secs)
+    }
+
     fn bucket(&self, tenant: &str) -> Option<Arc<Bucket>> {
         let mut buckets = self
             .buckets
@@ -88,7 +93,7 @@ impl RateLimits {
             .entry(tenant.to_string())
             .or_insert_with(|| {
                 let rate = NonZeroU32::new(self.rate(tenant))?;
-                let burst = NonZeroU32::new(rate.get().saturating_mul(self.burst_secs))?;
+                let burst = NonZeroU32::new(self.burst(tenant))?;
                 let quota = Quota::per_second(rate).allow_burst(burst);
                 Some(Arc::new(RateLimiter::direct_with_clock(
                     quota,
@@ -103,7 +108,7 @@ impl RateLimits {
         let Some(bucket) = self.bucket(tenant) else {
             return Verdict::Allowed;
         };
-        let burst = self.rate(tenant).saturating_mul(self.burst_secs);
+        let burst = self.burst(tenant);
         let Some(n) = u32::try_from(n).ok().and_then(NonZeroU32::new) else {
             return if n == 0 {
                 Verdict::Allowed

@@ -56,6 +56,20 @@ impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
     }
 }
 
+impl<H, K, C> AppState<H, K, C> {
+    /// Counts a query's answer: `sent_total`, or `errors_total{kind="<status>"}` for an error.
+    pub(crate) fn count_answer(&self, error: Option<axum::http::StatusCode>) {
+        match error {
+            None => self.metrics.sent.inc(),
+            Some(status) => self
+                .metrics
+                .errors
+                .with_label_values(&[status.as_str()])
+                .inc(),
+        }
+    }
+}
+
 pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C>>) -> Router {
     Router::new()
         .route("/api/v1/metrics", get(list_metrics::<H, K, C>))
@@ -135,13 +149,6 @@ async fn query<H: HotStore, K: Catalog, C: ColdStore>(
         .map_err(|_| ApiError::Timeout)?
     }
     .await;
-    match &result {
-        Ok(_) => st.metrics.sent.inc(),
-        Err(e) => st
-            .metrics
-            .errors
-            .with_label_values(&[e.status().as_str()])
-            .inc(),
-    }
+    st.count_answer(result.as_ref().err().map(ApiError::status));
     result.map(Json)
 }

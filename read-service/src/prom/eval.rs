@@ -72,6 +72,25 @@ fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
 }
 
 impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
+    /// Evaluates `e` at `times` (their step picks the windows read), with the warnings gathered.
+    pub async fn run(
+        st: &'a AppState<H, K, C>,
+        tenant: &'a str,
+        e: &Expr,
+        times: Vec<f64>,
+        step: f64,
+    ) -> Result<(Val, Vec<String>), PromError> {
+        let mut ev = Self {
+            st,
+            tenant,
+            times,
+            step,
+            warnings: Vec::new(),
+        };
+        let value = ev.eval(e).await?;
+        Ok((value, ev.warnings))
+    }
+
     /// Evaluates `e` over the grid.
     pub fn eval<'b>(&'b mut self, e: &'b Expr) -> Boxed<'b, Val> {
         Box::pin(async move {

@@ -273,14 +273,7 @@ where
     let r = tokio::time::timeout(Duration::from_millis(st.cfg.query_timeout_ms), f)
         .await
         .unwrap_or_else(|_| Err(PromError::from(ApiError::Timeout)));
-    match &r {
-        Ok(_) => st.metrics.sent.inc(),
-        Err(e) => st
-            .metrics
-            .errors
-            .with_label_values(&[e.status.as_str()])
-            .inc(),
-    }
+    st.count_answer(r.as_ref().err().map(|e| e.status));
     r
 }
 
@@ -296,15 +289,7 @@ async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
         let expr = parse_query(&params)?;
         let t = params.time("time")?.unwrap_or(now_s() as f64);
         // An instant query reads 1m windows, looking back LOOKBACK_SECS.
-        let mut ev = Eval {
-            st: &st,
-            tenant: &tenant,
-            times: vec![t],
-            step: 60.0,
-            warnings: Vec::new(),
-        };
-        let value = ev.eval(&expr).await?;
-        let warnings = ev.warnings;
+        let (value, warnings) = Eval::run(&st, &tenant, &expr, vec![t], 60.0).await?;
         let data = match value {
             Val::Scalar(v) => json!({"resultType": "scalar", "result": sample_json(t, v[0])}),
             Val::Vector(rows) => {
@@ -352,15 +337,7 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
             )));
         }
         let times: Vec<f64> = (0..points).map(|i| start + i as f64 * step).collect();
-        let mut ev = Eval {
-            st: &st,
-            tenant: &tenant,
-            times: times.clone(),
-            step,
-            warnings: Vec::new(),
-        };
-        let value = ev.eval(&expr).await?;
-        let warnings = ev.warnings;
+        let (value, warnings) = Eval::run(&st, &tenant, &expr, times.clone(), step).await?;
         let rows = match value {
             Val::Scalar(v) => vec![eval::Row {
                 labels: BTreeMap::new(),
@@ -392,12 +369,11 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
 async fn indexed_series<H: HotStore, K: Catalog, C: ColdStore>(
     st: &AppState<H, K, C>,
     tenant: &str,
-) -> Result<(Vec<BTreeMap<String, String>>, Vec<select::Source>), PromError> {
+) -> Result<Vec<BTreeMap<String, String>>, PromError> {
     let since = minute_start(now_s() - st.cfg.hot_retention_hours * 3600);
     let metrics = st.hot.metrics(tenant).await.map_err(ApiError::from)?;
-    let all = sources(&metrics);
     let mut out = Vec::new();
-    for s in &all {
+    for s in sources(&metrics) {
         for key in st
             .hot
             .series(tenant, &s.thermo, since)
@@ -411,7 +387,7 @@ async fn indexed_series<H: HotStore, K: Catalog, C: ColdStore>(
     }
     out.sort();
     out.dedup();
-    Ok((out, all))
+    Ok(out)
 }
 
 /// The `match[]` selectors of a request, each as its matchers (none: every series).
@@ -444,7 +420,7 @@ async fn matched_series<H: HotStore, K: Catalog, C: ColdStore>(
     if required && sel.is_empty() {
         return Err(PromError::bad_data("no match[] parameter provided"));
     }
-    let (all, _) = indexed_series(st, &tenant).await?;
+    let all = indexed_series(st, &tenant).await?;
     Ok(all
         .into_iter()
         .filter(|l| sel.is_empty() || sel.iter().any(|m| labels_match(l, m)))
