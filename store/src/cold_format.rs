@@ -147,10 +147,12 @@ fn writer_properties(tag_keys: String, key_bloom: Option<u64>) -> WriterProperti
     }
     b.set_compression(Compression::SNAPPY)
         .set_write_batch_size(PAGE_ROWS)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        // Constant in an object: statistics would only lengthen the footer every read decodes.
-        .set_column_statistics_enabled(ColumnPath::from("tenant"), EnabledStatistics::None)
-        .set_column_statistics_enabled(ColumnPath::from("resolution"), EnabledStatistics::None)
+        // Statistics lengthen the footer every read decodes (per row group and column): only
+        // those a reader can prune with are written. thermo prunes by `series_key` (row groups
+        // and pages); `metric` and `window_start` serve other readers' filters (DuckDB).
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("metric"), EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(window.clone(), EnabledStatistics::Chunk)
         .set_column_statistics_enabled(key.clone(), EnabledStatistics::Page)
         .set_column_dictionary_enabled(key.clone(), false)
         .set_column_encoding(key.clone(), Encoding::DELTA_BYTE_ARRAY)
@@ -159,7 +161,6 @@ fn writer_properties(tag_keys: String, key_bloom: Option<u64>) -> WriterProperti
         .set_column_encoding(window.clone(), Encoding::DELTA_BINARY_PACKED)
         .set_column_data_page_row_count_limit(window, PAGE_ROWS)
         .set_column_dictionary_enabled(state.clone(), false)
-        .set_column_statistics_enabled(state.clone(), EnabledStatistics::None)
         .set_column_data_page_row_count_limit(state, PAGE_ROWS)
         .set_sorting_columns(Some(vec![
             SortingColumn {

@@ -33,7 +33,7 @@ use parquet::file::metadata::{
     ColumnChunkMetaData, FooterTail, ParquetMetaData, ParquetMetaDataOptions,
     ParquetMetaDataReader, ParquetStatisticsPolicy,
 };
-use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::page_index::column_index::{ByteArrayColumnIndex, ColumnIndexMetaData};
 use parquet::file::page_index::index_reader::{decode_column_index, decode_offset_index};
 use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::{ChunkReader, Length};
@@ -354,8 +354,12 @@ impl ColumnPages {
     }
 }
 
-/// A page's min and max (`None` when unknown).
-type PageBounds = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// `series_key`'s column index, and its encoded size.
+#[derive(Debug, Clone)]
+struct KeyBounds {
+    index: ByteArrayColumnIndex,
+    bytes: u64,
+}
 
 /// The page index of one row group: `series_key`'s pages with their bounds, and the pages of
 /// `window_start` and `state`.
@@ -364,8 +368,8 @@ pub struct RowGroupIndex {
     rg: usize,
     rows: u64,
     key: ColumnPages,
-    /// Per key page: min and max (`None` when unknown).
-    key_bounds: Vec<PageBounds>,
+    /// `series_key`'s column index: each page's min and max (`None` without one).
+    key_bounds: Option<KeyBounds>,
     window: ColumnPages,
     state: ColumnPages,
 }
@@ -384,7 +388,7 @@ impl RowGroupIndex {
                 rg,
                 rows,
                 key: ColumnPages::new(chunk(COL_SERIES_KEY), None),
-                key_bounds: Vec::new(),
+                key_bounds: None,
                 window: ColumnPages::new(chunk(COL_WINDOW_START), None),
                 state: ColumnPages::new(chunk(COL_STATE), None),
             });
@@ -405,20 +409,16 @@ impl RowGroupIndex {
         let key_pages = pages(COL_SERIES_KEY)?;
         let index = decode_column_index(column_index, chunk(COL_SERIES_KEY).column_type())
             .map_err(corrupt)?;
-        let key_bounds = match &index {
-            ColumnIndexMetaData::BYTE_ARRAY(ix) => (0..key_pages.len())
-                .map(|i| {
-                    if ix.is_null_page(i) {
-                        (None, None)
-                    } else {
-                        (
-                            ix.min_value(i).map(<[u8]>::to_vec),
-                            ix.max_value(i).map(<[u8]>::to_vec),
-                        )
-                    }
+        let key_bounds = match index {
+            ColumnIndexMetaData::BYTE_ARRAY(index)
+                if index.num_pages() == key_pages.len() as u64 =>
+            {
+                Some(KeyBounds {
+                    index,
+                    bytes: column_index.len() as u64,
                 })
-                .collect(),
-            _ => vec![(None, None); key_pages.len()],
+            }
+            _ => None,
         };
         Ok(Self {
             rg,
@@ -433,13 +433,11 @@ impl RowGroupIndex {
     /// Memory held, roughly.
     pub fn mem_bytes(&self) -> u64 {
         let pages = |c: &ColumnPages| c.pages.as_ref().map_or(0, Vec::len) as u64 * 24;
-        let bounds: u64 = self
+        // Decoded, a column index holds its encoded bytes and an offset per value.
+        let bounds = self
             .key_bounds
-            .iter()
-            .map(|(a, b)| {
-                48 + a.as_ref().map_or(0, Vec::len) as u64 + b.as_ref().map_or(0, Vec::len) as u64
-            })
-            .sum();
+            .as_ref()
+            .map_or(0, |b| b.bytes + b.index.num_pages() * 32);
         128 + pages(&self.key) + pages(&self.window) + pages(&self.state) + bounds
     }
 
@@ -447,9 +445,10 @@ impl RowGroupIndex {
     pub fn key_fetch(&self, range: &KeyRange) -> KeyPages {
         let pages: Vec<usize> = match &self.key.pages {
             Some(p) => (0..p.len())
-                .filter(|&i| {
-                    let (min, max) = self.key_bounds.get(i).cloned().unwrap_or((None, None));
-                    range.meets(min.as_deref(), max.as_deref())
+                .filter(|&i| match &self.key_bounds {
+                    Some(b) if b.index.is_null_page(i) => false,
+                    Some(b) => range.meets(b.index.min_value(i), b.index.max_value(i)),
+                    None => range.meets(None, None),
                 })
                 .collect(),
             None => Vec::new(),
