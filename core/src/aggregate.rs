@@ -243,6 +243,23 @@ pub struct TypeConflict {
     pub incoming: &'static str,
 }
 
+/// A state refused by [`Aggregate::validate`]: the field and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl Invalid {
+    fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
 impl Aggregate {
     pub fn metric_type(&self) -> MetricType {
         match self {
@@ -281,6 +298,61 @@ impl Aggregate {
             }
         }
         Ok(())
+    }
+
+    /// Checks a state that came from outside (an ingest batch, in either form): finite values, a
+    /// gauge's `min <= last <= max`, a histogram's count equal to its buckets' and at least one
+    /// value, a set of 1 to [`MAX_SET_MEMBERS`] members. The error names the field as the JSON
+    /// form does (`value`, `min`, `values`, `members`).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let finite = |v: f64, field: &'static str| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(Invalid::new(field, "must be a finite number"))
+            }
+        };
+        match self {
+            Self::Counter(c) => finite(c.sum, "value"),
+            Self::Gauge(g) => {
+                finite(g.last, "value")?;
+                finite(g.min, "min")?;
+                finite(g.max, "max")?;
+                if g.min > g.last || g.last > g.max {
+                    return Err(Invalid::new("min", "must satisfy min <= last <= max"));
+                }
+                Ok(())
+            }
+            Self::Histogram(h) => {
+                if h.count == 0 {
+                    return Err(Invalid::new("values", "must hold at least one value"));
+                }
+                if h.hdr.len() != h.count {
+                    return Err(Invalid::new(
+                        "values",
+                        format!(
+                            "count {} differs from the {} values in the histogram",
+                            h.count,
+                            h.hdr.len()
+                        ),
+                    ));
+                }
+                finite(h.sum, "sum")?;
+                finite(h.min, "min")?;
+                finite(h.max, "max")?;
+                if h.min > h.max {
+                    return Err(Invalid::new("min", "must satisfy min <= max"));
+                }
+                Ok(())
+            }
+            Self::Set(s) if s.members.is_empty() || s.members.len() > MAX_SET_MEMBERS => {
+                Err(Invalid::new(
+                    "members",
+                    format!("must hold 1 to {MAX_SET_MEMBERS} members"),
+                ))
+            }
+            Self::Set(_) => Ok(()),
+        }
     }
 
     /// The number of samples behind this state (gauges: 1 per state; sets: distinct members).

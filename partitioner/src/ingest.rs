@@ -6,7 +6,8 @@
 //! `max_body_bytes` (as sent), `max_decoded_bytes` (after gzip), `max_series_per_batch`.
 //!
 //! Idempotency: an agent batch is the contribution `(agent_id, seq)`; a JSON batch with
-//! `idempotency_key: K` is `("json:K", 0)`; one without a key gets a fresh unique source. Every
+//! `idempotency_key: K` is `("json:K", 0)`; one without a key is `("json-body:<hash>", 0)`, from a
+//! SHA-256 of its content (so a retried keyless batch is merged once too). Every
 //! record carries its contribution, and the aggregator merges each contribution into a
 //! series-minute once, so a batch sent again after a timeout is not counted twice.
 
@@ -20,7 +21,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::{Batch, Item, Record};
@@ -43,7 +43,6 @@ pub struct AppState<P> {
     producer: Arc<P>,
     metrics: SelfMetrics,
     clock: Clock,
-    anon: AtomicU64,
     limits: RateLimits,
 }
 
@@ -69,7 +68,6 @@ impl<P: LogProducer> AppState<P> {
             producer,
             metrics,
             clock,
-            anon: AtomicU64::new(0),
             limits,
         })
     }
@@ -169,12 +167,7 @@ async fn handle<P: LogProducer>(
                 ))
             }
             Some(k) => format!("json:{k}"),
-            None => format!(
-                "anon:{}:{}:{}",
-                std::process::id(),
-                now_ms,
-                st.anon.fetch_add(1, Ordering::Relaxed)
-            ),
+            None => body_source(&body),
         };
         check_count(&st.cfg, batch.series.len())?;
         let items = batch
@@ -215,6 +208,18 @@ async fn handle<P: LogProducer>(
             };
             IngestError::invalid(format!("series[{i}].{field}"), e.problem)
         })?;
+        if it.minute.rem_euclid(60) != 0 {
+            return Err(IngestError::invalid(
+                format!("series[{i}].time"),
+                format!(
+                    "minute {} is not aligned to a minute (a multiple of 60)",
+                    it.minute
+                ),
+            ));
+        }
+        it.agg
+            .validate()
+            .map_err(|e| IngestError::invalid(format!("series[{i}].{}", e.field), e.problem))?;
         if it.minute < now_s - st.cfg.max_past_secs || it.minute > now_s + st.cfg.max_future_secs {
             return Err(IngestError::invalid(
                 format!("series[{i}].time"),
@@ -270,6 +275,17 @@ async fn handle<P: LogProducer>(
     Ok(n)
 }
 
+/// The contribution of a JSON batch without `idempotency_key`: derived from its content (the
+/// body after gzip), so the same batch sent again, after a 503 whose records reached Kafka later,
+/// is merged once. Two identical keyless batches are therefore one batch: a client that means to
+/// count the same body twice gives each its own key.
+fn body_source(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("json-body:{hex}")
+}
+
 fn check_count(cfg: &PartitionerConfig, n: usize) -> Result<(), IngestError> {
     if n > cfg.max_series_per_batch {
         return Err(IngestError::TooLarge(format!(
@@ -284,6 +300,7 @@ fn check_count(cfg: &PartitionerConfig, n: usize) -> Result<(), IngestError> {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering;
     use std::sync::Mutex;
     use thermo_core::aggregate::Counter;
     use thermo_store::StoreError;
@@ -436,6 +453,148 @@ mod tests {
             "{}",
             m.render()
         );
+    }
+
+    /// A binary batch is held to the JSON form's rules: each bad item is a 400 naming the item
+    /// and the field, and nothing of the batch is produced.
+    #[tokio::test]
+    async fn bad_binary_items_get_400_naming_item_and_field() {
+        use thermo_core::aggregate::{DistinctSet, Gauge, Hist};
+        let (app, log, m) = app(PartitionerConfig::default());
+        let minute = 1_764_460_800;
+        let good = Item {
+            name: "ok".into(),
+            tags: vec![],
+            minute,
+            agg: Aggregate::Counter(Counter {
+                sum: 1.0,
+                samples: 1,
+            }),
+        };
+        let mut hist = Hist::new();
+        hist.record(5.0, 1);
+        let mut lying = hist.clone();
+        lying.count = 3;
+        let gauge = |last: f64, min: f64, max: f64| {
+            Aggregate::Gauge(Gauge {
+                last,
+                last_ms: 0,
+                min,
+                max,
+            })
+        };
+        let cases = [
+            (
+                Aggregate::Counter(Counter {
+                    sum: f64::NAN,
+                    samples: 1,
+                }),
+                minute,
+                "series[1].value",
+            ),
+            (
+                Aggregate::Counter(Counter {
+                    sum: f64::INFINITY,
+                    samples: 1,
+                }),
+                minute,
+                "series[1].value",
+            ),
+            (gauge(5.0, 6.0, 9.0), minute, "series[1].min"),
+            (gauge(5.0, 1.0, f64::NAN), minute, "series[1].max"),
+            (
+                Aggregate::Histogram(Hist::new()),
+                minute,
+                "series[1].values",
+            ),
+            (Aggregate::Histogram(lying), minute, "series[1].values"),
+            (
+                Aggregate::Set(DistinctSet::default()),
+                minute,
+                "series[1].members",
+            ),
+            (
+                Aggregate::Counter(Counter {
+                    sum: 1.0,
+                    samples: 1,
+                }),
+                minute + 30,
+                "series[1].time",
+            ),
+        ];
+        let n = cases.len();
+        for (agg, minute, field) in cases {
+            let batch = Batch {
+                agent_id: "a1".into(),
+                seq: 1,
+                items: vec![
+                    good.clone(),
+                    Item {
+                        name: "bad".into(),
+                        tags: vec![],
+                        minute,
+                        agg,
+                    },
+                ],
+            };
+            let (s, v) = post(&app, "application/x-thermo-batch", None, batch.encode()).await;
+            assert_eq!((s, v["field"].as_str()), (400, Some(field)), "{v}");
+        }
+        assert!(log.records.lock().unwrap().is_empty());
+        let valid = Batch {
+            agent_id: "a1".into(),
+            seq: 2,
+            items: vec![
+                good.clone(),
+                Item {
+                    name: "lat".into(),
+                    tags: vec![],
+                    minute,
+                    agg: Aggregate::Histogram(hist),
+                },
+            ],
+        };
+        let (s, v) = post(&app, "application/x-thermo-batch", None, valid.encode()).await;
+        assert_eq!((s, v["accepted"].as_u64()), (200, Some(2)), "{v}");
+        assert!(
+            m.render().contains(&format!(
+                r#"thermo_partitioner_dropped_total{{reason="invalid"}} {n}"#
+            )),
+            "{}",
+            m.render()
+        );
+    }
+
+    /// A JSON batch without `idempotency_key` is the contribution of its content: sent again
+    /// (a retry after a 503), its records carry the same source, which the aggregators merge
+    /// once; another body is another contribution.
+    #[tokio::test]
+    async fn a_keyless_json_batch_sent_again_is_the_same_contribution() {
+        let (app, log, _) = app(PartitionerConfig::default());
+        let body = |v: u32| {
+            serde_json::json!({"series": [
+                {"metric": "req", "time": 1_764_460_800, "type": "counter", "value": v},
+                {"metric": "err", "time": 1_764_460_800, "type": "counter", "value": 1}]})
+            .to_string()
+            .into_bytes()
+        };
+        for b in [body(2), body(2), body(3)] {
+            let (s, _) = post(&app, "application/json", None, b).await;
+            assert_eq!(s, 200);
+        }
+        let sources: Vec<String> = log
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| Record::decode(v).unwrap().source)
+            .collect();
+        assert_eq!(sources.len(), 6);
+        assert!(sources[0].starts_with("json-body:"), "{sources:?}");
+        // Both records of a batch, and both sends of the same body: one source.
+        assert!(sources[..4].iter().all(|s| s == &sources[0]), "{sources:?}");
+        assert_eq!(sources[4], sources[5]);
+        assert_ne!(sources[4], sources[0]);
     }
 
     #[tokio::test]

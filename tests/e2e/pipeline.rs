@@ -431,6 +431,24 @@ fn kafka_outage_and_redis_loss_keep_totals_exact() {
         Duration::from_secs(30),
         |v| v >= 1.0,
     );
+    // A JSON batch without an idempotency key gets a 503 too, but its records stay queued in the
+    // producer and reach the broker when it is back; the client's retry must not count it twice.
+    let keyless = format!(
+        r#"{{"series":[{{"metric":"json_retry","time":{},"type":"counter","value":5}},{{"metric":"json_retry","tags":{{"k":"b"}},"time":{},"type":"counter","value":7}}]}}"#,
+        base + 60,
+        base + 60
+    );
+    let post_keyless = || {
+        http()
+            .post(stack.partitioner.url("/api/v1/ingest"))
+            .header("content-type", "application/json")
+            .body(keyless.clone())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post_keyless(), 503, "the broker is down");
     assert!(
         metric(
             stack.agents[0].http,
@@ -443,8 +461,25 @@ fn kafka_outage_and_redis_loss_keep_totals_exact() {
     stack.broker.wait_listening();
     stack.flush_agents();
     check_wave(&stack, &model, base, base + 120);
+    assert_eq!(post_keyless(), 200, "the retry, once the broker is back");
+    let json_total = format!(
+        "metric=json_retry&stat=sum&from={}&to={}&step=60",
+        base + 60,
+        base + 120
+    );
+    stack.query_until(
+        &json_total,
+        "the keyless batch",
+        &mut |a: &serde_json::Value| a["series"][0]["points"][0][1].as_f64() == Some(12.0),
+    );
     std::thread::sleep(Duration::from_secs(3));
     check_wave(&stack, &model, base, base + 120);
+    let a = stack.query(&json_total);
+    assert_eq!(
+        a["series"][0]["points"][0][1].as_f64(),
+        Some(12.0),
+        "the batch and its retry counted once: {a}"
+    );
     assert_eq!(
         metric(
             stack.agents[0].http,
