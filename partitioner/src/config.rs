@@ -33,6 +33,12 @@ pub struct PartitionerConfig {
     pub rate_limit_burst_secs: u32,
     /// Per-tenant rates overriding `rate_limit_per_sec` (0: no limit for that tenant).
     pub tenant_rate_limits: BTreeMap<String, u32>,
+    /// Ingest requests handled at once; beyond it 503 at once, before the body is read.
+    pub max_in_flight_requests: usize,
+    /// Bytes the requests handled at once may hold: bodies as sent (their `Content-Length`, else
+    /// `max_body_bytes`), after gzip, and their records until Kafka acknowledged them. Beyond it
+    /// 503 at once (413 for a request that alone exceeds it).
+    pub max_in_flight_bytes: u64,
 }
 
 impl Default for PartitionerConfig {
@@ -51,6 +57,8 @@ impl Default for PartitionerConfig {
             rate_limit_per_sec: 0,
             rate_limit_burst_secs: 60,
             tenant_rate_limits: BTreeMap::new(),
+            max_in_flight_requests: 256,
+            max_in_flight_bytes: 512 << 20,
         }
     }
 }

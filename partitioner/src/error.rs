@@ -22,6 +22,10 @@ pub enum IngestError {
         rate: u32,
         retry_after_secs: u64,
     },
+    /// Too many requests or bytes in flight: 503 at once, before the body is read; the sender
+    /// retries.
+    #[error("overloaded: {0}; retry later")]
+    Overloaded(String),
     /// The log did not acknowledge: 503, the sender retries.
     #[error("log unavailable: {0}")]
     Unavailable(String),
@@ -44,7 +48,9 @@ impl IngestError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Startup(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) | Self::Unavailable(_) | Self::Startup(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -56,6 +62,7 @@ impl IngestError {
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMedia(_) => "unsupported_media",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded(_) => "overloaded",
             Self::Unavailable(_) | Self::Startup(_) => "unavailable",
         }
     }

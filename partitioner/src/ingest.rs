@@ -11,10 +11,11 @@
 //! record carries its contribution, and the aggregator merges each contribution into a
 //! series-minute once, so a batch sent again after a timeout is not counted twice.
 
+use crate::admission::{Admission, Ticket};
 use crate::config::PartitionerConfig;
 use crate::error::IngestError;
 use crate::limits::{RateLimits, Verdict};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Request};
 use axum::routing::post;
@@ -22,6 +23,7 @@ use axum::{Json, Router};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::{Batch, Item, Record};
 use thermo_core::json::JsonBatch;
@@ -44,6 +46,7 @@ pub struct AppState<P> {
     metrics: SelfMetrics,
     clock: Clock,
     limits: RateLimits,
+    admission: Admission,
 }
 
 impl<P: LogProducer> AppState<P> {
@@ -63,12 +66,25 @@ impl<P: LogProducer> AppState<P> {
             cfg.rate_limit_burst_secs,
             clock.clone(),
         );
+        let admission = Admission::new(
+            cfg.max_in_flight_requests,
+            cfg.max_in_flight_bytes,
+            metrics.gauge(
+                "in_flight_requests",
+                "Ingest requests being handled (max_in_flight_requests)",
+            ),
+            metrics.gauge(
+                "in_flight_bytes",
+                "Bytes reserved by the ingest requests being handled (max_in_flight_bytes)",
+            ),
+        );
         Arc::new(Self {
             cfg,
             producer,
             metrics,
             clock,
             limits,
+            admission,
         })
     }
 }
@@ -107,21 +123,67 @@ fn tenant_of(cfg: &PartitionerConfig, headers: &HeaderMap) -> Result<String, Ing
     thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(IngestError::Unauthorized)
 }
 
+/// Admits the request (before its body is read): its tenant, and a ticket for the bytes of its
+/// body as sent (`Content-Length`, or `max_body_bytes` without one).
+fn admit<P>(st: &AppState<P>, headers: &HeaderMap) -> Result<(String, Ticket), IngestError> {
+    let tenant = tenant_of(&st.cfg, headers)?;
+    let limit = st.cfg.max_body_bytes as u64;
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = length.filter(|n| *n > limit) {
+        return Err(IngestError::TooLarge(format!(
+            "body of {n} bytes exceeds max_body_bytes = {limit}"
+        )));
+    }
+    let ticket = st.admission.admit(length.unwrap_or(limit))?;
+    Ok((tenant, ticket))
+}
+
+/// Bytes and time a refused request's body is read for, to be thrown away.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Reads a refused request's body (up to `max` bytes, for at most [`DISCARD_TIME`]) and throws it
+/// away, in a task of its own, while the answer is sent. A server that closes a connection with
+/// unread bytes resets it, and a client still sending its body then never sees the answer: this
+/// "lingering close" (as nginx does it) lets it read the 503 or 413. Memory stays bounded: one
+/// chunk at a time.
+fn discard(body: Body, max: u64) {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut read = 0u64;
+        let drain = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                read += chunk.len() as u64;
+                if read > max {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
+}
+
+/// The body after `Content-Encoding` (the same bytes when there is none); a gzip body's decoded
+/// size is reserved on `ticket`.
 fn decode_body(
     cfg: &PartitionerConfig,
     headers: &HeaderMap,
-    raw: &[u8],
-) -> Result<Vec<u8>, IngestError> {
+    raw: Bytes,
+    ticket: &mut Ticket,
+) -> Result<Bytes, IngestError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity");
     match encoding {
-        "identity" => Ok(raw.to_vec()),
+        "identity" => Ok(raw),
         "gzip" => {
             let mut out = Vec::new();
             let limit = cfg.max_decoded_bytes as u64;
-            flate2::read::GzDecoder::new(raw)
+            flate2::read::GzDecoder::new(&raw[..])
                 .take(limit + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| IngestError::invalid("body", format!("invalid gzip: {e}")))?;
@@ -130,7 +192,8 @@ fn decode_body(
                     "body: decompressed size exceeds max_decoded_bytes = {limit}"
                 )));
             }
-            Ok(out)
+            ticket.reserve(out.len() as u64)?;
+            Ok(Bytes::from(out))
         }
         other => Err(IngestError::invalid(
             "Content-Encoding",
@@ -144,13 +207,19 @@ async fn handle<P: LogProducer>(
     st: &AppState<P>,
     req: Request<Body>,
 ) -> Result<usize, IngestError> {
-    let tenant = tenant_of(&st.cfg, req.headers())?;
+    let (tenant, mut ticket) = match admit(st, req.headers()) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            discard(req.into_body(), st.cfg.max_body_bytes as u64);
+            return Err(e);
+        }
+    };
     let headers = req.headers().clone();
     let limit = st.cfg.max_body_bytes;
     let raw = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| IngestError::TooLarge(format!("body exceeds max_body_bytes = {limit}")))?;
-    let body = decode_body(&st.cfg, &headers, &raw)?;
+    let body = decode_body(&st.cfg, &headers, raw, &mut ticket)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -254,6 +323,7 @@ async fn handle<P: LogProducer>(
             )))
         }
     }
+    drop(body);
     let records: Vec<(String, Vec<u8>)> = merged
         .into_iter()
         .map(|((key, minute), agg)| {
@@ -266,6 +336,9 @@ async fn handle<P: LogProducer>(
             (key.encode(), rec.encode())
         })
         .collect();
+    // The records wait in memory for Kafka's acknowledgement: their bytes are held too.
+    let record_bytes: usize = records.iter().map(|(k, v)| k.len() + v.len()).sum();
+    ticket.reserve(record_bytes as u64)?;
     if !records.is_empty() {
         st.producer
             .send_all(records)
@@ -302,6 +375,7 @@ mod tests {
     use http_body_util::BodyExt;
     use std::sync::atomic::Ordering;
     use std::sync::Mutex;
+    use std::time::Duration;
     use thermo_core::aggregate::Counter;
     use thermo_store::StoreError;
     use tower::ServiceExt;
@@ -310,10 +384,15 @@ mod tests {
     struct FakeLog {
         records: Mutex<Vec<(String, Vec<u8>)>>,
         down: std::sync::atomic::AtomicBool,
+        /// When set, each `send_all` waits for a permit (Kafka slow to acknowledge).
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     impl LogProducer for FakeLog {
         async fn send_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.unwrap().forget();
+            }
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable {
                     backend: "kafka",
@@ -340,7 +419,10 @@ mod tests {
         auth: Option<&str>,
         body: Vec<u8>,
     ) -> (u16, serde_json::Value) {
-        let mut b = Request::post("/api/v1/ingest").header("content-type", ct);
+        // As an HTTP client sends it: with its length.
+        let mut b = Request::post("/api/v1/ingest")
+            .header("content-type", ct)
+            .header("content-length", body.len());
         if let Some(a) = auth {
             b = b.header("authorization", format!("Bearer {a}"));
         }
@@ -644,6 +726,119 @@ mod tests {
         )
         .await;
         assert_eq!(s, 503, "{v}");
+    }
+
+    /// Beyond `max_in_flight_requests` the answer is 503 with `Retry-After` at once, without
+    /// reading the body (this one never ends); a body larger than `max_in_flight_bytes` is 413;
+    /// the requests in flight complete, and everything held is released.
+    #[tokio::test]
+    async fn overload_is_answered_503_at_once_before_the_body_is_read() {
+        let cfg = PartitionerConfig {
+            max_in_flight_requests: 2,
+            max_in_flight_bytes: 64 << 10,
+            ..PartitionerConfig::default()
+        };
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let log = Arc::new(FakeLog {
+            gate: Some(gate.clone()),
+            ..FakeLog::default()
+        });
+        let m = SelfMetrics::new("partitioner", "series-minutes");
+        let app = router(AppState::with_clock(
+            cfg,
+            log.clone(),
+            m.clone(),
+            Arc::new(|| NOW_MS),
+        ));
+        let gauge = |name: &str| -> i64 {
+            let text = m.render();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("thermo_partitioner_{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in {text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let waiting: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|key| {
+                let app = app.clone();
+                let body = serde_json::json!({"idempotency_key": key, "series": [
+                    {"metric": "req", "time": 1_764_460_800, "type": "counter", "value": 1}]});
+                tokio::spawn(async move {
+                    post(
+                        &app,
+                        "application/json",
+                        None,
+                        body.to_string().into_bytes(),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for _ in 0..10_000 {
+            if gauge("in_flight_requests") == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gauge("in_flight_requests"), 2);
+        let held = gauge("in_flight_bytes");
+        assert!(held > 0 && held <= 4 << 10, "{held}");
+
+        let pending = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let req = Request::post("/api/v1/ingest")
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(Body::from_stream(pending))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
+            .await
+            .expect("answered without reading the body")
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 503);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+
+        gate.add_permits(1);
+        let first = waiting.into_iter().next().unwrap();
+        for _ in 0..10_000 {
+            if gauge("in_flight_requests") == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // One slot is free now, but a body larger than every byte in flight may hold is 413.
+        let req = Request::post("/api/v1/ingest")
+            .header("content-type", "application/json")
+            .header("content-length", (65 << 10).to_string())
+            .body(Body::from_stream(futures_util::stream::pending::<
+                Result<Bytes, std::io::Error>,
+            >()))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 413);
+
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().0, 200);
+        for _ in 0..10_000 {
+            if gauge("in_flight_requests") == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(log.records.lock().unwrap().len(), 2);
+        assert_eq!(
+            (gauge("in_flight_requests"), gauge("in_flight_bytes")),
+            (0, 0)
+        );
+        let metrics = m.render();
+        assert!(
+            metrics.contains(r#"thermo_partitioner_dropped_total{reason="overloaded"} 1"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("thermo_partitioner_sent_total 2"),
+            "{metrics}"
+        );
     }
 
     /// A tenant over its rate gets 429 with `Retry-After`, nothing of the refused batch is

@@ -6,6 +6,7 @@
 //! It answers 200 only when the log acknowledged every record, 503 (with `Retry-After`) otherwise,
 //! so the sender retries; the aggregator merges a retried contribution `(source, seq)` once.
 
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod ingest;

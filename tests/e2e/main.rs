@@ -1,7 +1,7 @@
 //! The end-to-end tests: the real `thermo` binary with real services on loopback, one module per
 //! area, in one test binary (one link after an edit instead of one per file).
 //!
-//! Run one area with a name filter: `cargo test --workspace --test e2e -- cold::` (or `cold_store::`, `pipeline::`, `prom::`,
+//! Run one area with a name filter: `cargo test --workspace --test e2e -- cold::` (or `cold_store::`, `limits::`, `pipeline::`, `prom::`,
 //! `standalone::`, `browser::`, `loadgen::`). `support` starts the services and holds the tests'
 //! clock.
 
@@ -10,6 +10,7 @@ mod support;
 mod browser;
 mod cold;
 mod cold_store;
+mod limits;
 mod loadgen;
 mod pipeline;
 mod prom;

@@ -53,6 +53,18 @@ impl Stack {
         agents: usize,
         agg_batch: usize,
     ) -> Self {
+        Self::start_with(name, partitions, aggregators, agents, agg_batch, "")
+    }
+
+    /// [`Self::start`], with `partitioner` added to the partitioner's config (TOML lines).
+    pub fn start_with(
+        name: &str,
+        partitions: u32,
+        aggregators: usize,
+        agents: usize,
+        agg_batch: usize,
+        partitioner: &str,
+    ) -> Self {
         let dir = TempDir::new(name);
         let redis = Redis::start(&mkdir(dir.path(), "redis"));
         let broker = Broker::start(&mkdir(dir.path(), "broker"));
@@ -63,7 +75,7 @@ impl Stack {
             "partitioner",
             "partitioner",
             &format!(
-                "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 3000\n",
+                "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nproduce_timeout_ms = 3000\n{partitioner}",
                 broker.addr()
             ),
         );
