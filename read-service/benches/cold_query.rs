@@ -349,7 +349,7 @@ fn main() {
         small_1h as f64 / 16_800.0
     );
 
-    println!("\nOne series (host=h7), median of 21 runs (1 hour) or 5 runs each:\n{header}");
+    println!("\nOne series (host=h7), median of 201 runs (1 hour) or 5 runs each:\n{header}");
     let one = [
         (
             "1 hour at 1m",
@@ -366,7 +366,7 @@ fn main() {
     ];
     for (i, (name, p)) in one.iter().enumerate() {
         for t in [&small, &large] {
-            row(name, t, &measure(&rt, t, p, if i == 0 { 21 } else { 5 }));
+            row(name, t, &measure(&rt, t, p, if i == 0 { 201 } else { 5 }));
         }
     }
 
@@ -396,7 +396,7 @@ fn main() {
     println!("  every series, 7 days, 100 series: {ms:.1} ms");
     drop(large);
 
-    println!("\nRow group size, 100,000-series 1m object, one series' hour, median of 21 runs:");
+    println!("\nRow group size, 100,000-series 1m object, one series' hour, median of 201 runs:");
     println!("| rows per row group | object bytes | footer bytes | cold cache ms | bytes read | keys decoded | rows decoded |\n|---|---|---|---|---|---|---|");
     let hour_rows = || rows(100_000, Resolution::OneMinute, END - HOUR);
     let one_hour = query(HOUR, Resolution::OneMinute, 60, Some("h7"));
@@ -409,7 +409,7 @@ fn main() {
         let size = bytes.len();
         let mut t = Tenant::new(100_000, &format!("rg{rg}"));
         t.put(&rt, Resolution::OneMinute, END - HOUR, bytes);
-        let f = measure(&rt, &t, &one_hour, 21);
+        let f = measure(&rt, &t, &one_hour, 201);
         println!(
             "| {rg} | {size} | {} | {:.2} | {} | {} | {} |",
             footer_len(&t.path(Resolution::OneMinute, END - HOUR)),
@@ -420,7 +420,7 @@ fn main() {
         );
     }
 
-    println!("\nBloom filter on series_key, 100,000-series 1m object, a series it does not hold, median of 21 runs:");
+    println!("\nBloom filter on series_key, 100,000-series 1m object, a series it does not hold, median of 201 runs:");
     let filters = [("host".to_string(), "h100000".to_string())];
     let absent = Want {
         tenant: TENANT,
@@ -442,7 +442,7 @@ fn main() {
         t.put(&rt, Resolution::OneMinute, END - HOUR, bytes);
         let mut times = Vec::new();
         let mut counters = ColdCounters::unregistered();
-        for _ in 0..21 {
+        for _ in 0..201 {
             counters = ColdCounters::unregistered();
             let reader = ColdReader::new(t.store.clone(), PREFIX, cache(), counters.clone());
             let started = Instant::now();
