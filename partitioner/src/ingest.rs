@@ -14,7 +14,6 @@
 use crate::admission::{Admission, Ticket};
 use crate::config::PartitionerConfig;
 use crate::error::IngestError;
-use crate::limits::{RateLimits, Verdict};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Request};
@@ -28,11 +27,11 @@ use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::{Batch, Item, Record};
 use thermo_core::json::JsonBatch;
 use thermo_core::key::MetricKey;
+use thermo_runtime::rate::{RateLimits, Verdict};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::log::LogProducer;
 
-/// Unix milliseconds now; injectable for tests.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+pub use thermo_runtime::rate::Clock;
 
 /// The system clock.
 pub fn system_clock() -> Clock {

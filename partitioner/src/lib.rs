@@ -10,7 +10,6 @@ pub mod admission;
 pub mod config;
 pub mod error;
 pub mod ingest;
-pub mod limits;
 
 pub use config::PartitionerConfig;
 pub use error::IngestError;

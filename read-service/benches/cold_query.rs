@@ -31,6 +31,7 @@ use thermo_core::window::{chunks_in, Resolution};
 use thermo_read_service::cache::ColdCache;
 use thermo_read_service::cold::{ColdCounters, ColdReader, ColdView, Want};
 use thermo_read_service::query::{evaluate, Cold, GroupBy, QueryParams};
+use thermo_read_service::stitch::Bounds;
 use thermo_store::catalog::object_key;
 use thermo_store::cold::{ColdStore, LocalDirCold};
 use thermo_store::cold_format::{encode_tuned, ColdRow, Tuning};
@@ -228,7 +229,13 @@ fn measure(rt: &tokio::runtime::Runtime, t: &Tenant, p: &QueryParams, runs: usiz
         };
         let started = Instant::now();
         let r = rt
-            .block_on(evaluate(&hot, Some(cold), TENANT, p, 200_000))
+            .block_on(evaluate(
+                &hot,
+                Some(cold),
+                TENANT,
+                p,
+                Bounds::series(200_000),
+            ))
             .expect("query");
         let ms = started.elapsed().as_secs_f64() * 1e3;
         (ms, r.series.iter().map(|s| s.points.len()).sum())

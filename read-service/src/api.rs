@@ -10,7 +10,9 @@
 use crate::cold::{ColdReader, ColdView};
 use crate::config::ReadConfig;
 use crate::error::ApiError;
+use crate::limits::QueryLimits;
 use crate::query::{evaluate, parse_params, window_range, Cold, QueryParams, QueryResult};
+use crate::stitch::Bounds;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thermo_core::window::minute_start;
 use thermo_core::window::now_s;
+use thermo_runtime::rate::{Clock, RateLimits};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::catalog::Catalog;
 use thermo_store::cold::ColdStore;
@@ -37,6 +40,7 @@ pub struct AppState<H, K, C> {
     pub(crate) hot: H,
     cold: Option<ColdSide<K, C>>,
     pub(crate) metrics: SelfMetrics,
+    pub(crate) limits: QueryLimits,
 }
 
 impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
@@ -47,11 +51,49 @@ impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
         cold: Option<ColdSide<K, C>>,
         metrics: SelfMetrics,
     ) -> Arc<Self> {
+        Self::with_clock(
+            cfg,
+            hot,
+            cold,
+            metrics,
+            Arc::new(thermo_core::window::now_ms),
+        )
+    }
+
+    /// [`Self::new`] with the clock of the query rate limits.
+    pub fn with_clock(
+        cfg: ReadConfig,
+        hot: H,
+        cold: Option<ColdSide<K, C>>,
+        metrics: SelfMetrics,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let rates = RateLimits::new(
+            cfg.query_rate_per_sec,
+            cfg.tenant_query_rate_limits.clone(),
+            cfg.query_rate_burst_secs,
+            clock,
+        );
+        let limits = QueryLimits::new(
+            cfg.max_concurrent_queries,
+            cfg.max_queued_queries,
+            Duration::from_millis(cfg.query_timeout_ms),
+            rates,
+            metrics.gauge(
+                "queries_running",
+                "Queries running (max_concurrent_queries)",
+            ),
+            metrics.gauge(
+                "queries_queued",
+                "Queries waiting for a slot (max_queued_queries)",
+            ),
+        );
         Arc::new(Self {
             cfg,
             hot,
             cold,
             metrics,
+            limits,
         })
     }
 }
@@ -75,7 +117,12 @@ pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C
         .route("/api/v1/metrics", get(list_metrics::<H, K, C>))
         .route("/api/v1/query", get(query::<H, K, C>))
         .with_state(state.clone())
-        .merge(crate::prom::router(state))
+        .merge(crate::prom::router(state.clone()))
+        // Every query route above (not the dashboard's page) runs within the query limits.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::limits::limit::<H, K, C>,
+        ))
         .merge(crate::dashboard::router())
 }
 
@@ -119,9 +166,12 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
     tenant: &str,
     p: &QueryParams,
 ) -> Result<QueryResult, ApiError> {
-    let max_series = st.cfg.max_series;
+    let bounds = Bounds {
+        max_series: st.cfg.max_series,
+        max_samples: st.cfg.max_samples,
+    };
     let Some(cold) = &st.cold else {
-        return evaluate::<H, C>(&st.hot, None, tenant, p, max_series).await;
+        return evaluate::<H, C>(&st.hot, None, tenant, p, bounds).await;
     };
     let (_, until) = window_range(p.resolution, p.from, p.to);
     let view = ColdView::load(&cold.catalog, p.resolution, until).await?;
@@ -129,7 +179,7 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
         reader: &cold.reader,
         view: &view,
     };
-    evaluate(&st.hot, Some(cold), tenant, p, max_series).await
+    evaluate(&st.hot, Some(cold), tenant, p, bounds).await
 }
 
 async fn query<H: HotStore, K: Catalog, C: ColdStore>(

@@ -447,6 +447,7 @@ impl<C: ColdStore> ColdReader<C> {
 mod tests {
     use super::*;
     use crate::query::{evaluate, Cold, GroupBy, QueryParams};
+    use crate::stitch::Bounds;
     use prometheus::IntGauge;
     use thermo_core::aggregate::{Aggregate, Counter};
     use thermo_core::codec::HotCell;
@@ -517,7 +518,7 @@ mod tests {
                 reader: &reader,
                 view: &view,
             };
-            evaluate(&MemHot::new(), Some(cold), "acme", &p, 100)
+            evaluate(&MemHot::new(), Some(cold), "acme", &p, Bounds::series(100))
                 .await
                 .unwrap()
         };

@@ -36,6 +36,20 @@ pub struct ReadConfig {
     pub cold_dir: String,
     /// Bytes of cold objects (as stored) kept decoded in memory, least recently used out first.
     pub cold_cache_bytes: u64,
+    /// Most samples one query may touch: Redis cells (bounded before they are read by the matched
+    /// series times the minutes of the range) plus cold rows merged (400; 422 in the Prometheus
+    /// API).
+    pub max_samples: u64,
+    /// Queries running at once (both APIs).
+    pub max_concurrent_queries: usize,
+    /// Queries waiting for a slot, each at most `query_timeout_ms`; beyond it 503 at once.
+    pub max_queued_queries: usize,
+    /// Queries per second per tenant (429 above); 0: no limit.
+    pub query_rate_per_sec: u32,
+    /// Seconds of that rate a tenant may use at once (its bucket's size).
+    pub query_rate_burst_secs: u32,
+    /// Per-tenant query rates overriding `query_rate_per_sec` (0: no limit for that tenant).
+    pub tenant_query_rate_limits: BTreeMap<String, u32>,
 }
 
 impl Default for ReadConfig {
@@ -57,6 +71,12 @@ impl Default for ReadConfig {
             cold_prefix: "cold/v1".into(),
             cold_dir: String::new(),
             cold_cache_bytes: 256 << 20,
+            max_samples: 10_000_000,
+            max_concurrent_queries: 64,
+            max_queued_queries: 256,
+            query_rate_per_sec: 0,
+            query_rate_burst_secs: 10,
+            tenant_query_rate_limits: BTreeMap::new(),
         }
     }
 }

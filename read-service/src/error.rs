@@ -21,6 +21,16 @@ pub enum ApiError {
     NotFound(String),
     #[error("query timed out")]
     Timeout,
+    /// The tenant is over its query rate: 429 with `Retry-After`.
+    #[error("tenant {tenant:?} is over its rate of {rate} queries per second; retry in {retry_after_secs} s")]
+    RateLimited {
+        tenant: String,
+        rate: u32,
+        retry_after_secs: u64,
+    },
+    /// Too many queries running and waiting: 503 with `Retry-After: 1`.
+    #[error("overloaded: {0}; retry later")]
+    Overloaded(String),
     #[error("storage unavailable: {0}")]
     Store(#[from] StoreError),
     #[error("startup failed: {0}")]
@@ -48,11 +58,37 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(e) if e.retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Startup(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
+}
+
+impl ApiError {
+    /// The `Retry-After` seconds of an answer the client should send again later.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Self::Overloaded(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// Adds `Retry-After` to `resp` when `secs` says so.
+pub fn with_retry_after(mut resp: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(secs),
+        );
+    }
+    resp
 }
 
 impl IntoResponse for ApiError {
@@ -64,6 +100,7 @@ impl IntoResponse for ApiError {
         if self.status().is_server_error() {
             tracing::warn!("query failed: {self}");
         }
-        (self.status(), Json(body)).into_response()
+        let retry = self.retry_after();
+        with_retry_after((self.status(), Json(body)).into_response(), retry)
     }
 }

@@ -12,6 +12,7 @@ pub mod cold;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod limits;
 pub mod prom;
 pub mod query;
 pub mod stitch;

@@ -36,7 +36,7 @@
 
 use crate::cold::{ColdReader, ColdView};
 use crate::error::ApiError;
-use crate::stitch::{plan, read, Buckets, Selector};
+use crate::stitch::{plan, read, Bounds, Buckets, Selector};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use thermo_core::aggregate::{Aggregate, MetricType};
@@ -260,7 +260,7 @@ pub async fn evaluate<H: HotStore, C: ColdStore>(
     cold: Option<Cold<'_, C>>,
     tenant: &str,
     p: &QueryParams,
-    max_series: usize,
+    bounds: Bounds,
 ) -> Result<QueryResult, ApiError> {
     let cold_enabled = cold.is_some();
     let indexed = indexed_type(hot, tenant, &p.metric).await?;
@@ -280,7 +280,7 @@ pub async fn evaluate<H: HotStore, C: ColdStore>(
         tenant,
         metric: &p.metric,
         filters: &p.filters,
-        max_series,
+        bounds,
     };
     let parts = plan(view, res, from, to);
     let (buckets, served) = read(hot, cold.map(|c| c.reader), sel, &parts, p.step).await?;
@@ -518,7 +518,9 @@ mod tests {
                     reader: &self.reader,
                     view,
                 };
-                evaluate(hot, Some(cold), "acme", &p, 100).await.unwrap()
+                evaluate(hot, Some(cold), "acme", &p, Bounds::series(100))
+                    .await
+                    .unwrap()
             }
         }
 
@@ -727,14 +729,15 @@ mod tests {
             .collect();
             let p = parse_params(&raw, D + 86_400, 11_000).unwrap();
             assert_eq!(p.resolution, Resolution::OneHour);
-            let r = evaluate::<_, LocalDirCold>(&hot, None, "acme", &p, 100)
+            let r = evaluate::<_, LocalDirCold>(&hot, None, "acme", &p, Bounds::series(100))
                 .await
                 .unwrap();
             assert_eq!(r.sources, vec!["hot"]);
             assert_eq!(r.series[0].points, vec![(D, 5.0)]);
             let mut other = p.clone();
             other.metric = "nope".into();
-            let e = evaluate::<_, LocalDirCold>(&hot, None, "acme", &other, 100).await;
+            let e =
+                evaluate::<_, LocalDirCold>(&hot, None, "acme", &other, Bounds::series(100)).await;
             assert!(matches!(e, Err(ApiError::NotFound(_))));
         }
     }

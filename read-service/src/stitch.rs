@@ -251,8 +251,27 @@ pub struct Selector<'a> {
     pub metric: &'a str,
     /// `k:v` pairs every series' tags must have.
     pub filters: &'a [(String, String)],
+    pub bounds: Bounds,
+}
+
+/// What one read may touch.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
     /// Most series one read may return (`where` is named when more match).
     pub max_series: usize,
+    /// Most samples: Redis cells (bounded before they are read by the matched series times the
+    /// minutes of the range) plus cold rows merged (`from` is named when more are touched).
+    pub max_samples: u64,
+}
+
+impl Bounds {
+    /// At most `max_series` series, and no bound on samples.
+    pub fn series(max_series: usize) -> Self {
+        Self {
+            max_series,
+            max_samples: u64::MAX,
+        }
+    }
 }
 
 impl<'a> Selector<'a> {
@@ -270,12 +289,25 @@ impl<'a> Selector<'a> {
     }
 
     fn check_count(&self, n: usize) -> Result<(), ApiError> {
-        if n > self.max_series {
+        if n > self.bounds.max_series {
             return Err(ApiError::limit(
                 "where",
                 format!(
                     "{n} series match; at most {} (max_series): narrow the filter",
-                    self.max_series
+                    self.bounds.max_series
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_samples(&self, n: u64) -> Result<(), ApiError> {
+        if n > self.bounds.max_samples {
+            return Err(ApiError::limit(
+                "from",
+                format!(
+                    "the query touches {n} samples or more; at most {} (max_samples): shorten the range, narrow the filter or read a coarser resolution",
+                    self.bounds.max_samples
                 ),
             ));
         }
@@ -323,6 +355,11 @@ async fn read_hot<H: HotStore>(
         .filter(|k| sel.matches(k))
         .collect();
     sel.check_count(matched.len())?;
+    let minutes: i64 = runs
+        .iter()
+        .map(|(from, to)| (to - from).div_euclid(60))
+        .sum();
+    sel.check_samples(matched.len() as u64 * minutes.max(0) as u64)?;
     for (from, to) in runs {
         let cells = hot.read_range(&matched, *from, *to).await?;
         for (key, minutes) in matched.iter().zip(cells) {
@@ -340,12 +377,15 @@ struct Stitch<'a> {
     hot: HotCells,
     buckets: Buckets,
     served: Served,
+    /// States merged into the buckets so far (the samples touched, `max_samples`).
+    touched: u64,
 }
 
 impl Stitch<'_> {
     fn add(&mut self, series: &MetricKey, window: i64, agg: &Aggregate, by: Served) {
         self.buckets.add(series, window, agg);
         self.served.add(by);
+        self.touched += 1;
     }
 
     fn add_object_rows(&mut self, rows: &[ColdRow], from: i64, to: i64) {
@@ -446,6 +486,7 @@ pub async fn read<H: HotStore, C: ColdStore>(
         hot: hot_cells,
         buckets: Buckets::new(step),
         served: Served::default(),
+        touched: 0,
     };
     // The parts' objects are fetched up to COLD_FETCHES at a time, and added in order.
     let mut objects = futures_util::stream::iter(parts.iter().map(part_object))
@@ -454,6 +495,7 @@ pub async fn read<H: HotStore, C: ColdStore>(
     for p in parts {
         let object = objects.next().await.transpose()?.flatten();
         s.part(p, object.as_deref().map(Vec::as_slice));
+        sel.check_samples(s.touched)?;
     }
     sel.check_count(s.buckets.len())?;
     Ok((s.buckets, s.served))

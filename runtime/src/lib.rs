@@ -5,8 +5,10 @@
 //!   environment variables and `--set key=value` flags (in that order of precedence, flags last).
 //! - [`telemetry`]: the self-metrics registry (`/metrics`), `/healthz`, `/readyz`, logging.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a future, so roles flush before they exit.
+//! - [`rate`]: per-tenant token buckets (ingest and query rate limits).
 
 pub mod auth;
 pub mod config;
+pub mod rate;
 pub mod shutdown;
 pub mod telemetry;

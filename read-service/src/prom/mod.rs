@@ -46,6 +46,7 @@ pub struct PromError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl PromError {
@@ -54,6 +55,7 @@ impl PromError {
             status: StatusCode::BAD_REQUEST,
             kind: "bad_data",
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -66,7 +68,10 @@ impl From<ApiError> for PromError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Timeout => "timeout",
-            ApiError::Store(_) | ApiError::Startup(_) => "unavailable",
+            ApiError::RateLimited { .. }
+            | ApiError::Overloaded(_)
+            | ApiError::Store(_)
+            | ApiError::Startup(_) => "unavailable",
         };
         let status = match &e {
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,6 +84,7 @@ impl From<ApiError> for PromError {
         Self {
             status,
             kind,
+            retry_after: e.retry_after(),
             message: e.to_string(),
         }
     }
@@ -87,7 +93,7 @@ impl From<ApiError> for PromError {
 impl IntoResponse for PromError {
     fn into_response(self) -> Response {
         let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
-        (self.status, Json(body)).into_response()
+        crate::error::with_retry_after((self.status, Json(body)).into_response(), self.retry_after)
     }
 }
 

@@ -1,14 +1,12 @@
-//! Per-tenant ingest rate limits: a token bucket per tenant (GCRA, the `governor` crate), in
-//! series-minutes per second.
+//! Per-tenant rate limits: a token bucket per tenant (GCRA, the `governor` crate), in tokens per
+//! second: series-minutes on the partitioner (`rate_limit_per_sec`), queries on the read service
+//! (`query_rate_per_sec`).
 //!
-//! A tenant's bucket refills at its rate (`rate_limit_per_sec`, or its entry in
-//! `tenant_rate_limits`) and holds `rate_limit_burst_secs` seconds of it, so an agent's whole minute
-//! sent at once fits. A request takes as many tokens as the series-minutes it carries; when they are
-//! not there it is refused with 429 and `Retry-After` (the agent waits that long and sends the same
-//! batch again, which is still counted once). The buckets live in this partitioner's memory: each
-//! replica enforces the rate on what it receives.
+//! A tenant's bucket refills at its rate (the default, or the tenant's override) and holds
+//! `burst_secs` seconds of it. A request takes as many tokens as it carries; when they are not
+//! there the caller refuses it with 429 and `Retry-After` ([`Verdict::Wait`]). The buckets live in
+//! this process's memory: each replica enforces the rate on what it receives.
 
-use crate::ingest::Clock;
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -18,6 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Unix milliseconds now (`thermo_core::window::now_ms` in a service); injectable for tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// thermo's clock (unix milliseconds, injectable in tests) as governor's.
 #[derive(Clone)]
@@ -39,7 +40,7 @@ pub enum Verdict {
     Allowed,
     /// Not now: the tokens are there after this long.
     Wait(Duration),
-    /// Never: more series-minutes than the bucket holds.
+    /// Never: more tokens than the bucket holds.
     TooBig {
         burst: u32,
     },
@@ -55,7 +56,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    /// `default_rate`: series-minutes per second of a tenant without an override (0: no limit).
+    /// `default_rate`: tokens per second of a tenant without an override (0: no limit).
     pub fn new(
         default_rate: u32,
         overrides: BTreeMap<String, u32>,
@@ -79,7 +80,7 @@ impl RateLimits {
             .unwrap_or(self.default_rate)
     }
 
-    /// The size of `tenant`'s bucket, in series-minutes.
+    /// The size of `tenant`'s bucket, in tokens.
     fn burst(&self, tenant: &str) -> u32 {
         self.rate(tenant).saturating_mul(self.burst_secs)
     }
