@@ -1,6 +1,6 @@
 //! The partitioner's defences on the distributed stack, with exact totals afterwards.
 
-use crate::support::stack::Stack;
+use crate::support::stack::{Extra, Stack};
 use crate::support::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,14 +32,11 @@ fn peak_rss(pid: u32) -> u64 {
 /// counted exactly once. The partitioner's peak memory stays under 96 MiB.
 #[test]
 fn overload_is_shed_with_503_and_nothing_acknowledged_is_lost() {
-    let stack = Stack::start_with(
-        "overload",
-        4,
-        1,
-        0,
-        1000,
-        "max_in_flight_requests = 4\nmax_in_flight_bytes = 4194304\n",
-    );
+    let extra = Extra {
+        partitioner: "max_in_flight_requests = 4\nmax_in_flight_bytes = 4194304\n".into(),
+        ..Extra::default()
+    };
+    let stack = Stack::start_with("overload", 4, 1, 0, 1000, &extra);
     let minute = window_start(now_s() - 30 * 60, 60);
     let url = stack.partitioner.url("/api/v1/ingest");
     let refused = Arc::new(AtomicU64::new(0));
@@ -143,4 +140,125 @@ fn overload_is_shed_with_503_and_nothing_acknowledged_is_lost() {
     // Measured 55 MiB (2026-12-03; 61 MiB with both bounds lifted: at this load what the
     // partitioner holds is mostly librdkafka's and the runtime's own).
     assert!(peak < 96 << 20, "peak RSS {} MiB", peak >> 20);
+}
+
+/// A query of the read service with tenant `key`'s credentials, retried until `done` holds.
+fn query_as(
+    stack: &Stack,
+    key: &str,
+    params: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let url = stack.read.url(&format!("/api/v1/query?{params}"));
+    let mut last = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let r = http().get(&url).bearer_auth(key).send().expect("query");
+        last = r.json().unwrap_or_default();
+        if done(&last) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("query {params} as {key}: never as expected; last answer {last}");
+}
+
+/// Datagrams of `lines`, 20 lines each.
+fn datagrams(lines: &[String]) -> Vec<String> {
+    lines.chunks(20).map(|c| c.join("\n")).collect()
+}
+
+/// Tenants `flood` and `calm` each may send 200 series-minutes a second. `flood` sends ten times
+/// that at once through its agent: its batches get 429 with `Retry-After`, the agent waits and
+/// sends them again, and everything it had sent reads back exactly, once. `calm` sends within its
+/// rate through another agent at the same time: every batch accepted at the first try.
+#[test]
+fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
+    let extra = Extra {
+        partitioner: "rate_limit_per_sec = 200\nrate_limit_burst_secs = 1\n[api_keys]\nk-flood = \"flood\"\nk-calm = \"calm\"\n".into(),
+        read: "[api_keys]\nk-flood = \"flood\"\nk-calm = \"calm\"\n".into(),
+        agents: vec![
+            // A batch must fit the tenant's bucket (else 413).
+            "api_key = \"k-flood\"\nbatch_max_items = 200\n".into(),
+            "api_key = \"k-calm\"\nbatch_max_items = 200\n".into(),
+        ],
+    };
+    let stack = Stack::start_with("rate", 4, 1, 2, 1000, &extra);
+    let base = window_start(now_s() - 30 * 60, 600);
+    // flood: 2,000 series over 2 minutes = 4,000 series-minutes, 10 times its rate for 2 s.
+    let mut flood = Vec::new();
+    let mut flood_total = 0.0;
+    for m in [base, base + 60] {
+        for s in 0..2_000 {
+            let v = (s % 7 + 1) as f64;
+            flood.push(format!("flood:{v}|c|#s:s{s}|T{}", m + 1));
+            flood_total += v;
+        }
+    }
+    // calm: 50 series over 2 minutes = 100 series-minutes.
+    let mut calm = Vec::new();
+    let mut calm_total = 0.0;
+    for m in [base, base + 60] {
+        for s in 0..50 {
+            let v = (s % 5 + 1) as f64;
+            calm.push(format!("calm:{v}|c|#s:s{s}|T{}", m + 1));
+            calm_total += v;
+        }
+    }
+    send_udp(stack.agents[0].udp, &datagrams(&flood));
+    send_udp(stack.agents[1].udp, &datagrams(&calm));
+    stack.wait_agent_lines(0, flood.len() as f64);
+    stack.wait_agent_lines(1, calm.len() as f64);
+    stack.flush_agents();
+
+    let range = format!("from={base}&to={}&step=120", base + 120);
+    let sum = |a: &serde_json::Value| a["series"][0]["points"][0][1].as_f64();
+    query_as(
+        &stack,
+        "k-flood",
+        &format!("metric=flood&stat=sum&{range}"),
+        |a| sum(a) == Some(flood_total),
+    );
+    query_as(
+        &stack,
+        "k-calm",
+        &format!("metric=calm&stat=sum&{range}"),
+        |a| sum(a) == Some(calm_total),
+    );
+    let limited = metric(
+        stack.partitioner.http,
+        r#"thermo_partitioner_dropped_total{reason="rate_limited"}"#,
+    );
+    assert!(limited >= 1.0, "flood was never over its rate");
+    let retries = |i: usize| {
+        metric(
+            stack.agents[i].http,
+            r#"thermo_agent_errors_total{kind="send_retry"}"#,
+        )
+    };
+    assert!(retries(0) >= 1.0, "the flooding agent never had to wait");
+    assert_eq!(retries(1), 0.0, "calm's batches were all accepted at once");
+    for i in 0..2 {
+        assert_eq!(
+            metric(
+                stack.agents[i].http,
+                r#"thermo_agent_dropped_total{reason="rejected"}"#
+            ),
+            0.0
+        );
+    }
+    // Nothing counted twice after the retries settled; each tenant sees only its own metric.
+    std::thread::sleep(Duration::from_secs(2));
+    query_as(
+        &stack,
+        "k-flood",
+        &format!("metric=flood&stat=sum&{range}"),
+        |a| sum(a) == Some(flood_total),
+    );
+    query_as(
+        &stack,
+        "k-calm",
+        &format!("metric=flood&stat=sum&{range}"),
+        |a| a["error"].as_str() == Some("unknown metric \"flood\""),
+    );
 }

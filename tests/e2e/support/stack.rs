@@ -34,6 +34,15 @@ impl Role {
     }
 }
 
+/// Settings added to the roles' configs (TOML lines): the partitioner's, the read service's, and
+/// each agent's (before its `[global_tags]` table).
+#[derive(Default)]
+pub struct Extra {
+    pub partitioner: String,
+    pub read: String,
+    pub agents: Vec<String>,
+}
+
 pub struct Stack {
     pub dir: TempDir,
     pub redis: Redis,
@@ -53,18 +62,26 @@ impl Stack {
         agents: usize,
         agg_batch: usize,
     ) -> Self {
-        Self::start_with(name, partitions, aggregators, agents, agg_batch, "")
+        Self::start_with(
+            name,
+            partitions,
+            aggregators,
+            agents,
+            agg_batch,
+            &Extra::default(),
+        )
     }
 
-    /// [`Self::start`], with `partitioner` added to the partitioner's config (TOML lines).
+    /// [`Self::start`], with `extra` settings in the roles' configs.
     pub fn start_with(
         name: &str,
         partitions: u32,
         aggregators: usize,
         agents: usize,
         agg_batch: usize,
-        partitioner: &str,
+        extra: &Extra,
     ) -> Self {
+        let partitioner = &extra.partitioner;
         let dir = TempDir::new(name);
         let redis = Redis::start(&mkdir(dir.path(), "redis"));
         let broker = Broker::start(&mkdir(dir.path(), "broker"));
@@ -90,7 +107,7 @@ impl Stack {
             d,
             "read",
             "read-service",
-            &format!("redis_url = \"{}\"\n", redis.url()),
+            &format!("redis_url = \"{}\"\n{}", redis.url(), extra.read),
         );
         let pport = partitioner.http;
         let agents = (0..agents)
@@ -99,7 +116,8 @@ impl Stack {
                 Role {
                     udp,
                     ..Role::start(d, &format!("agent-{i}"), "agent", &format!(
-                        "udp_addr = \"127.0.0.1:{udp}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nrequest_timeout_ms = 5000\n[global_tags]\nhost = \"h{}\"\n",
+                        "udp_addr = \"127.0.0.1:{udp}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nrequest_timeout_ms = 5000\n{}[global_tags]\nhost = \"h{}\"\n",
+                        extra.agents.get(i).map_or("", String::as_str),
                         i + 1))
                 }
             })

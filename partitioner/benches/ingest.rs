@@ -1,0 +1,200 @@
+//! The partitioner's cost per record, with its limits off and on, and the time to a 503 under
+//! overload. A program that prints figures:
+//!
+//! - **cost per record:** agent batches (`application/x-thermo-batch`, 1,000 counter series-minutes
+//!   each, distinct keys) through the ingest router (authentication, decoding, validation, merging,
+//!   encoding) to a log that acknowledges at once, so what is measured is the partitioner's own
+//!   work, not Kafka's; on one thread (a current-thread runtime). "Limits off": no rate limit and
+//!   bounds no request reaches; "on": a rate limit every batch passes (the bucket's check is paid)
+//!   and the default in-flight bounds.
+//! - **time to a 503:** a real server on 127.0.0.1 whose log never acknowledges, with
+//!   `max_in_flight_requests = 1` taken by one request; then a client sends requests that announce
+//!   a 1 MiB body, sends only their headers, and times the answer: a 503 arrives before any byte of
+//!   the body was sent.
+//!
+//! `cargo bench --workspace --bench ingest`
+
+use axum::body::Body;
+use axum::http::Request;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thermo_core::aggregate::{Aggregate, Counter};
+use thermo_core::codec::{Batch, Item};
+use thermo_partitioner::ingest::{router, AppState};
+use thermo_partitioner::PartitionerConfig;
+use thermo_runtime::telemetry::SelfMetrics;
+use thermo_store::log::LogProducer;
+use thermo_store::StoreError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
+
+const ITEMS: usize = 1_000;
+const BATCHES: usize = 400;
+
+/// A log that acknowledges at once, or (`hang`) never.
+struct Log {
+    hang: bool,
+}
+
+impl LogProducer for Log {
+    async fn send_all(&self, _records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    thermo_core::window::now_ms()
+}
+
+fn batch(seq: u64) -> Vec<u8> {
+    let minute = thermo_core::window::minute_start(now_ms() / 1000) - 60;
+    Batch {
+        agent_id: "bench".into(),
+        seq,
+        items: (0..ITEMS)
+            .map(|i| Item {
+                name: "req".into(),
+                tags: vec![("host".into(), format!("h{i}"))],
+                minute,
+                agg: Aggregate::Counter(Counter {
+                    sum: 1.0,
+                    samples: 1,
+                }),
+            })
+            .collect(),
+    }
+    .encode()
+}
+
+/// Nanoseconds per record of `BATCHES` batches through the router built from `cfg`.
+fn per_record(rt: &tokio::runtime::Runtime, cfg: PartitionerConfig) -> f64 {
+    let app = router(AppState::new(
+        cfg,
+        Arc::new(Log { hang: false }),
+        SelfMetrics::new("partitioner", "series-minutes"),
+    ));
+    let bodies: Vec<Vec<u8>> = (0..BATCHES as u64).map(batch).collect();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for body in &bodies {
+            let req = Request::post("/api/v1/ingest")
+                .header("content-type", "application/x-thermo-batch")
+                .header("content-length", body.len())
+                .body(Body::from(body.clone()))
+                .expect("request");
+            let resp = rt.block_on(app.clone().oneshot(req)).expect("answer");
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e9 / (BATCHES * ITEMS) as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The status line and the time to it of a request announcing a 1 MiB body, headers only.
+async fn headers_only(addr: std::net::SocketAddr) -> (String, Duration) {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let head = "POST /api/v1/ingest HTTP/1.1\r\nhost: bench\r\ncontent-type: application/x-thermo-batch\r\ncontent-length: 1048576\r\n\r\n";
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let elapsed = started.elapsed();
+    let status = String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (status, elapsed)
+}
+
+fn time_to_503() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cfg = PartitionerConfig {
+            max_in_flight_requests: 1,
+            ..PartitionerConfig::default()
+        };
+        let app = router(AppState::new(
+            cfg,
+            Arc::new(Log { hang: true }),
+            SelfMetrics::new("partitioner", "series-minutes"),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // The one slot: a request whose records are never acknowledged.
+        let body = batch(1);
+        let mut holder = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /api/v1/ingest HTTP/1.1\r\nhost: bench\r\ncontent-type: application/x-thermo-batch\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        holder.write_all(head.as_bytes()).await.expect("write");
+        holder.write_all(&body).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut times = Vec::new();
+        for _ in 0..2_000 {
+            let (status, t) = headers_only(addr).await;
+            assert!(status.contains(" 503 "), "{status}");
+            times.push(t.as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "time to a 503 (headers of a 1 MiB request sent, no body), 2,000 requests: median {:.0} µs, p99 {:.0} µs",
+            times[times.len() / 2],
+            times[times.len() * 99 / 100]
+        );
+    });
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let off = PartitionerConfig {
+        max_in_flight_requests: 1 << 20,
+        max_in_flight_bytes: 1 << 40,
+        ..PartitionerConfig::default()
+    };
+    let on = PartitionerConfig {
+        rate_limit_per_sec: 1_000_000_000,
+        ..PartitionerConfig::default()
+    };
+    // Warm up, then alternate so both see the same machine.
+    per_record(&rt, off.clone());
+    let mut figures = [Vec::new(), Vec::new()];
+    for _ in 0..7 {
+        figures[0].push(per_record(&rt, off.clone()));
+        figures[1].push(per_record(&rt, on.clone()));
+    }
+    for f in &mut figures {
+        f.sort_by(f64::total_cmp);
+    }
+    let (off_ns, on_ns) = (figures[0][3], figures[1][3]);
+    println!(
+        "cost per record, batches of {ITEMS} counter series-minutes, one thread, median of 7 (each the median of 5 passes of {BATCHES} batches): limits off {off_ns:.0} ns, limits on {on_ns:.0} ns ({:+.1} %); off ranged {:.0} to {:.0} ns, on {:.0} to {:.0} ns",
+        (on_ns / off_ns - 1.0) * 100.0,
+        figures[0][0],
+        figures[0][6],
+        figures[1][0],
+        figures[1][6]
+    );
+    time_to_503();
+}
