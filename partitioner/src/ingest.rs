@@ -727,6 +727,16 @@ mod tests {
         assert_eq!(s, 503, "{v}");
     }
 
+    /// Lets the spawned requests run until `done` holds (at most 10,000 turns).
+    async fn settle(done: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Beyond `max_in_flight_requests` the answer is 503 with `Retry-After` at once, without
     /// reading the body (this one never ends); a body larger than `max_in_flight_bytes` is 413;
     /// the requests in flight complete, and everything held is released.
@@ -774,12 +784,7 @@ mod tests {
                 })
             })
             .collect();
-        for _ in 0..10_000 {
-            if gauge("in_flight_requests") == 2 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        settle(|| gauge("in_flight_requests") == 2).await;
         assert_eq!(gauge("in_flight_requests"), 2);
         let held = gauge("in_flight_bytes");
         assert!(held > 0 && held <= 4 << 10, "{held}");
@@ -799,12 +804,7 @@ mod tests {
 
         gate.add_permits(1);
         let first = waiting.into_iter().next().unwrap();
-        for _ in 0..10_000 {
-            if gauge("in_flight_requests") == 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        settle(|| gauge("in_flight_requests") == 1).await;
         // One slot is free now, but a body larger than every byte in flight may hold is 413.
         let req = Request::post("/api/v1/ingest")
             .header("content-type", "application/json")
@@ -818,12 +818,7 @@ mod tests {
 
         gate.add_permits(1);
         assert_eq!(first.await.unwrap().0, 200);
-        for _ in 0..10_000 {
-            if gauge("in_flight_requests") == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        settle(|| gauge("in_flight_requests") == 0).await;
         assert_eq!(log.records.lock().unwrap().len(), 2);
         assert_eq!(
             (gauge("in_flight_requests"), gauge("in_flight_bytes")),

@@ -213,12 +213,15 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
 
     let range = format!("from={base}&to={}&step=120", base + 120);
     let sum = |a: &serde_json::Value| a["series"][0]["points"][0][1].as_f64();
-    query_as(
-        &stack,
-        "k-flood",
-        &format!("metric=flood&stat=sum&{range}"),
-        |a| sum(a) == Some(flood_total),
-    );
+    let flood_reads_back = || {
+        query_as(
+            &stack,
+            "k-flood",
+            &format!("metric=flood&stat=sum&{range}"),
+            |a| sum(a) == Some(flood_total),
+        )
+    };
+    flood_reads_back();
     query_as(
         &stack,
         "k-calm",
@@ -249,12 +252,7 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
     }
     // Nothing counted twice after the retries settled; each tenant sees only its own metric.
     std::thread::sleep(Duration::from_secs(2));
-    query_as(
-        &stack,
-        "k-flood",
-        &format!("metric=flood&stat=sum&{range}"),
-        |a| sum(a) == Some(flood_total),
-    );
+    flood_reads_back();
     query_as(
         &stack,
         "k-calm",
