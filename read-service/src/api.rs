@@ -116,6 +116,10 @@ pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C
     Router::new()
         .route("/api/v1/metrics", get(list_metrics::<H, K, C>))
         .route("/api/v1/query", get(query::<H, K, C>))
+        .route(
+            "/api/v1/tenants/{tenant}/usage",
+            get(crate::usage::usage::<H, K, C>),
+        )
         .with_state(state.clone())
         .merge(crate::prom::router(state.clone()))
         // Every query route above (not the dashboard's page) runs within the query limits.

@@ -17,6 +17,9 @@ pub enum ApiError {
     Limit { param: String, problem: String },
     #[error("missing or unknown API key")]
     Unauthorized,
+    /// The key's tenant may not read this: 403.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("query timed out")]
@@ -56,6 +59,7 @@ impl ApiError {
         match self {
             Self::BadParam { .. } | Self::Limit { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -4,6 +4,7 @@
 //! - `GET /api/v1/query`: one statistic of a metric per step bucket, filtered by `where`, grouped
 //!   by `group_by` (see [`query`] and docs/api.md); with `cold_enabled`, Redis and the cold
 //!   objects are stitched ([`stitch`]) and decoded objects are cached ([`cache`]).
+//! - `GET /api/v1/tenants/{tenant}/usage`: the tenant's active series and top metrics ([`usage`]).
 //! - `/prometheus/api/v1/*`: the Prometheus-compatible API ([`prom`]).
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod prom;
 pub mod query;
 pub mod stitch;
+pub mod usage;
 
 pub use config::ReadConfig;
 pub use error::ApiError;

@@ -62,6 +62,14 @@ pub trait HotStore: Send + Sync + 'static {
         since_minute: i64,
     ) -> impl Future<Output = Result<Vec<MetricKey>, StoreError>> + Send;
 
+    /// For each of `tenant`'s metrics, the number of its series that have data at or after
+    /// `since_minute` (metrics with none are left out): the index's counts, nothing read.
+    fn series_counts(
+        &self,
+        tenant: &str,
+        since_minute: i64,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
     /// For each hour start, when (unix seconds) it was first rolled up into cold storage, if it was.
     fn rolled_up(
         &self,
@@ -98,6 +106,13 @@ impl<T: HotStore> HotStore for std::sync::Arc<T> {
         since_minute: i64,
     ) -> Result<Vec<MetricKey>, StoreError> {
         (**self).series(tenant, name, since_minute).await
+    }
+    async fn series_counts(
+        &self,
+        tenant: &str,
+        since_minute: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        (**self).series_counts(tenant, since_minute).await
     }
     async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
         (**self).rolled_up(hours).await

@@ -509,6 +509,20 @@ impl HotStore for MemHot {
             .collect())
     }
 
+    async fn series_counts(
+        &self,
+        tenant: &str,
+        since: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (k, c) in &self.lock().cells {
+            if k.tenant() == tenant && c.range(since..).next().is_some() {
+                *counts.entry(k.name().to_string()).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
         let g = self.lock();
         Ok(hours.iter().map(|h| g.catalog.rolled_at(*h)).collect())

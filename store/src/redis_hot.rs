@@ -243,6 +243,36 @@ impl HotStore for RedisHot {
         Ok(out)
     }
 
+    async fn series_counts(
+        &self,
+        tenant: &str,
+        since_minute: i64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let names: Vec<String> = self
+            .metrics(tenant)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("ZCOUNT")
+                .arg(series_key(tenant, name))
+                .arg(since_minute)
+                .arg("+inf");
+        }
+        let mut c = self.conn.clone();
+        let counts: Vec<u64> = pipe.query_async(&mut c).await?;
+        Ok(names
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect())
+    }
+
     async fn rolled_up(&self, hours: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
         if hours.is_empty() {
             return Ok(Vec::new());

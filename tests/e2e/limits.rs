@@ -250,6 +250,35 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
             0.0
         );
     }
+    // The usage endpoint counts what the aggregators indexed; a key reads only its own tenant's.
+    let usage = |key: &str, tenant: &str| {
+        let r = http()
+            .get(stack.read.url(&format!("/api/v1/tenants/{tenant}/usage")))
+            .bearer_auth(key)
+            .send()
+            .expect("usage");
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().unwrap_or_default(),
+        )
+    };
+    let (status, u) = usage("k-flood", "flood");
+    assert_eq!(status, 200, "{u}");
+    assert_eq!(
+        (
+            u["active_series"].as_u64(),
+            u["metrics"].as_u64(),
+            u["top"][0]["name"].as_str(),
+            u["top"][0]["series"].as_u64()
+        ),
+        (Some(2_000), Some(1), Some("flood"), Some(2_000)),
+        "{u}"
+    );
+    assert_eq!(
+        usage("k-calm", "calm").1["active_series"].as_u64(),
+        Some(50)
+    );
+    assert_eq!(usage("k-calm", "flood").0, 403);
     // Nothing counted twice after the retries settled; each tenant sees only its own metric.
     std::thread::sleep(Duration::from_secs(2));
     flood_reads_back();

@@ -65,7 +65,7 @@ impl From<ApiError> for PromError {
         let kind = match &e {
             ApiError::BadParam { .. } => "bad_data",
             ApiError::Limit { .. } => "execution",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::Forbidden(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::Timeout => "timeout",
             ApiError::RateLimited { .. }
