@@ -140,7 +140,7 @@ fn admit<P>(st: &AppState<P>, headers: &HeaderMap) -> Result<(String, Ticket), I
     Ok((tenant, ticket))
 }
 
-/// Bytes and time a refused request's body is read for, to be thrown away.
+/// The longest a refused request's body is read for, to be thrown away.
 const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// Reads a refused request's body (up to `max` bytes, for at most [`DISCARD_TIME`]) and throws it

@@ -359,7 +359,7 @@ async fn read_hot<H: HotStore>(
         .iter()
         .map(|(from, to)| (to - from).div_euclid(60))
         .sum();
-    sel.check_samples(matched.len() as u64 * minutes.max(0) as u64)?;
+    sel.check_samples((matched.len() as u64).saturating_mul(minutes.max(0) as u64))?;
     for (from, to) in runs {
         let cells = hot.read_range(&matched, *from, *to).await?;
         for (key, minutes) in matched.iter().zip(cells) {
