@@ -225,7 +225,7 @@ async fn handle<P: LogProducer>(
     let inline = raw.len() <= INLINE_BODY_BYTES;
     let work = {
         let st = st.clone();
-        move || prepare(&st, &tenant, &headers, raw, ticket, now_ms)
+        move || prepare(&st, tenant, &headers, raw, ticket, now_ms)
     };
     let (records, n, mut ticket) = if inline {
         work()?
@@ -258,13 +258,12 @@ type Records = Vec<(String, Vec<u8>)>;
 /// reserved on it). Synchronous, so that a large body runs on a blocking thread.
 fn prepare<P>(
     st: &AppState<P>,
-    tenant: &str,
+    tenant: String,
     headers: &HeaderMap,
     raw: Bytes,
     mut ticket: Ticket,
     now_ms: i64,
 ) -> Result<(Records, usize, Ticket), IngestError> {
-    let tenant = tenant.to_string();
     let body = decode_body(&st.cfg, headers, raw, &mut ticket)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -163,6 +163,21 @@ fn query_as(
     panic!("query {params} as {key}: never as expected; last answer {last}");
 }
 
+/// StatsD lines of counter `metric`: `series` series (tag `s`), each once in each of `minutes`
+/// with the value `s % cycle + 1`; and the total of their values.
+fn counter_lines(metric: &str, series: usize, cycle: usize, minutes: &[i64]) -> (Vec<String>, f64) {
+    let mut lines = Vec::new();
+    let mut total = 0.0;
+    for m in minutes {
+        for s in 0..series {
+            let v = (s % cycle + 1) as f64;
+            lines.push(format!("{metric}:{v}|c|#s:s{s}|T{}", m + 1));
+            total += v;
+        }
+    }
+    (lines, total)
+}
+
 /// Posts `lines` to an agent's `POST /api/v1/statsd` (lossless, unlike a burst of datagrams,
 /// which the kernel may drop when the agent's socket buffer is full); asserts all accepted.
 fn post_lines(stack: &Stack, agent: usize, lines: &[String]) {
@@ -198,26 +213,11 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
     };
     let stack = Stack::start_with("rate", 4, 1, 2, 1000, &extra);
     let base = window_start(now_s() - 30 * 60, 600);
+    let minutes = [base, base + 60];
     // flood: 2,000 series over 2 minutes = 4,000 series-minutes, 10 times its rate for 2 s.
-    let mut flood = Vec::new();
-    let mut flood_total = 0.0;
-    for m in [base, base + 60] {
-        for s in 0..2_000 {
-            let v = (s % 7 + 1) as f64;
-            flood.push(format!("flood:{v}|c|#s:s{s}|T{}", m + 1));
-            flood_total += v;
-        }
-    }
+    let (flood, flood_total) = counter_lines("flood", 2_000, 7, &minutes);
     // calm: 50 series over 2 minutes = 100 series-minutes.
-    let mut calm = Vec::new();
-    let mut calm_total = 0.0;
-    for m in [base, base + 60] {
-        for s in 0..50 {
-            let v = (s % 5 + 1) as f64;
-            calm.push(format!("calm:{v}|c|#s:s{s}|T{}", m + 1));
-            calm_total += v;
-        }
-    }
+    let (calm, calm_total) = counter_lines("calm", 50, 5, &minutes);
     post_lines(&stack, 0, &flood);
     post_lines(&stack, 1, &calm);
     stack.flush_agents();
