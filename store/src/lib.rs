@@ -6,6 +6,8 @@
 //!   [`cold_format`] is the Parquet layout of its objects, [`cold_select`] reads selected series
 //!   from them, [`cold_suite`] the contract's
 //!   conformance suite, run on every backend.
+//! - [`series_registry`]: each tenant's recent series, for the partitioner's cardinality limits,
+//!   in memory or in Redis ([`redis_series`]); [`series_suite`] is its conformance suite.
 //! - [`log`]: the log contract (produce keyed records, consume as a group) and its Kafka backend
 //!   ([`kafka`]).
 //!
@@ -24,7 +26,10 @@ pub mod mem_catalog;
 pub mod mem_hot;
 pub mod redis_catalog;
 pub mod redis_hot;
+pub mod redis_series;
 pub mod s3;
+pub mod series_registry;
+pub mod series_suite;
 
 /// Runs `f` on a blocking thread: for CPU work over the ~500 µs an async worker may be blocked
 /// (encoding or decoding a cold object, a Parquet footer, pages). `what` names it in the error.

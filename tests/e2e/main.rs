@@ -2,7 +2,7 @@
 //! area, in one test binary (one link after an edit instead of one per file).
 //!
 //! Run one area with a name filter: `cargo test --workspace --test e2e -- cold::` (or `cold_store::`, `limits::`, `pipeline::`, `prom::`,
-//! `standalone::`, `browser::`, `loadgen::`). `support` starts the services and holds the tests'
+//! `series_registry::`, `standalone::`, `browser::`, `loadgen::`). `support` starts the services and holds the tests'
 //! clock.
 
 mod support;
@@ -14,4 +14,5 @@ mod limits;
 mod loadgen;
 mod pipeline;
 mod prom;
+mod series_registry;
 mod standalone;
