@@ -39,6 +39,38 @@ pub struct PartitionerConfig {
     /// `max_body_bytes`), after gzip, and their records until Kafka acknowledged them. Beyond it
     /// 503 at once (413 for a request that alone exceeds it).
     pub max_in_flight_bytes: u64,
+    /// Active series per tenant (a series stays active `active_series_window_hours` after it was
+    /// last sent): a request's new series beyond it are refused with 429, its known series
+    /// accepted. 0: no limit.
+    pub max_active_series: u64,
+    /// New series per tenant per clock hour (UTC), refused beyond it like `max_active_series`.
+    /// 0: no limit.
+    pub max_new_series_per_hour: u64,
+    /// Per-tenant overrides of the two series limits.
+    pub tenant_series_limits: BTreeMap<String, TenantSeriesLimits>,
+    /// Hours a series counts as active after it was last sent: the hot retention.
+    pub active_series_window_hours: i64,
+    /// Redis holding every tenant's recent series for the series limits, shared by all
+    /// partitioner replicas (`redis://host:port[/db]`, the aggregators' Redis will do). Empty:
+    /// this process's memory, right only when one partitioner runs.
+    pub redis_url: String,
+}
+
+/// A tenant's overrides of the series limits (absent: the default; 0: no limit).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSeriesLimits {
+    pub max_active_series: Option<u64>,
+    pub max_new_series_per_hour: Option<u64>,
+}
+
+impl PartitionerConfig {
+    /// True when a series limit is set, by default or for some tenant.
+    pub fn limits_series(&self) -> bool {
+        self.max_active_series > 0
+            || self.max_new_series_per_hour > 0
+            || !self.tenant_series_limits.is_empty()
+    }
 }
 
 impl Default for PartitionerConfig {
@@ -59,6 +91,11 @@ impl Default for PartitionerConfig {
             tenant_rate_limits: BTreeMap::new(),
             max_in_flight_requests: 256,
             max_in_flight_bytes: 512 << 20,
+            max_active_series: 0,
+            max_new_series_per_hour: 0,
+            tenant_series_limits: BTreeMap::new(),
+            active_series_window_hours: 48,
+            redis_url: String::new(),
         }
     }
 }

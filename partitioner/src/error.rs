@@ -4,6 +4,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::series_limit::Refusal;
+
+/// Refused series named in a 429's body at most.
+const REFUSED_NAMED: usize = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// A field of the body is invalid: 400, naming the field and the limit.
@@ -21,6 +26,16 @@ pub enum IngestError {
         tenant: String,
         rate: u32,
         retry_after_secs: u64,
+    },
+    /// New series over a tenant's series limit: 429 naming the limit. The request's other series
+    /// were produced (`accepted` series-minutes, acknowledged by the log); the refused ones would
+    /// be refused again until the limit has room, so a sender does not send them again.
+    #[error("tenant {tenant:?} is at its {} = {}: {} new series ({refused} series-minutes) refused, {accepted} series-minutes accepted", .refusal.limit.name(), .refusal.max, .refusal.series.len())]
+    SeriesLimited {
+        tenant: String,
+        refusal: Refusal,
+        accepted: usize,
+        refused: usize,
     },
     /// Too many requests or bytes in flight: 503 at once, before the body is read; the sender
     /// retries.
@@ -47,7 +62,7 @@ impl IngestError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::SeriesLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded(_) | Self::Unavailable(_) | Self::Startup(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -62,6 +77,7 @@ impl IngestError {
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMedia(_) => "unsupported_media",
             Self::RateLimited { .. } => "rate_limited",
+            Self::SeriesLimited { .. } => "series_limit",
             Self::Overloaded(_) => "overloaded",
             Self::Unavailable(_) | Self::Startup(_) => "unavailable",
         }
@@ -72,13 +88,31 @@ impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut body = serde_json::json!({ "error": self.to_string() });
-        if let Self::Invalid { field, .. } = &self {
-            body["field"] = serde_json::Value::String(field.clone());
+        match &self {
+            Self::Invalid { field, .. } => {
+                body["field"] = serde_json::Value::String(field.clone());
+            }
+            Self::SeriesLimited {
+                refusal,
+                accepted,
+                refused,
+                ..
+            } => {
+                let named: Vec<&String> = refusal.series.iter().take(REFUSED_NAMED).collect();
+                body["limit"] = refusal.limit.name().into();
+                body["max"] = refusal.max.into();
+                body["accepted"] = (*accepted).into();
+                body["refused"] = (*refused).into();
+                body["refused_series_count"] = refusal.series.len().into();
+                body["refused_series"] = serde_json::json!(named);
+            }
+            _ => {}
         }
         let retry_after = match &self {
             Self::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
+            Self::SeriesLimited { refusal, .. } => refusal.retry_after_secs,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };

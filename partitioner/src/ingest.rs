@@ -14,6 +14,7 @@
 use crate::admission::{Admission, Ticket};
 use crate::config::PartitionerConfig;
 use crate::error::IngestError;
+use crate::series_limit::SeriesGate;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Request};
@@ -30,6 +31,7 @@ use thermo_core::key::MetricKey;
 use thermo_runtime::rate::{RateLimits, Verdict};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::log::LogProducer;
+use thermo_store::series_registry::{AnySeriesRegistry, MemSeriesRegistry};
 
 pub use thermo_runtime::rate::Clock;
 
@@ -46,6 +48,7 @@ pub struct AppState<P> {
     clock: Clock,
     limits: RateLimits,
     admission: Admission,
+    series: Option<SeriesGate>,
 }
 
 impl<P: LogProducer> AppState<P> {
@@ -53,12 +56,26 @@ impl<P: LogProducer> AppState<P> {
         Self::with_clock(cfg, producer, metrics, system_clock())
     }
 
+    /// With `clock`, and the series registry in this process's memory.
     pub fn with_clock(
         cfg: PartitionerConfig,
         producer: Arc<P>,
         metrics: SelfMetrics,
         clock: Clock,
     ) -> Arc<Self> {
+        let registry = AnySeriesRegistry::Memory(MemSeriesRegistry::new());
+        Self::build(cfg, producer, metrics, clock, registry)
+    }
+
+    /// With `clock` and the series `registry` (used when `cfg` sets a series limit).
+    pub fn build(
+        cfg: PartitionerConfig,
+        producer: Arc<P>,
+        metrics: SelfMetrics,
+        clock: Clock,
+        registry: AnySeriesRegistry,
+    ) -> Arc<Self> {
+        let series = SeriesGate::new(&cfg, registry, &metrics);
         let limits = RateLimits::new(
             cfg.rate_limit_per_sec,
             cfg.tenant_rate_limits.clone(),
@@ -84,6 +101,7 @@ impl<P: LogProducer> AppState<P> {
             clock,
             limits,
             admission,
+            series,
         })
     }
 }
@@ -106,6 +124,19 @@ async fn ingest<P: LogProducer>(
         Ok(n) => {
             st.metrics.received.inc_by(*n as u64);
             st.metrics.sent.inc_by(*n as u64);
+        }
+        Err(
+            e @ IngestError::SeriesLimited {
+                accepted, refused, ..
+            },
+        ) => {
+            st.metrics.received.inc_by((accepted + refused) as u64);
+            st.metrics.sent.inc_by(*accepted as u64);
+            st.metrics
+                .dropped
+                .with_label_values(&[e.reason()])
+                .inc_by(*refused as u64);
+            tracing::info!("ingest refused new series (429): {e}");
         }
         Err(e) => {
             st.metrics.dropped.with_label_values(&[e.reason()]).inc();
@@ -224,17 +255,39 @@ async fn handle<P: LogProducer>(
     // blocked, so a larger body is handled on a blocking thread.
     let inline = raw.len() <= INLINE_BODY_BYTES;
     let work = {
-        let st = st.clone();
+        let (st, tenant) = (st.clone(), tenant.clone());
         move || prepare(&st, tenant, &headers, raw, ticket, now_ms)
     };
-    let (records, n, mut ticket) = if inline {
+    let Prepared {
+        records,
+        mut ticket,
+        unconfirmed,
+    } = if inline {
         work()?
     } else {
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| IngestError::Unavailable(format!("decoding the batch failed: {e}")))??
     };
+    let n = records.len();
+    let (records, refusal) = match &st.series {
+        Some(gate) => match gate
+            .check(&tenant, unconfirmed, now_ms.div_euclid(1000))
+            .await
+        {
+            Some(refusal) => {
+                let kept: Records = records
+                    .into_iter()
+                    .filter(|(key, _)| !refusal.series.contains(key))
+                    .collect();
+                (kept, Some(refusal))
+            }
+            None => (records, None),
+        },
+        None => (records, None),
+    };
     // The records wait in memory for Kafka's acknowledgement: their bytes are held too.
+    let records_accepted = records.len();
     let record_bytes: usize = records.iter().map(|(k, v)| k.len() + v.len()).sum();
     ticket.reserve(record_bytes as u64)?;
     if !records.is_empty() {
@@ -243,7 +296,15 @@ async fn handle<P: LogProducer>(
             .await
             .map_err(|e| IngestError::Unavailable(e.to_string()))?;
     }
-    Ok(n)
+    match refusal {
+        None => Ok(n),
+        Some(refusal) => Err(IngestError::SeriesLimited {
+            tenant,
+            refusal,
+            accepted: records_accepted,
+            refused: n - records_accepted,
+        }),
+    }
 }
 
 /// Bodies (as sent) up to this size are decoded on the async thread: a hundred-odd series-minutes,
@@ -253,9 +314,18 @@ const INLINE_BODY_BYTES: usize = 4 << 10;
 /// Encoded records: (metric key, record).
 type Records = Vec<(String, Vec<u8>)>;
 
+/// A request decoded, validated and encoded.
+struct Prepared {
+    /// Its records, sorted by metric key and minute.
+    records: Records,
+    /// The request's ticket, its decoded size reserved on it.
+    ticket: Ticket,
+    /// Its series the series limits still have to check ([`SeriesGate::unconfirmed`]).
+    unconfirmed: Vec<String>,
+}
+
 /// Decodes, validates and merges a request's body and encodes its records, checking the tenant's
-/// rate on the way: the records, their number, and the request's ticket (its decoded size
-/// reserved on it). Synchronous, so that a large body runs on a blocking thread.
+/// rate on the way. Synchronous, so that a large body runs on a blocking thread.
 fn prepare<P>(
     st: &AppState<P>,
     tenant: String,
@@ -263,7 +333,7 @@ fn prepare<P>(
     raw: Bytes,
     mut ticket: Ticket,
     now_ms: i64,
-) -> Result<(Records, usize, Ticket), IngestError> {
+) -> Result<Prepared, IngestError> {
     let body = decode_body(&st.cfg, headers, raw, &mut ticket)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -380,7 +450,19 @@ fn prepare<P>(
             (key.encode(), rec.encode())
         })
         .collect();
-    Ok((records, n, ticket))
+    let unconfirmed = match &st.series {
+        Some(gate) => {
+            let mut series: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+            series.dedup();
+            gate.unconfirmed(series, now_s)
+        }
+        None => Vec::new(),
+    };
+    Ok(Prepared {
+        records,
+        ticket,
+        unconfirmed,
+    })
 }
 
 /// The contribution of a JSON batch without `idempotency_key`: derived from its content (the
@@ -929,5 +1011,174 @@ mod tests {
             metrics.contains("thermo_partitioner_sent_total 70"),
             "{metrics}"
         );
+    }
+
+    /// A JSON batch of one counter series-minute per host of `req`; the answer's status,
+    /// `Retry-After` and body.
+    async fn post_hosts(
+        app: &Router,
+        key: &str,
+        hosts: &[&str],
+        minute: i64,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        let series: Vec<serde_json::Value> = hosts
+            .iter()
+            .map(|h| {
+                serde_json::json!({"metric": "req", "tags": {"host": h}, "time": minute,
+                    "type": "counter", "value": 1})
+            })
+            .collect();
+        let body = serde_json::json!({"idempotency_key": key, "series": series}).to_string();
+        let req = Request::post("/api/v1/ingest")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn produced_keys(log: &FakeLog) -> Vec<String> {
+        log.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Over `max_active_series`: the request's known series are produced, its new ones refused
+    /// by name with 429 (no `Retry-After`: room comes only as series age out) and counted; a
+    /// request of known series only is accepted.
+    #[tokio::test]
+    async fn new_series_over_the_active_limit_are_refused_and_known_ones_flow() {
+        let cfg = PartitionerConfig {
+            max_active_series: 3,
+            ..PartitionerConfig::default()
+        };
+        let (app, log, m) = app(cfg);
+        let minute = NOW_MS / 1000 - 90;
+        let (s, _, v) = post_hosts(&app, "b1", &["a", "b", "c"], minute).await;
+        assert_eq!((s, v["accepted"].as_u64()), (200, Some(3)), "{v}");
+        let (s, retry, v) = post_hosts(&app, "b2", &["a", "d", "b", "e"], minute).await;
+        assert_eq!((s, retry), (429, None), "{v}");
+        assert_eq!(v["limit"], "max_active_series");
+        assert_eq!(v["max"], 3);
+        assert_eq!(
+            (v["accepted"].as_u64(), v["refused"].as_u64()),
+            (Some(2), Some(2))
+        );
+        assert_eq!(
+            v["refused_series"],
+            serde_json::json!(["default/req{host=d}", "default/req{host=e}"])
+        );
+        assert_eq!(
+            v["error"],
+            "tenant \"default\" is at its max_active_series = 3: 2 new series (2 series-minutes) refused, 2 series-minutes accepted"
+        );
+        let (s, _, v) = post_hosts(&app, "b3", &["c", "a"], minute + 60).await;
+        assert_eq!(s, 200, "{v}");
+        let keys = produced_keys(&log);
+        let host = |h: &str| format!("default/req{{host={h}}}");
+        assert_eq!(
+            keys,
+            [
+                host("a"),
+                host("b"),
+                host("c"),
+                host("a"),
+                host("b"),
+                host("a"),
+                host("c")
+            ]
+        );
+        let metrics = m.render();
+        for line in [
+            r#"thermo_partitioner_dropped_total{reason="series_limit"} 2"#,
+            r#"thermo_partitioner_series_refused_total{limit="max_active_series",tenant="default"} 2"#,
+            r#"thermo_partitioner_tenant_active_series{tenant="default"} 3"#,
+            r#"thermo_partitioner_tenant_new_series_this_hour{tenant="default"} 3"#,
+            "thermo_partitioner_received_total 9",
+            "thermo_partitioner_sent_total 7",
+        ] {
+            assert!(metrics.contains(line), "{line} not in {metrics}");
+        }
+    }
+
+    /// Over `max_new_series_per_hour`: 429 with `Retry-After` until the next hour, when the same
+    /// series are admitted; a tenant's override replaces the default.
+    #[tokio::test]
+    async fn new_series_per_hour_are_refused_until_the_next_hour() {
+        use crate::config::TenantSeriesLimits;
+        use std::sync::atomic::AtomicI64;
+        let now = Arc::new(AtomicI64::new(NOW_MS));
+        let t = now.clone();
+        let cfg = PartitionerConfig {
+            max_new_series_per_hour: 2,
+            api_keys: [("ka", "acme"), ("kb", "big")]
+                .into_iter()
+                .map(|(k, t)| (k.to_string(), t.to_string()))
+                .collect(),
+            tenant_series_limits: [(
+                "big".to_string(),
+                TenantSeriesLimits {
+                    max_new_series_per_hour: Some(0),
+                    ..TenantSeriesLimits::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..PartitionerConfig::default()
+        };
+        let log = Arc::new(FakeLog::default());
+        let m = SelfMetrics::new("partitioner", "series-minutes");
+        let clock: Clock = Arc::new(move || t.load(Ordering::SeqCst));
+        let app = router(AppState::with_clock(cfg, log.clone(), m.clone(), clock));
+        let send = |key: &'static str, hosts: &'static [&'static str], minute: i64| {
+            let app = app.clone();
+            async move {
+                let body = serde_json::json!({"idempotency_key": key, "series": hosts.iter().map(|h| {
+                    serde_json::json!({"metric": "req", "tags": {"host": h}, "time": minute, "type": "counter", "value": 1})
+                }).collect::<Vec<_>>()});
+                let req = |auth: &str| {
+                    Request::post("/api/v1/ingest")
+                        .header("content-type", "application/json")
+                        .header("authorization", format!("Bearer {auth}"))
+                        .body(Body::from(body.to_string()))
+                        .unwrap()
+                };
+                let a = app.clone().oneshot(req("ka")).await.unwrap();
+                let b = app.oneshot(req("kb")).await.unwrap();
+                let retry = a
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap().to_string());
+                (a.status().as_u16(), retry, b.status().as_u16())
+            }
+        };
+        let minute = NOW_MS / 1000 - 30;
+        // 30 s into the hour: the next one starts in 3,570 s.
+        assert_eq!(
+            send("1", &["a", "b", "c"], minute).await,
+            (429, Some("3570".into()), 200)
+        );
+        now.fetch_add(3_570_000, Ordering::SeqCst);
+        assert_eq!(
+            send("2", &["a", "b", "c"], minute + 3600).await,
+            (200, None, 200)
+        );
+        let acme = produced_keys(&log)
+            .into_iter()
+            .filter(|k| k.starts_with("acme/"))
+            .count();
+        assert_eq!(acme, 2 + 3);
+        assert!(m.render().contains(
+            r#"thermo_partitioner_series_refused_total{limit="max_new_series_per_hour",tenant="acme"} 1"#
+        ));
     }
 }

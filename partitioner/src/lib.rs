@@ -10,6 +10,7 @@ pub mod admission;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod series_limit;
 
 pub use config::PartitionerConfig;
 pub use error::IngestError;
@@ -18,6 +19,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use thermo_runtime::telemetry::{self, Readiness, SelfMetrics};
 use thermo_store::kafka::KafkaProducer;
+use thermo_store::redis_series::RedisSeriesRegistry;
+use thermo_store::series_registry::{AnySeriesRegistry, MemSeriesRegistry};
+
+/// The series registry of the series limits: Redis when `redis_url` is set (shared by every
+/// replica), else this process's memory.
+async fn series_registry(cfg: &PartitionerConfig) -> Result<AnySeriesRegistry, IngestError> {
+    if cfg.redis_url.is_empty() {
+        if cfg.limits_series() {
+            tracing::warn!("series limits are counted in this process's memory (no redis_url): right only when one partitioner runs");
+        }
+        return Ok(AnySeriesRegistry::Memory(MemSeriesRegistry::new()));
+    }
+    let redis = RedisSeriesRegistry::connect(&cfg.redis_url)
+        .await
+        .map_err(|e| IngestError::Startup(format!("series registry at {}: {e}", cfg.redis_url)))?;
+    Ok(AnySeriesRegistry::Redis(redis))
+}
 
 /// Runs the partitioner until `shutdown` resolves.
 pub async fn run(
@@ -51,7 +69,14 @@ pub async fn run(
             }
         });
     }
-    let state = ingest::AppState::new(cfg.clone(), producer.clone(), metrics.clone());
+    let registry = series_registry(&cfg).await?;
+    let state = ingest::AppState::build(
+        cfg.clone(),
+        producer.clone(),
+        metrics.clone(),
+        ingest::system_clock(),
+        registry,
+    );
     let app = ingest::router(state).merge(telemetry::router(metrics, ready));
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await

@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::{Arc, Mutex};
 
 /// The registry and common counters of one role.
@@ -77,6 +79,22 @@ impl SelfMetrics {
     pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
         let g = IntGauge::new(format!("{}_{name}", metric_prefix(&self.role)), help)
             .unwrap_or_else(invalid);
+        let _ = self.registry.register(Box::new(g.clone()));
+        g
+    }
+
+    /// Registers a role-specific counter `thermo_<role>_<name>` with `labels`.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let opts = Opts::new(format!("{}_{name}", metric_prefix(&self.role)), help);
+        let c = IntCounterVec::new(opts, labels).unwrap_or_else(invalid);
+        let _ = self.registry.register(Box::new(c.clone()));
+        c
+    }
+
+    /// Registers a role-specific gauge `thermo_<role>_<name>` with `labels`.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let opts = Opts::new(format!("{}_{name}", metric_prefix(&self.role)), help);
+        let g = IntGaugeVec::new(opts, labels).unwrap_or_else(invalid);
         let _ = self.registry.register(Box::new(g.clone()));
         g
     }
