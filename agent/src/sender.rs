@@ -7,6 +7,10 @@
 //!   series-minutes are counted in `dropped_total{reason="spool_full"}`.
 //! - Timeouts, connection errors, 5xx and 429 are retried with exponential backoff and jitter, at
 //!   least the server's `Retry-After`; other 4xx are not retried (counted as `rejected`, logged).
+//! - A 429 for new series over the tenant's series limit (its body names the `limit`, with the
+//!   series-minutes `accepted` and `refused`) is final: the rest of the batch was accepted, and the
+//!   refused series would be refused again, so the batch is done with; the refused series-minutes
+//!   are counted in `dropped_total{reason="series_limit"}` and logged with the series named.
 
 use crate::config::AgentConfig;
 use flate2::write::GzEncoder;
@@ -134,6 +138,20 @@ enum Attempt {
         why: String,
     },
     Rejected(String),
+    /// Part of the batch accepted, new series over a series limit refused for good.
+    SeriesLimited {
+        accepted: u64,
+        refused: u64,
+        why: String,
+    },
+}
+
+/// A 429's body when it refused new series over a series limit: (accepted, refused)
+/// series-minutes.
+fn series_limited(body: &str) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.get("limit")?.as_str()?;
+    Some((v.get("accepted")?.as_u64()?, v.get("refused")?.as_u64()?))
 }
 
 /// Sends batches from the spool to the partitioner.
@@ -203,6 +221,14 @@ impl Sender {
                 let text = resp.text().await.unwrap_or_default();
                 if status.is_success() {
                     Attempt::Sent
+                } else if let Some((accepted, refused)) =
+                    series_limited(&text).filter(|_| status.as_u16() == 429)
+                {
+                    Attempt::SeriesLimited {
+                        accepted,
+                        refused,
+                        why: text,
+                    }
                 } else if status.as_u16() == 429 || status.is_server_error() {
                     Attempt::Retry {
                         after: retry_after,
@@ -247,6 +273,24 @@ impl Sender {
                         seq = batch.seq,
                         series = batch.items.len(),
                         "partitioner rejected batch, not retrying: {why}"
+                    );
+                    return true;
+                }
+                Attempt::SeriesLimited {
+                    accepted,
+                    refused,
+                    why,
+                } => {
+                    metrics.sent.inc_by(accepted);
+                    metrics
+                        .dropped
+                        .with_label_values(&["series_limit"])
+                        .inc_by(refused);
+                    tracing::error!(
+                        seq = batch.seq,
+                        accepted,
+                        refused,
+                        "partitioner refused new series over the tenant's series limit: {why}"
                     );
                     return true;
                 }
@@ -306,6 +350,77 @@ impl Sender {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use thermo_core::aggregate::{Aggregate, Counter};
+
+    /// A partitioner stub answering a rate-limit 429 first (retried), then a series-limit 429
+    /// (final: its accepted part counted as sent, its refused part as dropped `series_limit`).
+    #[tokio::test]
+    async fn a_series_limit_429_is_final_and_counted() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/ingest",
+            post(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let body = if n == 0 {
+                        serde_json::json!({"error": "tenant \"t\" is over its rate"})
+                    } else {
+                        serde_json::json!({"error": "over", "limit": "max_active_series",
+                            "max": 3, "accepted": 3, "refused": 2})
+                    };
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "0")],
+                        axum::Json(body),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let cfg = AgentConfig {
+            partitioner_url: format!("http://{addr}"),
+            retry_initial_ms: 10,
+            ..AgentConfig::default()
+        };
+        let mut sender = Sender::new(&cfg).unwrap();
+        let item = |host: usize| Item {
+            name: "req".into(),
+            tags: vec![("host".into(), format!("h{host}"))],
+            minute: 1_764_460_800,
+            agg: Aggregate::Counter(Counter {
+                sum: 1.0,
+                samples: 1,
+            }),
+        };
+        let batch = Batch {
+            agent_id: "a".into(),
+            seq: 1,
+            items: (0..5).map(item).collect(),
+        };
+        let metrics = SelfMetrics::new("agent", "series-minutes");
+        assert!(sender.send(&batch, &metrics, &|| false).await);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let text = metrics.render();
+        for line in [
+            "thermo_agent_sent_total 3",
+            r#"thermo_agent_dropped_total{reason="series_limit"} 2"#,
+            r#"thermo_agent_errors_total{kind="send_retry"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
         }
     }
 }
