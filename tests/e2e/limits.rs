@@ -300,3 +300,165 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
         |a| a["error"].as_str() == Some("unknown metric \"flood\""),
     );
 }
+
+/// Posts a JSON batch of counter series-minutes of tenant `key` to a partitioner: the answer's
+/// status and body.
+fn post_series(
+    url: &str,
+    key: &str,
+    batch: &str,
+    series: &[(&str, String, f64)],
+    minute: i64,
+) -> (u16, serde_json::Value) {
+    let series: Vec<serde_json::Value> = series
+        .iter()
+        .map(|(metric, s, v)| {
+            serde_json::json!({"metric": metric, "tags": {"s": s}, "time": minute,
+                "type": "counter", "value": v})
+        })
+        .collect();
+    let body = serde_json::json!({"idempotency_key": batch, "series": series});
+    let r = http()
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .expect("ingest");
+    (r.status().as_u16(), r.json().unwrap_or_default())
+}
+
+/// Tenant `capped` may have 100 active series, counted in Redis by two partitioner replicas
+/// together; tenant `free` has no limit. `capped` fills 90 series through an agent on replica A
+/// (60 `api.req`) and JSON on replica B (30 `api.err`); then its agent sends the 60 known series
+/// and 20 new ones: the known ones and 10 new ones are accepted, 10 refused and counted by the
+/// agent and by A; a JSON batch on B of one known and 5 new series gets 429 naming the limit, its
+/// known series accepted. What was accepted reads back exactly; `free`'s 200 new series all pass;
+/// the usage endpoint names `capped`'s top metrics.
+#[test]
+fn a_tenant_over_its_series_limit_keeps_its_known_series_and_is_refused_new_ones() {
+    let limits = "redis_url = \"$REDIS_URL\"\n[api_keys]\nk-capped = \"capped\"\nk-free = \"free\"\n[tenant_series_limits.capped]\nmax_active_series = 100\n";
+    let extra = Extra {
+        partitioner: limits.into(),
+        read: "[api_keys]\nk-capped = \"capped\"\nk-free = \"free\"\n".into(),
+        agents: vec!["api_key = \"k-capped\"\n".into()],
+    };
+    let stack = Stack::start_with("series-limit", 4, 1, 1, 1000, &extra);
+    let b = stack::Role::start(
+        stack.dir.path(),
+        "partitioner-b",
+        "partitioner",
+        &format!(
+            "kafka_brokers = \"{}\"\ntopic = \"{}\"\n{}",
+            stack.broker.addr(),
+            stack::TOPIC,
+            limits.replace("$REDIS_URL", &stack.redis.url())
+        ),
+    );
+    let b_ingest = b.url("/api/v1/ingest");
+    let base = window_start(now_s() - 30 * 60, 600);
+    let (m1, m2) = (base, base + 60);
+    let req_lines = |range: std::ops::Range<usize>, value: u32, minute: i64| -> Vec<String> {
+        range
+            .map(|s| format!("api.req:{value}|c|#s:s{s}|T{}", minute + 1))
+            .collect()
+    };
+
+    // 90 series: 60 through the agent on A, 30 in JSON on B.
+    post_lines(&stack, 0, &req_lines(0..60, 2, m1));
+    stack.flush_agents();
+    let err: Vec<(&str, String, f64)> =
+        (0..30).map(|s| ("api.err", format!("e{s}"), 1.0)).collect();
+    let (status, answer) = post_series(&b_ingest, "k-capped", "err-1", &err, m1);
+    assert_eq!(status, 200, "{answer}");
+
+    // The agent: the 60 known series and 20 new ones (worth 1 each); 10 fit.
+    let mut lines = req_lines(0..60, 2, m2);
+    lines.extend(req_lines(60..80, 1, m2));
+    post_lines(&stack, 0, &lines);
+    stack.flush_agents();
+    let agent = |sample: &str| metric(stack.agents[0].http, sample);
+    assert_eq!(
+        agent(r#"thermo_agent_dropped_total{reason="series_limit"}"#),
+        10.0
+    );
+    assert_eq!(agent("thermo_agent_sent_total"), 130.0);
+    assert_eq!(
+        agent(r#"thermo_agent_errors_total{kind="send_retry"}"#),
+        0.0
+    );
+
+    // On B: one known series and 5 new ones; the limit is full, whichever replica counted it.
+    let mut mixed = vec![("api.err", "e0".to_string(), 1.0)];
+    mixed.extend((30..35).map(|s| ("api.err", format!("e{s}"), 1.0)));
+    let (status, answer) = post_series(&b_ingest, "k-capped", "err-2", &mixed, m2);
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["limit"], "max_active_series", "{answer}");
+    assert_eq!(
+        (
+            answer["max"].as_u64(),
+            answer["accepted"].as_u64(),
+            answer["refused"].as_u64()
+        ),
+        (Some(100), Some(1), Some(5)),
+        "{answer}"
+    );
+    assert_eq!(answer["refused_series"][0], "capped/api.err{s=e30}");
+
+    // Another tenant is not limited.
+    let free: Vec<(&str, String, f64)> = (0..200)
+        .map(|s| ("api.req", format!("f{s}"), 1.0))
+        .collect();
+    let (status, answer) = post_series(&b_ingest, "k-free", "free-1", &free, m1);
+    assert_eq!(status, 200, "{answer}");
+
+    // Counted by each replica, with the tenant's counts as self-metrics.
+    let pa = |sample: &str| metric(stack.partitioner.http, sample);
+    let pb = |sample: &str| metric(b.http, sample);
+    let refused =
+        r#"thermo_partitioner_series_refused_total{limit="max_active_series",tenant="capped"}"#;
+    let dropped = r#"thermo_partitioner_dropped_total{reason="series_limit"}"#;
+    assert_eq!((pa(refused), pa(dropped)), (10.0, 10.0));
+    assert_eq!((pb(refused), pb(dropped)), (5.0, 5.0));
+    assert_eq!(
+        pb(r#"thermo_partitioner_tenant_active_series{tenant="capped"}"#),
+        100.0
+    );
+    assert_eq!(
+        pb(r#"thermo_partitioner_tenant_active_series{tenant="free"}"#),
+        200.0
+    );
+
+    // What was accepted reads back exactly: 60 × 2 + 60 × 2 + 10 × 1, and 30 + 1.
+    let range = format!("from={m1}&to={}&step=120", m1 + 120);
+    let sum = |a: &serde_json::Value| a["series"][0]["points"][0][1].as_f64();
+    query_as(
+        &stack,
+        "k-capped",
+        &format!("metric=api.req&stat=sum&{range}"),
+        |a| sum(a) == Some(250.0),
+    );
+    query_as(
+        &stack,
+        "k-capped",
+        &format!("metric=api.err&stat=sum&{range}"),
+        |a| sum(a) == Some(31.0),
+    );
+    query_as(
+        &stack,
+        "k-free",
+        &format!("metric=api.req&stat=sum&{range}"),
+        |a| sum(a) == Some(200.0),
+    );
+    // The usage endpoint: 100 active series, the top metrics by series.
+    let r = http()
+        .get(stack.read.url("/api/v1/tenants/capped/usage"))
+        .bearer_auth("k-capped")
+        .send()
+        .expect("usage");
+    let u: serde_json::Value = r.json().expect("usage json");
+    assert_eq!(u["active_series"].as_u64(), Some(100), "{u}");
+    assert_eq!(
+        u["top"],
+        serde_json::json!([{"name": "api.req", "series": 70}, {"name": "api.err", "series": 30}])
+    );
+}

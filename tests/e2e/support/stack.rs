@@ -35,7 +35,8 @@ impl Role {
 }
 
 /// Settings added to the roles' configs (TOML lines): the partitioner's, the read service's, and
-/// each agent's (before its `[global_tags]` table).
+/// each agent's (before its `[global_tags]` table). `$REDIS_URL` in the partitioner's stands for
+/// the stack's Redis.
 #[derive(Default)]
 pub struct Extra {
     pub partitioner: String,
@@ -81,9 +82,9 @@ impl Stack {
         agg_batch: usize,
         extra: &Extra,
     ) -> Self {
-        let partitioner = &extra.partitioner;
         let dir = TempDir::new(name);
         let redis = Redis::start(&mkdir(dir.path(), "redis"));
+        let partitioner = extra.partitioner.replace("$REDIS_URL", &redis.url());
         let broker = Broker::start(&mkdir(dir.path(), "broker"));
         broker.create_topic(TOPIC, partitions);
         let d = dir.path();
