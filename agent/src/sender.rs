@@ -10,7 +10,7 @@
 //! - A 429 for new series over the tenant's series limit (its body names the `limit`, with the
 //!   series-minutes `accepted` and `refused`) is final: the rest of the batch was accepted, and the
 //!   refused series would be refused again, so the batch is done with; the refused series-minutes
-//!   are counted in `dropped_total{reason="series_limit"}` and logged with the series named.
+//!   are counted in `dropped_total{reason="tenant_series_limit"}` and logged with the series named.
 
 use crate::config::AgentConfig;
 use flate2::write::GzEncoder;
@@ -284,7 +284,7 @@ impl Sender {
                     metrics.sent.inc_by(accepted);
                     metrics
                         .dropped
-                        .with_label_values(&["series_limit"])
+                        .with_label_values(&["tenant_series_limit"])
                         .inc_by(refused);
                     tracing::error!(
                         seq = batch.seq,
@@ -364,7 +364,8 @@ mod tests {
     use thermo_core::aggregate::{Aggregate, Counter};
 
     /// A partitioner stub answering a rate-limit 429 first (retried), then a series-limit 429
-    /// (final: its accepted part counted as sent, its refused part as dropped `series_limit`).
+    /// (final: its accepted part counted as sent, its refused part as dropped
+    /// `tenant_series_limit`).
     #[tokio::test]
     async fn a_series_limit_429_is_final_and_counted() {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -417,7 +418,7 @@ mod tests {
         let text = metrics.render();
         for line in [
             "thermo_agent_sent_total 3",
-            r#"thermo_agent_dropped_total{reason="series_limit"} 2"#,
+            r#"thermo_agent_dropped_total{reason="tenant_series_limit"} 2"#,
             r#"thermo_agent_errors_total{kind="send_retry"} 1"#,
         ] {
             assert!(text.contains(line), "{line} not in {text}");

@@ -343,6 +343,8 @@ $header
 http_addr = "$HOST:$PARTITIONER_PORT"
 kafka_brokers = "$HOST:$KAFKA_PORT"
 topic = "$TOPIC"
+# Where the series limits (max_active_series, ...; none set here) are counted.
+redis_url = "redis://$HOST:$REDIS_PORT"
 EOF
 
 # Cold storage in moto; cold_lag_secs, retention_* and the other cold keys keep their defaults.

@@ -5,8 +5,12 @@
 //!   each, distinct keys) through the ingest router (authentication, decoding, validation, merging,
 //!   encoding, on a blocking thread as for every body over 4 KiB) to a log that acknowledges at
 //!   once, so what is measured is the partitioner's own work, not Kafka's; one request at a time. "Limits off": no rate limit and
-//!   bounds no request reaches; "on": a rate limit every batch passes (the bucket's check is paid)
-//!   and the default in-flight bounds.
+//!   bounds no request reaches; "on": a rate limit every batch passes (the bucket's check is paid),
+//!   the default in-flight bounds, and a series limit never reached whose registry already knows
+//!   the batches' series (the steady state: each series confirmed in the partitioner's memory).
+//! - **new series:** the cost per record when every series of every batch is new, so that each
+//!   goes to the series registry: in memory, and in Redis (a `redis-server` this program starts on
+//!   127.0.0.1; the Redis figure includes the loopback round trip of one script per batch).
 //! - **time to a 503:** a real server on 127.0.0.1 whose log never acknowledges, with
 //!   `max_in_flight_requests = 1` taken by one request; then a client sends requests that announce
 //!   a 1 MiB body, sends only their headers, and times the answer: a 503 arrives before any byte of
@@ -24,6 +28,8 @@ use thermo_partitioner::ingest::{router, AppState};
 use thermo_partitioner::PartitionerConfig;
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::log::LogProducer;
+use thermo_store::redis_series::RedisSeriesRegistry;
+use thermo_store::series_registry::{AnySeriesRegistry, MemSeriesRegistry};
 use thermo_store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
@@ -49,12 +55,13 @@ fn now_ms() -> i64 {
     thermo_core::window::now_ms()
 }
 
-fn batch(seq: u64) -> Vec<u8> {
+/// A batch of `ITEMS` series, `host` tags `h<first>` on.
+fn batch_from(seq: u64, first: usize) -> Vec<u8> {
     let minute = thermo_core::window::minute_start(now_ms() / 1000) - 60;
     Batch {
         agent_id: "bench".into(),
         seq,
-        items: (0..ITEMS)
+        items: (first..first + ITEMS)
             .map(|i| Item {
                 name: "req".into(),
                 tags: vec![("host".into(), format!("h{i}"))],
@@ -69,6 +76,84 @@ fn batch(seq: u64) -> Vec<u8> {
     .encode()
 }
 
+fn batch(seq: u64) -> Vec<u8> {
+    batch_from(seq, 0)
+}
+
+/// Posts `bodies` one at a time, each answered 200: nanoseconds per record.
+fn post_all(rt: &tokio::runtime::Runtime, app: &axum::Router, bodies: &[Vec<u8>]) -> f64 {
+    let started = Instant::now();
+    for body in bodies {
+        let req = Request::post("/api/v1/ingest")
+            .header("content-type", "application/x-thermo-batch")
+            .header("content-length", body.len())
+            .body(Body::from(body.clone()))
+            .expect("request");
+        let resp = rt.block_on(app.clone().oneshot(req)).expect("answer");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    started.elapsed().as_secs_f64() * 1e9 / (bodies.len() * ITEMS) as f64
+}
+
+/// Nanoseconds per record of batches of new series only through the router, with a series limit
+/// never reached over `registry`: median of 3 passes of 100 batches.
+fn per_new_record(rt: &tokio::runtime::Runtime, registry: AnySeriesRegistry) -> f64 {
+    let cfg = PartitionerConfig {
+        max_active_series: 1_000_000_000,
+        ..PartitionerConfig::default()
+    };
+    let app = router(AppState::build(
+        cfg,
+        Arc::new(Log { hang: false }),
+        SelfMetrics::new("partitioner", "series-minutes"),
+        Arc::new(now_ms),
+        registry,
+    ));
+    let mut times = Vec::new();
+    for pass in 0..3 {
+        let bodies: Vec<Vec<u8>> = (0..100)
+            .map(|b| batch_from(b, (pass * 100 + b as usize) * ITEMS))
+            .collect();
+        times.push(post_all(rt, &app, &bodies));
+    }
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
+/// A redis-server on a free port of 127.0.0.1, stopped when dropped.
+struct RedisServer(std::process::Child, u16);
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        // Dropped (killed and waited for) if it never listens.
+        let server = Self(child, port);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Nanoseconds per record of `BATCHES` batches through the router built from `cfg`.
 fn per_record(rt: &tokio::runtime::Runtime, cfg: PartitionerConfig) -> f64 {
     let app = router(AppState::new(
@@ -79,17 +164,7 @@ fn per_record(rt: &tokio::runtime::Runtime, cfg: PartitionerConfig) -> f64 {
     let bodies: Vec<Vec<u8>> = (0..BATCHES as u64).map(batch).collect();
     let mut times = Vec::new();
     for _ in 0..5 {
-        let started = Instant::now();
-        for body in &bodies {
-            let req = Request::post("/api/v1/ingest")
-                .header("content-type", "application/x-thermo-batch")
-                .header("content-length", body.len())
-                .body(Body::from(body.clone()))
-                .expect("request");
-            let resp = rt.block_on(app.clone().oneshot(req)).expect("answer");
-            assert_eq!(resp.status().as_u16(), 200);
-        }
-        times.push(started.elapsed().as_secs_f64() * 1e9 / (BATCHES * ITEMS) as f64);
+        times.push(post_all(rt, &app, &bodies));
     }
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
@@ -175,6 +250,7 @@ fn main() {
     };
     let on = PartitionerConfig {
         rate_limit_per_sec: 1_000_000_000,
+        max_active_series: 1_000_000_000,
         ..PartitionerConfig::default()
     };
     // Warm up, then alternate so both see the same machine.
@@ -195,6 +271,16 @@ fn main() {
         figures[0][6],
         figures[1][0],
         figures[1][6]
+    );
+    let memory = per_new_record(&rt, AnySeriesRegistry::Memory(MemSeriesRegistry::new()));
+    let redis = RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let registry = rt
+        .block_on(RedisSeriesRegistry::connect(&url))
+        .expect("connect to redis");
+    let in_redis = per_new_record(&rt, AnySeriesRegistry::Redis(registry));
+    println!(
+        "cost per record when every series is new (series limit on, never reached), median of 3 passes of 100 batches: registry in memory {memory:.0} ns, in Redis {in_redis:.0} ns"
     );
     time_to_503();
 }

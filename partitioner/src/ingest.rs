@@ -452,9 +452,11 @@ fn prepare<P>(
         .collect();
     let unconfirmed = match &st.series {
         Some(gate) => {
-            let mut series: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+            // Records are sorted by key: a series' records are next to each other.
+            let keys = records.iter().map(|(key, _)| key.as_str());
+            let mut series: Vec<&str> = keys.collect();
             series.dedup();
-            gate.unconfirmed(series, now_s)
+            gate.unconfirmed(series.into_iter(), now_s)
         }
         None => Vec::new(),
     };

@@ -22,10 +22,10 @@ use thermo_store::kafka::KafkaProducer;
 use thermo_store::redis_series::RedisSeriesRegistry;
 use thermo_store::series_registry::{AnySeriesRegistry, MemSeriesRegistry};
 
-/// The series registry of the series limits: Redis when `redis_url` is set (shared by every
-/// replica), else this process's memory.
+/// The series registry of the series limits: Redis when `redis_url` is set and a series limit is
+/// (shared by every replica), else this process's memory (unused without a series limit).
 async fn series_registry(cfg: &PartitionerConfig) -> Result<AnySeriesRegistry, IngestError> {
-    if cfg.redis_url.is_empty() {
+    if cfg.redis_url.is_empty() || !cfg.limits_series() {
         if cfg.limits_series() {
             tracing::warn!("series limits are counted in this process's memory (no redis_url): right only when one partitioner runs");
         }

@@ -175,11 +175,15 @@ impl SeriesGate {
     /// Those of a request's distinct `series` not confirmed by the registry within
     /// [`REFRESH_SECS`] before `now_s`: what [`Self::check`] takes. About 50 ns a series, so
     /// the caller runs it where it decodes the request (a large one on a blocking thread).
-    pub fn unconfirmed(&self, series: Vec<String>, now_s: i64) -> Vec<String> {
+    pub fn unconfirmed<'a>(
+        &self,
+        series: impl Iterator<Item = &'a str>,
+        now_s: i64,
+    ) -> Vec<String> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         series
-            .into_iter()
-            .filter(|s| !matches!(known.get(s), Some(at) if now_s - at < REFRESH_SECS))
+            .filter(|s| !matches!(known.get(*s), Some(at) if now_s - at < REFRESH_SECS))
+            .map(str::to_string)
             .collect()
     }
 

@@ -378,7 +378,7 @@ fn a_tenant_over_its_series_limit_keeps_its_known_series_and_is_refused_new_ones
     stack.flush_agents();
     let agent = |sample: &str| metric(stack.agents[0].http, sample);
     assert_eq!(
-        agent(r#"thermo_agent_dropped_total{reason="series_limit"}"#),
+        agent(r#"thermo_agent_dropped_total{reason="tenant_series_limit"}"#),
         10.0
     );
     assert_eq!(agent("thermo_agent_sent_total"), 130.0);
