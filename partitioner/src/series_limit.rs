@@ -18,7 +18,8 @@
 
 use crate::config::PartitionerConfig;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::series_registry::{
@@ -50,7 +51,7 @@ pub struct SeriesGate {
     overrides: BTreeMap<String, SeriesLimits>,
     window_secs: i64,
     /// Series → when the registry last confirmed it.
-    known: Arc<Mutex<HashMap<String, i64>>>,
+    known: Arc<Mutex<FxHashMap<String, i64>>>,
     active: IntGaugeVec,
     new_this_hour: IntGaugeVec,
     refused: IntCounterVec,
