@@ -36,6 +36,11 @@ pub struct AgentConfig {
     pub batch_max_items: usize,
     /// Most batches waiting to be sent; beyond it the oldest is dropped (counted as `spool_full`).
     pub spool_max_batches: usize,
+    /// Directory where batches wait on disk until acknowledged, surviving a SIGKILL or a crash
+    /// (one file per batch, see the `spool` module). Empty: in memory only.
+    pub spool_dir: String,
+    /// Most bytes of batch files in `spool_dir`; beyond it the oldest batch is dropped.
+    pub spool_max_bytes: u64,
     /// Timeout of one send.
     pub request_timeout_ms: u64,
     /// First retry delay; doubles up to `retry_max_ms`, with jitter.
@@ -61,6 +66,8 @@ impl Default for AgentConfig {
             max_series: 50_000,
             batch_max_items: 5000,
             spool_max_batches: 1000,
+            spool_dir: String::new(),
+            spool_max_bytes: 1 << 30,
             request_timeout_ms: 5000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,

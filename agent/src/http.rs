@@ -64,7 +64,7 @@ pub struct Flushed {
 /// Closes every open minute and waits until the spool drained (every batch acknowledged by the
 /// partitioner) or `deadline` passed.
 pub async fn flush_and_drain(s: &Shared, deadline: Instant) -> Flushed {
-    let series = s.flush(true, 0);
+    let series = s.flush(true, 0).await;
     loop {
         let drained = s.spool.drained.notified();
         if s.spool.idle() {

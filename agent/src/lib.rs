@@ -7,12 +7,14 @@
 //! `POST /flush` closes every minute now (tests, deploys) and waits for the spool to drain.
 //! On SIGTERM the agent flushes everything and waits up to `shutdown_timeout_secs` for delivery.
 //!
-//! Bounds: `max_series` series-minutes in memory, `spool_max_batches` batches in the spool.
-//! What is held in memory is lost if the process is killed with SIGKILL.
+//! Bounds: `max_series` series-minutes in memory, `spool_max_batches` batches (and on disk
+//! `spool_max_bytes` bytes) in the spool. Open minutes are lost if the process is killed with
+//! SIGKILL; closed ones survive it with `spool_dir` ([`spool`]).
 
 pub mod config;
 pub mod http;
 pub mod sender;
+pub mod spool;
 
 pub use config::AgentConfig;
 
@@ -33,7 +35,7 @@ pub use thermo_core::window::now_ms;
 /// State shared by the UDP loop, the HTTP handlers and the flusher.
 pub struct Shared {
     pub acc: Mutex<Accumulator>,
-    pub spool: Arc<sender::Spool>,
+    pub spool: Arc<spool::Spool>,
     pub metrics: SelfMetrics,
     /// Lines counted into `dropped_total` since the last error log line (rate-limits logging).
     last_log_ms: Mutex<i64>,
@@ -70,7 +72,8 @@ impl Shared {
     }
 
     /// Moves closed minutes (or all, with `all`) to the spool; returns series-minutes moved.
-    pub fn flush(&self, all: bool, delay_secs: i64) -> usize {
+    /// Their batches are compressed (and written to disk with `spool_dir`) on a blocking thread.
+    pub async fn flush(&self, all: bool, delay_secs: i64) -> usize {
         let mut stats = IngestStats::default();
         let minutes = {
             let mut acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
@@ -81,7 +84,13 @@ impl Shared {
             }
         };
         self.record(&stats, now_ms());
-        self.spool.push_minutes(minutes, &self.metrics)
+        if minutes.is_empty() {
+            return 0;
+        }
+        let (spool, metrics) = (self.spool.clone(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || spool.push_minutes(minutes, &metrics))
+            .await
+            .unwrap_or(0)
     }
 }
 
@@ -107,7 +116,13 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         max_future_secs: cfg.max_future_secs,
         max_series: cfg.max_series,
     });
-    let spool = Arc::new(sender::Spool::new(cfg, now_ms()));
+    let spool = {
+        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || spool::Spool::open(&cfg, now_ms(), &metrics))
+            .await
+            .map_err(|e| AgentError::Startup(e.to_string()))??
+    };
+    let spool = Arc::new(spool);
     let shared = Arc::new(Shared {
         acc: Mutex::new(acc),
         spool: spool.clone(),
@@ -142,11 +157,21 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         let shared = shared.clone();
         let interval = Duration::from_millis(cfg.flush_interval_ms.max(10));
         let delay = cfg.flush_delay_secs;
+        let batches = metrics.gauge(
+            "spool_batches",
+            "Batches in the spool, waiting or in flight (as of the last flush tick)",
+        );
+        let bytes = metrics.gauge(
+            "spool_bytes",
+            "Bytes of batch files in spool_dir (as of the last flush tick)",
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                shared.flush(false, delay);
+                shared.flush(false, delay).await;
+                batches.set(i64::try_from(shared.spool.batches()).unwrap_or(i64::MAX));
+                bytes.set(i64::try_from(shared.spool.file_bytes()).unwrap_or(i64::MAX));
             }
         })
     };
@@ -172,7 +197,7 @@ impl Agent {
         for t in &self.tasks {
             t.abort();
         }
-        let n = self.shared.flush(true, 0);
+        let n = self.shared.flush(true, 0).await;
         tracing::info!(
             series = n,
             "shutting down: flushed every open minute, draining the spool"

@@ -1,10 +1,5 @@
-//! The spool and the sender: closed minutes become batches, sent in order with retries.
+//! The sender: the spool's batches ([`crate::spool`]) sent in order, with retries.
 //!
-//! - A batch is `(agent_id, seq)`; `seq` starts at `start_ms << 20` so that a restarted agent never
-//!   reuses a sequence number of its previous run (the aggregator merges each `(agent_id, seq)`
-//!   once per series-minute).
-//! - The spool holds at most `spool_max_batches`; when full, the oldest batch is dropped and its
-//!   series-minutes are counted in `dropped_total{reason="spool_full"}`.
 //! - Timeouts, connection errors, 5xx and 429 are retried with exponential backoff and jitter, at
 //!   least the server's `Retry-After`; other 4xx are not retried (counted as `rejected`, logged).
 //! - A 429 for new series over the tenant's series limit (its body names the `limit`, with the
@@ -13,122 +8,10 @@
 //!   are counted in `dropped_total{reason="tenant_series_limit"}` and logged with the series named.
 
 use crate::config::AgentConfig;
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use std::collections::VecDeque;
-use std::io::Write;
-use std::sync::Mutex;
+use crate::spool::{Entry, Spool};
+use std::sync::Arc;
 use std::time::Duration;
-use thermo_core::accumulator::ClosedMinute;
-use thermo_core::codec::{Batch, Item};
 use thermo_runtime::telemetry::SelfMetrics;
-use tokio::sync::Notify;
-
-/// Batches waiting to be sent.
-pub struct Spool {
-    queue: Mutex<VecDeque<Batch>>,
-    max: usize,
-    next_seq: Mutex<u64>,
-    agent_id: String,
-    batch_max_items: usize,
-    pub wake: Notify,
-    /// Signalled whenever the spool becomes empty and nothing is in flight.
-    pub drained: Notify,
-    in_flight: Mutex<bool>,
-}
-
-impl Spool {
-    pub fn new(cfg: &AgentConfig, start_ms: i64) -> Self {
-        Self {
-            queue: Mutex::new(VecDeque::new()),
-            max: cfg.spool_max_batches.max(1),
-            next_seq: Mutex::new((start_ms.max(0) as u64) << 20),
-            agent_id: cfg.agent_id.clone(),
-            batch_max_items: cfg.batch_max_items.max(1),
-            wake: Notify::new(),
-            drained: Notify::new(),
-            in_flight: Mutex::new(false),
-        }
-    }
-
-    /// Turns closed minutes into batches and queues them; returns the series-minutes queued.
-    pub fn push_minutes(&self, minutes: Vec<ClosedMinute>, metrics: &SelfMetrics) -> usize {
-        let mut items: Vec<Item> = Vec::new();
-        for (minute, series) in minutes {
-            for (key, agg) in series {
-                items.push(Item {
-                    name: key.name().to_string(),
-                    tags: key.tags().to_vec(),
-                    minute,
-                    agg,
-                });
-            }
-        }
-        let n = items.len();
-        let mut rest = items;
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(self.batch_max_items));
-            let chunk = std::mem::replace(&mut rest, tail);
-            let seq = {
-                let mut s = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
-                *s += 1;
-                *s
-            };
-            let batch = Batch {
-                agent_id: self.agent_id.clone(),
-                seq,
-                items: chunk,
-            };
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= self.max {
-                if let Some(old) = q.pop_front() {
-                    metrics
-                        .dropped
-                        .with_label_values(&["spool_full"])
-                        .inc_by(old.items.len() as u64);
-                    tracing::error!(
-                        seq = old.seq,
-                        series = old.items.len(),
-                        "spool full: oldest batch dropped"
-                    );
-                }
-            }
-            q.push_back(batch);
-        }
-        if n > 0 {
-            self.wake.notify_one();
-        }
-        n
-    }
-
-    /// Batches waiting (not counting one in flight).
-    pub fn len(&self) -> usize {
-        self.queue.lock().map_or(0, |q| q.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// True when nothing is queued or in flight.
-    pub fn idle(&self) -> bool {
-        self.is_empty() && !*self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn pop(&self) -> Option<Batch> {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let b = q.pop_front();
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = b.is_some();
-        b
-    }
-
-    fn done(&self) {
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        if self.is_empty() {
-            self.drained.notify_waiters();
-        }
-    }
-}
 
 /// Outcome of one send attempt.
 enum Attempt {
@@ -191,7 +74,7 @@ impl Sender {
         d.mul_f64(frac)
     }
 
-    async fn attempt(&self, body: &[u8], batch: &Batch) -> Attempt {
+    async fn attempt(&self, body: &[u8], batch: &Entry) -> Attempt {
         let mut req = self
             .client
             .post(&self.url)
@@ -245,33 +128,26 @@ impl Sender {
     /// Returns true if it was acknowledged or rejected (i.e. it is done with).
     async fn send(
         &mut self,
-        batch: &Batch,
+        batch: &Entry,
+        body: &[u8],
         metrics: &SelfMetrics,
         give_up: &(dyn Fn() -> bool + Sync),
     ) -> bool {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-        let body = match enc.write_all(&batch.encode()).and_then(|_| enc.finish()) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("cannot compress batch: {e}");
-                return false;
-            }
-        };
         let mut backoff = self.retry_initial;
         loop {
-            match self.attempt(&body, batch).await {
+            match self.attempt(body, batch).await {
                 Attempt::Sent => {
-                    metrics.sent.inc_by(batch.items.len() as u64);
+                    metrics.sent.inc_by(batch.items as u64);
                     return true;
                 }
                 Attempt::Rejected(why) => {
                     metrics
                         .dropped
                         .with_label_values(&["rejected"])
-                        .inc_by(batch.items.len() as u64);
+                        .inc_by(batch.items as u64);
                     tracing::error!(
                         seq = batch.seq,
-                        series = batch.items.len(),
+                        series = batch.items,
                         "partitioner rejected batch, not retrying: {why}"
                     );
                     return true;
@@ -309,49 +185,72 @@ impl Sender {
     }
 
     /// Sends spooled batches in order until `stop` is set and the spool is empty (or the stop
-    /// deadline passed; what is left is counted as dropped `shutdown`).
+    /// deadline passed: what is left is counted as dropped `shutdown`, or stays on disk for the
+    /// next start with `spool_dir`).
     pub async fn run(
         mut self,
-        spool: std::sync::Arc<Spool>,
+        spool: Arc<Spool>,
         metrics: SelfMetrics,
         mut stop: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     ) {
         loop {
             let deadline = *stop.borrow();
-            match spool.pop() {
-                Some(batch) => {
-                    let give_up = || {
-                        deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
-                            || stop
-                                .borrow()
-                                .is_some_and(|d| tokio::time::Instant::now() >= d)
-                    };
-                    let done = self.send(&batch, &metrics, &give_up).await;
-                    if !done {
-                        metrics
-                            .dropped
-                            .with_label_values(&["shutdown"])
-                            .inc_by(batch.items.len() as u64);
-                        tracing::error!(
-                            seq = batch.seq,
-                            "shutdown deadline passed: batch not delivered"
-                        );
-                    }
-                    spool.done();
+            let Some(batch) = spool.pop() else {
+                spool.done(None, false);
+                if deadline.is_some() {
+                    return;
                 }
-                None => {
-                    spool.done();
-                    if deadline.is_some() {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = spool.wake.notified() => {}
-                        _ = stop.changed() => {}
-                    }
+                tokio::select! {
+                    _ = spool.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            };
+            let give_up = || {
+                deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                    || stop
+                        .borrow()
+                        .is_some_and(|d| tokio::time::Instant::now() >= d)
+            };
+            let delivered = match read_body(&spool, &batch).await {
+                Ok(body) => self.send(&batch, &body, &metrics, &give_up).await,
+                Err(why) => {
+                    // The file went bad after it was written: counted, set aside by the next start.
+                    metrics.errors.with_label_values(&["spool_corrupt"]).inc();
+                    tracing::error!(seq = batch.seq, "cannot read spooled batch, skipped: {why}");
+                    spool.done(Some(&batch), false);
+                    continue;
+                }
+            };
+            if !delivered {
+                if spool.durable() {
+                    tracing::warn!(
+                        seq = batch.seq,
+                        "shutdown deadline passed: batch left in the spool for the next start"
+                    );
+                } else {
+                    metrics
+                        .dropped
+                        .with_label_values(&["shutdown"])
+                        .inc_by(batch.items as u64);
+                    tracing::error!(
+                        seq = batch.seq,
+                        "shutdown deadline passed: batch not delivered"
+                    );
                 }
             }
+            let s = spool.clone();
+            let _ = tokio::task::spawn_blocking(move || s.done(Some(&batch), delivered)).await;
         }
     }
+}
+
+/// The body of `batch` (read from disk on a blocking thread).
+async fn read_body(spool: &Arc<Spool>, batch: &Entry) -> Result<Arc<Vec<u8>>, String> {
+    let (s, b) = (spool.clone(), batch.clone());
+    tokio::task::spawn_blocking(move || s.body(&b))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
@@ -362,6 +261,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use thermo_core::aggregate::{Aggregate, Counter};
+    use thermo_core::key::MetricKey;
 
     /// A partitioner stub answering a rate-limit 429 first (retried), then a series-limit 429
     /// (final: its accepted part counted as sent, its refused part as dropped
@@ -398,22 +298,21 @@ mod tests {
             ..AgentConfig::default()
         };
         let mut sender = Sender::new(&cfg).unwrap();
-        let item = |host: usize| Item {
-            name: "req".into(),
-            tags: vec![("host".into(), format!("h{host}"))],
-            minute: 1_764_460_800,
-            agg: Aggregate::Counter(Counter {
+        let item = |host: usize| {
+            let key = MetricKey::new("default", "req", vec![("host".into(), format!("h{host}"))])
+                .unwrap();
+            let agg = Aggregate::Counter(Counter {
                 sum: 1.0,
                 samples: 1,
-            }),
-        };
-        let batch = Batch {
-            agent_id: "a".into(),
-            seq: 1,
-            items: (0..5).map(item).collect(),
+            });
+            (key, agg)
         };
         let metrics = SelfMetrics::new("agent", "series-minutes");
-        assert!(sender.send(&batch, &metrics, &|| false).await);
+        let spool = Spool::in_memory(&cfg, 1);
+        spool.push_minutes(vec![(1_764_460_800, (0..5).map(item).collect())], &metrics);
+        let batch = spool.pop().unwrap();
+        let body = spool.body(&batch).unwrap();
+        assert!(sender.send(&batch, &body, &metrics, &|| false).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let text = metrics.render();
         for line in [
