@@ -15,6 +15,10 @@ pub struct AggregatorConfig {
     /// Kafka `group.instance.id` (static membership), one per aggregator and stable across its
     /// restarts (e.g. the host name); empty: dynamic membership.
     pub instance_id: String,
+    /// Kafka `session.timeout.ms`: how long the group waits for a silent member before its
+    /// partitions go to the others (and how long a member keeps its partitions while it cannot
+    /// reach the broker).
+    pub session_timeout_ms: u64,
     pub redis_url: String,
     /// How long minutes stay in Redis.
     pub hot_retention_hours: i64,
@@ -60,6 +64,7 @@ impl Default for AggregatorConfig {
             topic: "thermo-minutes".into(),
             group_id: "thermo-aggregators".into(),
             instance_id: String::new(),
+            session_timeout_ms: 10_000,
             redis_url: "redis://127.0.0.1:6379".into(),
             hot_retention_hours: 48,
             batch_max_records: 2000,

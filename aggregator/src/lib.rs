@@ -72,8 +72,14 @@ pub async fn run(
         .cold_enabled
         .then(|| start_compactor(&cfg, hot.clone(), metrics.clone(), stop_tx.subscribe()));
     let instance = Some(cfg.instance_id.as_str()).filter(|i| !i.is_empty());
-    let consumer = KafkaConsumer::new(&cfg.kafka_brokers, &cfg.topic, &cfg.group_id, instance)
-        .map_err(|e| AggregatorError::Startup(e.to_string()))?;
+    let consumer = KafkaConsumer::new(
+        &cfg.kafka_brokers,
+        &cfg.topic,
+        &cfg.group_id,
+        instance,
+        std::time::Duration::from_millis(cfg.session_timeout_ms),
+    )
+    .map_err(|e| AggregatorError::Startup(e.to_string()))?;
     tracing::info!(
         addr = %cfg.http_addr, brokers = %cfg.kafka_brokers, topic = %cfg.topic,
         group = %cfg.group_id, redis = %cfg.redis_url, "aggregator running"

@@ -137,13 +137,16 @@ pub struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    /// `instance`: a `group.instance.id` (static membership), or none.
+    /// `instance`: a `group.instance.id` (static membership), or none; `session`: the group's
+    /// `session.timeout.ms`.
     pub fn new(
         brokers: &str,
         topic: &str,
         group: &str,
         instance: Option<&str>,
+        session: Duration,
     ) -> Result<Self, StoreError> {
+        let session_ms = session.as_millis().max(1_000);
         let mut config = ClientConfig::new();
         if let Some(id) = instance {
             config.set("group.instance.id", id);
@@ -153,10 +156,11 @@ impl KafkaConsumer {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
-            // Also the rebalance timeout: how long the group waits for members to rejoin.
-            .set("max.poll.interval.ms", "20000")
+            // Also the rebalance timeout: how long the group waits for members to rejoin; at
+            // least the session timeout (librdkafka requires it).
+            .set("max.poll.interval.ms", session_ms.max(20_000).to_string())
             .set("reconnect.backoff.max.ms", "1000")
             .create()
             .map_err(|e| StoreError::Invalid(format!("kafka consumer config: {e}")))?;

@@ -210,6 +210,7 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
             "api_key = \"k-flood\"\nbatch_max_items = 200\n".into(),
             "api_key = \"k-calm\"\nbatch_max_items = 200\n".into(),
         ],
+        ..Extra::default()
     };
     let stack = Stack::start_with("rate", 4, 1, 2, 1000, &extra);
     let base = window_start(now_s() - 30 * 60, 600);
@@ -341,6 +342,7 @@ fn a_tenant_over_its_series_limit_keeps_its_known_series_and_is_refused_new_ones
         partitioner: limits.into(),
         read: "[api_keys]\nk-capped = \"capped\"\nk-free = \"free\"\n".into(),
         agents: vec!["api_key = \"k-capped\"\n".into()],
+        ..Extra::default()
     };
     let stack = Stack::start_with("series-limit", 4, 1, 1, 1000, &extra);
     let b = stack::Role::start(

@@ -5,7 +5,7 @@
 //! and every assertion is exact, except percentiles, which are checked against the true
 //! nearest-rank percentile within the HDR histogram's relative error.
 
-use crate::support::stack::{points, single, Stack, Standalone, Target};
+use crate::support::stack::{points, single, Extra, Stack, Standalone, Target};
 use crate::support::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -399,7 +399,16 @@ fn pipeline_exact_totals_bad_input_and_aggregator_crash() {
 
 #[test]
 fn kafka_outage_and_redis_loss_keep_totals_exact() {
-    let mut stack = Stack::start("kafka-outage", 4, 1, 1, 100);
+    // The aggregator's group session outlasts the broker's outage (10 to 20 s here). With tansu
+    // 0.6, a member whose session expired during a broker restart is expired again by the
+    // restarted broker after the member rejoined; the rebalance that follows now and then never
+    // completes (the aggregator left without partitions for good, 1 run in 2 to 8 under load).
+    // Kafka keeps group state across a restart; the limit is the test broker's, not thermo's.
+    let extra = Extra {
+        aggregators: "session_timeout_ms = 45000\n".into(),
+        ..Extra::default()
+    };
+    let mut stack = Stack::start_with("kafka-outage", 4, 1, 1, 100, &extra);
     let base = window_start(now_s() - 40 * 60, 600);
     let mut model = Model::default();
 

@@ -34,12 +34,13 @@ impl Role {
     }
 }
 
-/// Settings added to the roles' configs (TOML lines): the partitioner's, the read service's, and
-/// each agent's (before its `[global_tags]` table). `$REDIS_URL` in the partitioner's stands for
+/// Settings added to the roles' configs (TOML lines): the partitioner's, every aggregator's, the
+/// read service's, and each agent's (before its `[global_tags]` table). `$REDIS_URL` in the partitioner's stands for
 /// the stack's Redis.
 #[derive(Default)]
 pub struct Extra {
     pub partitioner: String,
+    pub aggregators: String,
     pub read: String,
     pub agents: Vec<String>,
 }
@@ -100,8 +101,8 @@ impl Stack {
         let aggregators = (0..aggregators)
             .map(|i| {
                 Role::start(d, &format!("aggregator-{i}"), "aggregator", &format!(
-                    "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\ninstance_id = \"aggregator-{i}\"\n",
-                    broker.addr(), redis.url()))
+                    "kafka_brokers = \"{}\"\ntopic = \"{TOPIC}\"\nredis_url = \"{}\"\nbatch_max_records = {agg_batch}\nbatch_max_wait_ms = 100\ninstance_id = \"aggregator-{i}\"\n{}",
+                    broker.addr(), redis.url(), extra.aggregators))
             })
             .collect();
         let read = Role::start(
