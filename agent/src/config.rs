@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub spool_dir: String,
     /// Most bytes of batch files in `spool_dir`; beyond it the oldest batch is dropped.
     pub spool_max_bytes: u64,
+    /// With `spool_dir`: how often the open minutes are written to `spool_dir/checkpoint`, the
+    /// most a SIGKILLed agent loses of what it accepted. 0: no checkpoints.
+    pub checkpoint_interval_secs: u64,
     /// Timeout of one send.
     pub request_timeout_ms: u64,
     /// First retry delay; doubles up to `retry_max_ms`, with jitter.
@@ -68,6 +71,7 @@ impl Default for AgentConfig {
             spool_max_batches: 1000,
             spool_dir: String::new(),
             spool_max_bytes: 1 << 30,
+            checkpoint_interval_secs: 5,
             request_timeout_ms: 5000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,

@@ -8,9 +8,11 @@
 //! On SIGTERM the agent flushes everything and waits up to `shutdown_timeout_secs` for delivery.
 //!
 //! Bounds: `max_series` series-minutes in memory, `spool_max_batches` batches (and on disk
-//! `spool_max_bytes` bytes) in the spool. Open minutes are lost if the process is killed with
-//! SIGKILL; closed ones survive it with `spool_dir` ([`spool`]).
+//! `spool_max_bytes` bytes) in the spool. With `spool_dir`, closed minutes survive a SIGKILL
+//! ([`spool`]) and open ones up to the last checkpoint ([`checkpoint`], every
+//! `checkpoint_interval_secs`); without it, a SIGKILL loses everything the agent holds.
 
+pub mod checkpoint;
 pub mod config;
 pub mod http;
 pub mod sender;
@@ -18,6 +20,7 @@ pub mod spool;
 
 pub use config::AgentConfig;
 
+use prometheus::{IntCounter, IntGauge};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thermo_core::accumulator::{Accumulator, AccumulatorConfig, IngestStats};
@@ -39,6 +42,9 @@ pub struct Shared {
     pub metrics: SelfMetrics,
     /// Lines counted into `dropped_total` since the last error log line (rate-limits logging).
     last_log_ms: Mutex<i64>,
+    agent_id: String,
+    checkpoints: IntCounter,
+    checkpoint_series: IntGauge,
 }
 
 impl Shared {
@@ -68,6 +74,42 @@ impl Shared {
                     "statsd line dropped (logged at most once a second): {detail:?}"
                 );
             }
+        }
+    }
+
+    /// Writes a checkpoint of the open minutes into `spool_dir` (nothing without one), then lets
+    /// the spool remove the files of acknowledged batches it covers.
+    pub async fn checkpoint(&self) {
+        let Some(dir) = self.spool.dir().map(std::path::Path::to_path_buf) else {
+            return;
+        };
+        // The watermark is read with the minutes, under the same lock: a flush takes its
+        // minutes under it before its batches get their seqs.
+        let (minutes, watermark) = {
+            let acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
+            (acc.snapshot(), self.spool.last_seq())
+        };
+        let (spool, agent_id) = (self.spool.clone(), self.agent_id.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let n = checkpoint::write(&dir, &agent_id, watermark, minutes)?;
+            spool.release(watermark);
+            Ok::<_, std::io::Error>(n)
+        })
+        .await;
+        match written {
+            Ok(Ok(n)) => {
+                self.checkpoints.inc();
+                self.checkpoint_series
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Ok(Err(e)) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["checkpoint_write"])
+                    .inc();
+                tracing::error!("checkpoint not written (the last one stays): {e}");
+            }
+            Err(e) => tracing::error!("checkpoint task failed: {e}"),
         }
     }
 
@@ -110,24 +152,43 @@ pub struct Agent {
 pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let metrics = SelfMetrics::new("agent", "statsd lines");
     let acc = Accumulator::new(AccumulatorConfig {
-        tenant: "default".into(),
+        tenant: DEFAULT_TENANT.into(),
         global_tags: cfg.global_tags.clone().into_iter().collect(),
         max_past_secs: cfg.max_past_secs,
         max_future_secs: cfg.max_future_secs,
         max_series: cfg.max_series,
     });
-    let spool = {
+    let (spool, found) = {
         let (cfg, metrics) = (cfg.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || spool::Spool::open(&cfg, now_ms(), &metrics))
+        tokio::task::spawn_blocking(move || open_spool(&cfg, &metrics))
             .await
             .map_err(|e| AgentError::Startup(e.to_string()))??
     };
+    let mut acc = acc;
+    if let Some(found) = found {
+        let flushed = spool.minutes_after(found.watermark);
+        let found = found.without(&flushed);
+        let n = acc.restore(found.minutes);
+        tracing::info!(
+            series = n,
+            "open minutes restored from the checkpoint; lines accepted after it were lost"
+        );
+    }
     let spool = Arc::new(spool);
     let shared = Arc::new(Shared {
         acc: Mutex::new(acc),
         spool: spool.clone(),
         metrics: metrics.clone(),
         last_log_ms: Mutex::new(0),
+        agent_id: cfg.agent_id.clone(),
+        checkpoints: metrics.counter(
+            "checkpoints_total",
+            "checkpoints of the open minutes written",
+        ),
+        checkpoint_series: metrics.gauge(
+            "checkpoint_series",
+            "series-minutes in the last checkpoint written",
+        ),
     });
     let udp = tokio::net::UdpSocket::bind(&cfg.udp_addr)
         .await
@@ -165,11 +226,18 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             "spool_bytes",
             "Bytes of batch files in spool_dir (as of the last flush tick)",
         );
+        let every = (cfg.checkpoint_interval_secs > 0)
+            .then(|| Duration::from_secs(cfg.checkpoint_interval_secs));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
+            let mut last_checkpoint = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 shared.flush(false, delay).await;
+                if every.is_some_and(|e| last_checkpoint.elapsed() >= e) {
+                    last_checkpoint = tokio::time::Instant::now();
+                    shared.checkpoint().await;
+                }
                 batches.set(i64::try_from(shared.spool.batches()).unwrap_or(i64::MAX));
                 bytes.set(i64::try_from(shared.spool.file_bytes()).unwrap_or(i64::MAX));
             }
@@ -205,9 +273,40 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let _ = self.stop_tx.send(Some(deadline));
         let _ = self.sender_task.await;
+        // Nothing open is left: an empty checkpoint, and acknowledged batches' files go.
+        self.shared.checkpoint().await;
         tracing::info!("agent stopped");
     }
 }
+
+/// The spool of `cfg`, and with `spool_dir` and checkpoints the checkpoint found there. A
+/// corrupt checkpoint is counted and set aside. Blocking.
+fn open_spool(
+    cfg: &AgentConfig,
+    metrics: &SelfMetrics,
+) -> Result<(spool::Spool, Option<checkpoint::Checkpoint>), AgentError> {
+    let spool = spool::Spool::open(cfg, now_ms(), metrics)?;
+    let found = match spool.dir() {
+        Some(dir) if cfg.checkpoint_interval_secs > 0 => {
+            match checkpoint::read(dir, DEFAULT_TENANT) {
+                Ok(found) => found,
+                Err(why) => {
+                    metrics
+                        .errors
+                        .with_label_values(&["checkpoint_corrupt"])
+                        .inc();
+                    tracing::error!("corrupt checkpoint, starting without it: {why}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok((spool, found))
+}
+
+/// The tenant of the agent's series (the partitioner sets the real one from the API key).
+const DEFAULT_TENANT: &str = "default";
 
 /// Runs the agent until `shutdown` resolves, then flushes and drains the spool.
 pub async fn run(

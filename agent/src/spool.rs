@@ -16,7 +16,8 @@
 //!
 //! A file is written as `.tmp-<name>`, fsynced, renamed to its name and the directory fsynced
 //! *before* the batch is first sent; it is removed once the partitioner acknowledged the batch
-//! (or refused it for good). A removal lost in a crash only sends the batch once more, which is
+//! (or refused it for good), or with checkpoints once the next checkpoint is written
+//! ([`crate::checkpoint`]). A removal lost in a crash only sends the batch once more, which is
 //! merged once. At start the agent reads every file in `seq` order and queues them before anything
 //! new. A file that is not such a batch (magic, CRC, gzip or batch encoding wrong) is renamed
 //! `<name>.corrupt`, counted in `errors_total{kind="spool_corrupt"}` and logged, never sent and
@@ -79,6 +80,12 @@ pub struct Spool {
     /// Signalled whenever the spool becomes empty and nothing is in flight.
     pub drained: Notify,
     in_flight: Mutex<bool>,
+    /// With checkpoints: files of acknowledged batches are kept until a checkpoint's watermark
+    /// reaches their seq ([`Self::release`]).
+    keep_acked: bool,
+    acked: Mutex<Vec<Entry>>,
+    /// The minutes of each batch found on disk at start, by seq.
+    found: Mutex<Vec<(u64, Vec<i64>)>>,
 }
 
 fn file_name(seq: u64) -> String {
@@ -92,19 +99,19 @@ fn compress(batch: &Batch) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// The file of a body.
-fn frame(body: &[u8]) -> Vec<u8> {
+/// The file of a body: `magic`, the body's CRC-32, the body.
+pub(crate) fn frame(magic: &[u8; 3], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len());
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     out.extend_from_slice(body);
     out
 }
 
 /// The body in a file's bytes, and the batch it holds; why not, for a corrupt file.
-fn unframe(file: &[u8]) -> Result<(&[u8], Batch), String> {
-    if file.len() < HEADER || &file[..MAGIC.len()] != MAGIC {
-        return Err("not a spooled batch (magic)".into());
+pub(crate) fn unframe<'a>(magic: &[u8; 3], file: &'a [u8]) -> Result<(&'a [u8], Batch), String> {
+    if file.len() < HEADER || &file[..magic.len()] != magic {
+        return Err("not a thermo agent file (magic)".into());
     }
     let crc = u32::from_le_bytes([file[3], file[4], file[5], file[6]]);
     let body = &file[HEADER..];
@@ -119,8 +126,9 @@ fn unframe(file: &[u8]) -> Result<(&[u8], Batch), String> {
     Ok((body, batch))
 }
 
-/// Writes `bytes` at `path` durably: a temporary file, fsynced, renamed, the directory fsynced.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` at `dir/name` durably: a temporary file, fsynced, renamed, the directory
+/// fsynced.
+pub(crate) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".tmp-{name}"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -147,6 +155,9 @@ impl Spool {
             wake: Notify::new(),
             drained: Notify::new(),
             in_flight: Mutex::new(false),
+            keep_acked: false,
+            acked: Mutex::new(Vec::new()),
+            found: Mutex::new(Vec::new()),
         }
     }
 
@@ -184,8 +195,16 @@ impl Spool {
         for name in names {
             let path = dir.join(&name);
             let bytes = std::fs::read(&path).map_err(fail)?;
-            match unframe(&bytes) {
+            match unframe(MAGIC, &bytes) {
                 Ok((_, batch)) => {
+                    let mut minutes: Vec<i64> = batch.items.iter().map(|i| i.minute).collect();
+                    minutes.sort_unstable();
+                    minutes.dedup();
+                    spool
+                        .found
+                        .get_mut()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((batch.seq, minutes));
                     let entry = Entry {
                         agent_id: batch.agent_id,
                         seq: batch.seq,
@@ -212,8 +231,47 @@ impl Spool {
         if found > 0 {
             tracing::info!(batches = found, series = items, dir = %dir.display(), "spooled batches found; sending them first");
         }
+        spool.keep_acked = cfg.checkpoint_interval_secs > 0;
         spool.dir = Some(dir);
         Ok(spool)
+    }
+
+    /// The directory of the spool, if on disk.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The last sequence number given to a batch (a checkpoint's watermark).
+    pub fn last_seq(&self) -> u64 {
+        *self.next_seq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The minutes of the batches found on disk at start whose seq is above `watermark`: a
+    /// checkpoint with that watermark must leave them out (they were flushed after it).
+    pub fn minutes_after(&self, watermark: u64) -> std::collections::BTreeSet<i64> {
+        let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found
+            .iter()
+            .filter(|(seq, _)| *seq > watermark)
+            .flat_map(|(_, minutes)| minutes.iter().copied())
+            .collect()
+    }
+
+    /// A checkpoint with `watermark` is on disk: the files of acknowledged batches up to it can
+    /// go. Blocking.
+    pub fn release(&self, watermark: u64) {
+        let gone: Vec<Entry> = {
+            let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+            let (gone, keep) = acked.drain(..).partition(|e| e.seq <= watermark);
+            *acked = keep;
+            gone
+        };
+        for e in &gone {
+            self.remove_file(e);
+        }
+        let bytes: u64 = gone.iter().map(|e| e.file_bytes).sum();
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.file_bytes = q.file_bytes.saturating_sub(bytes);
     }
 
     /// Whether batches are kept on disk.
@@ -280,7 +338,7 @@ impl Spool {
         };
         match &self.dir {
             Some(dir) => {
-                let file = frame(&body);
+                let file = frame(MAGIC, &body);
                 match write_durably(dir, &file_name(batch.seq), &file) {
                     Ok(()) => entry.file_bytes = file.len() as u64,
                     Err(e) => {
@@ -332,7 +390,8 @@ impl Spool {
         let dir = self.dir.as_ref().ok_or("no body and no spool_dir")?;
         let path = dir.join(file_name(entry.seq));
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let (body, _) = unframe(&bytes).map_err(|why| format!("{}: {why}", path.display()))?;
+        let (body, _) =
+            unframe(MAGIC, &bytes).map_err(|why| format!("{}: {why}", path.display()))?;
         Ok(Arc::new(body.to_vec()))
     }
 
@@ -369,12 +428,22 @@ impl Spool {
     }
 
     /// The batch in flight is done with: `delivered` (acknowledged or refused for good) removes
-    /// its file; otherwise (shutdown) the file stays for the next start. Blocking.
+    /// its file (with checkpoints, at the next checkpoint: [`Self::release`]); otherwise
+    /// (shutdown) the file stays for the next start. Blocking.
     pub fn done(&self, entry: Option<&Entry>, delivered: bool) {
-        if let (Some(e), true) = (entry, delivered) {
-            self.remove_file(e);
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.file_bytes = q.file_bytes.saturating_sub(e.file_bytes);
+        match (entry, delivered) {
+            (Some(e), true) if self.keep_acked && e.file_bytes > 0 => {
+                self.acked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.clone());
+            }
+            (Some(e), true) => {
+                self.remove_file(e);
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q.file_bytes = q.file_bytes.saturating_sub(e.file_bytes);
+            }
+            _ => {}
         }
         *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = false;
         if self.is_empty() {
@@ -409,6 +478,7 @@ mod tests {
             agent_id: "a1".into(),
             spool_dir: dir.display().to_string(),
             batch_max_items: 10,
+            checkpoint_interval_secs: 0,
             ..AgentConfig::default()
         }
     }
@@ -504,6 +574,40 @@ mod tests {
         assert!(m
             .render()
             .contains(r#"thermo_agent_dropped_total{reason="spool_full"} 20"#));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With checkpoints, an acknowledged batch's file stays (counted in the bytes) until a
+    /// checkpoint's watermark reaches it; the minutes of the batches found at start are known
+    /// by seq.
+    #[test]
+    fn with_checkpoints_acknowledged_files_stay_until_released() {
+        let dir = temp_dir("release");
+        let m = SelfMetrics::new("agent", "lines");
+        let c = AgentConfig {
+            checkpoint_interval_secs: 5,
+            ..cfg(&dir)
+        };
+        let spool = Spool::open(&c, 1, &m).unwrap();
+        spool.push_minutes(minutes(0, 20), &m);
+        let base = 1 << 20;
+        assert_eq!(spool.last_seq(), base + 2);
+        let first = spool.pop().unwrap();
+        spool.done(Some(&first), true);
+        let bytes = spool.file_bytes();
+        assert_eq!(files(&dir).len(), 2);
+        spool.release(base);
+        assert_eq!(files(&dir).len(), 2, "the watermark is below the batch");
+        spool.release(base + 1);
+        assert_eq!(files(&dir), vec![file_name(base + 2)]);
+        assert!(spool.file_bytes() < bytes);
+        drop(spool);
+        let spool = Spool::open(&c, 1, &m).unwrap();
+        assert_eq!(
+            spool.minutes_after(base + 1),
+            [1_764_460_800].into_iter().collect()
+        );
+        assert!(spool.minutes_after(base + 2).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

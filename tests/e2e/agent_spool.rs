@@ -93,3 +93,89 @@ fn spooled_minutes_survive_a_sigkilled_agent() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(sum(&stack.query(&q)), Some(total), "counted once");
 }
+
+/// Counter lines of metric `name` for series `s0..s<n>` with value `v`, at `minute` (`|T`) or now
+/// (`None`, so the minute stays open); and their total.
+fn lines(name: &str, n: usize, v: f64, minute: Option<i64>) -> (String, f64) {
+    let at = minute.map_or(String::new(), |m| format!("|T{}", m + 7));
+    let body: Vec<String> = (0..n)
+        .map(|s| format!("{name}:{v}|c|#s:s{s}{at}"))
+        .collect();
+    (body.join("\n"), v * n as f64)
+}
+
+fn post(stack: &Stack, agent: usize, body: &str) {
+    let r = http()
+        .post(stack.agents[agent].url("/api/v1/statsd"))
+        .body(body.to_string())
+        .send()
+        .expect("statsd post");
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap_or_default());
+}
+
+/// Two agents with a spool and a checkpoint every second keep taking lines (closed minutes and the
+/// open one) while the partitioner is down; one is SIGKILLed after its last checkpoint and
+/// restarted; both take more lines; the partitioner comes back: every line accepted before the
+/// checkpoint, and every line after the restart, is counted exactly once.
+#[test]
+fn open_minutes_survive_a_sigkill_through_the_checkpoint() {
+    let agent =
+        |i: usize| format!("spool_dir = \"agent-{i}-spool\"\ncheckpoint_interval_secs = 1\n");
+    let extra = Extra {
+        agents: vec![agent(0), agent(1)],
+        ..Extra::default()
+    };
+    let mut stack = Stack::start_with("agent-checkpoint", 2, 1, 2, 1000, &extra);
+    let base = window_start(now_s() - 30 * 60, 600);
+    stack.partitioner.proc.kill();
+
+    let mut total = 0.0;
+    for i in 0..2 {
+        for (body, sum) in [
+            lines("ckpt", 100, 2.0, Some(base)),
+            lines("ckpt", 100, 3.0, Some(base + 60)),
+            lines("ckpt", 50, 5.0, None),
+        ] {
+            post(&stack, i, &body);
+            total += sum;
+        }
+    }
+    // A checkpoint that began after the last line was accepted.
+    let checkpoints = |i: usize| metric(stack.agents[i].http, "thermo_agent_checkpoints_total");
+    let seen = checkpoints(0);
+    wait_until("two more checkpoints", Duration::from_secs(30), || {
+        checkpoints(0) >= seen + 2.0
+    });
+    stack.agents[0].proc.kill();
+    stack.agents[0].restart();
+    assert_eq!(
+        metric(
+            stack.agents[0].http,
+            r#"thermo_agent_errors_total{kind="checkpoint_corrupt"}"#
+        ),
+        0.0
+    );
+    for i in 0..2 {
+        let (body, sum) = lines("ckpt", 50, 7.0, None);
+        post(&stack, i, &body);
+        total += sum;
+    }
+    stack.partitioner.restart();
+    stack.flush_agents();
+
+    let q = format!(
+        "metric=ckpt&stat=sum&from={base}&to={}&step=3600",
+        base + 3600
+    );
+    // Points of hour-aligned steps: the total is their sum.
+    let sum = |a: &serde_json::Value| {
+        a["series"][0]["points"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p[1].as_f64()).sum::<f64>())
+    };
+    stack.query_until(&q, "every accepted line", &mut |a: &serde_json::Value| {
+        sum(a) == Some(total)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sum(&stack.query(&q)), Some(total), "counted once");
+}
