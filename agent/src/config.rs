@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// First retry delay; doubles up to `retry_max_ms`, with jitter.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// Failed sends in a row (time-outs, connection errors, 5xx) that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker sends nothing before it lets one probe through.
+    pub breaker_open_ms: u64,
     /// How long shutdown waits for the spool to drain.
     pub shutdown_timeout_secs: u64,
 }
@@ -75,6 +79,8 @@ impl Default for AgentConfig {
             request_timeout_ms: 5000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
+            breaker_failures: 5,
+            breaker_open_ms: 15_000,
             shutdown_timeout_secs: 30,
         }
     }

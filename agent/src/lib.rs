@@ -12,6 +12,7 @@
 //! ([`spool`]) and open ones up to the last checkpoint ([`checkpoint`], every
 //! `checkpoint_interval_secs`); without it, a SIGKILL loses everything the agent holds.
 
+pub mod breaker;
 pub mod checkpoint;
 pub mod config;
 pub mod http;
@@ -193,7 +194,8 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let udp = tokio::net::UdpSocket::bind(&cfg.udp_addr)
         .await
         .map_err(|e| AgentError::Startup(format!("bind udp {}: {e}", cfg.udp_addr)))?;
-    let sender = sender::Sender::new(cfg).map_err(|e| AgentError::Startup(e.to_string()))?;
+    let sender =
+        sender::Sender::new(cfg, &metrics).map_err(|e| AgentError::Startup(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let sender_task = tokio::spawn(sender.run(spool.clone(), metrics.clone(), stop_rx));
     let udp_task = {

@@ -2,13 +2,18 @@
 //!
 //! - Timeouts, connection errors, 5xx and 429 are retried with exponential backoff and jitter, at
 //!   least the server's `Retry-After`; other 4xx are not retried (counted as `rejected`, logged).
+//! - Failures in a row open the circuit breaker ([`crate::breaker`]): no sends until it lets a
+//!   probe through.
+//! - A shutdown deadline stops waiting within 50 ms, whatever the backoff.
 //! - A 429 for new series over the tenant's series limit (its body names the `limit`, with the
 //!   series-minutes `accepted` and `refused`) is final: the rest of the batch was accepted, and the
 //!   refused series would be refused again, so the batch is done with; the refused series-minutes
 //!   are counted in `dropped_total{reason="tenant_series_limit"}` and logged with the series named.
 
+use crate::breaker::Breaker;
 use crate::config::AgentConfig;
 use crate::spool::{Entry, Spool};
+use prometheus::{IntCounter, IntGauge};
 use std::sync::Arc;
 use std::time::Duration;
 use thermo_runtime::telemetry::SelfMetrics;
@@ -19,6 +24,8 @@ enum Attempt {
     Retry {
         after: Option<Duration>,
         why: String,
+        /// Whether the partitioner failed (time-out, connection, 5xx), not paced us (429).
+        failed: bool,
     },
     Rejected(String),
     /// Part of the batch accepted, new series over a series limit refused for good.
@@ -45,10 +52,13 @@ pub struct Sender {
     retry_initial: Duration,
     retry_max: Duration,
     rng: u64,
+    breaker: Breaker,
+    breaker_state: IntGauge,
+    breaker_opens: IntCounter,
 }
 
 impl Sender {
-    pub fn new(cfg: &AgentConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(cfg: &AgentConfig, metrics: &SelfMetrics) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.request_timeout_ms))
             .build()?;
@@ -62,7 +72,31 @@ impl Sender {
             retry_initial: Duration::from_millis(cfg.retry_initial_ms.max(1)),
             retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_initial_ms.max(1))),
             rng: std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15,
+            breaker: Breaker::new(
+                cfg.breaker_failures,
+                Duration::from_millis(cfg.breaker_open_ms),
+            ),
+            breaker_state: metrics.gauge(
+                "breaker_state",
+                "the sender's circuit breaker: 0 closed, 1 open, 2 half-open",
+            ),
+            breaker_opens: metrics.counter(
+                "breaker_opens_total",
+                "times the sender's circuit breaker opened",
+            ),
         })
+    }
+
+    /// Waits while the breaker is open (`false`: `give_up` said stop first).
+    async fn breaker_allows(&mut self, give_up: &(dyn Fn() -> bool + Sync)) -> bool {
+        while let Some(wait) = self.breaker.wait(tokio::time::Instant::now()) {
+            self.breaker_state.set(self.breaker.state().code());
+            if !pause(wait, give_up).await {
+                return false;
+            }
+        }
+        self.breaker_state.set(self.breaker.state().code());
+        true
     }
 
     fn jitter(&mut self, d: Duration) -> Duration {
@@ -92,6 +126,7 @@ impl Sender {
             Err(e) => Attempt::Retry {
                 after: None,
                 why: e.to_string(),
+                failed: true,
             },
             Ok(resp) => {
                 let status = resp.status();
@@ -116,6 +151,7 @@ impl Sender {
                     Attempt::Retry {
                         after: retry_after,
                         why: format!("{status}: {text}"),
+                        failed: status.is_server_error(),
                     }
                 } else {
                     Attempt::Rejected(format!("{status}: {text}"))
@@ -135,7 +171,22 @@ impl Sender {
     ) -> bool {
         let mut backoff = self.retry_initial;
         loop {
-            match self.attempt(body, batch).await {
+            if !self.breaker_allows(give_up).await {
+                return false;
+            }
+            let attempt = self.attempt(body, batch).await;
+            match &attempt {
+                Attempt::Retry { failed: true, .. } => {
+                    if self.breaker.failure(tokio::time::Instant::now()) {
+                        self.breaker_opens.inc();
+                        tracing::warn!("partitioner failing: circuit breaker open");
+                    }
+                }
+                // An answer, even a 429: the partitioner is there.
+                _ => self.breaker.success(),
+            }
+            self.breaker_state.set(self.breaker.state().code());
+            match attempt {
                 Attempt::Sent => {
                     metrics.sent.inc_by(batch.items as u64);
                     return true;
@@ -170,14 +221,16 @@ impl Sender {
                     );
                     return true;
                 }
-                Attempt::Retry { after, why } => {
+                Attempt::Retry { after, why, .. } => {
                     metrics.errors.with_label_values(&["send_retry"]).inc();
                     if give_up() {
                         return false;
                     }
                     let wait = self.jitter(backoff).max(after.unwrap_or_default());
                     tracing::warn!(seq = batch.seq, "send failed, retrying in {wait:?}: {why}");
-                    tokio::time::sleep(wait).await;
+                    if !pause(wait, give_up).await {
+                        return false;
+                    }
                     backoff = (backoff * 2).min(self.retry_max);
                 }
             }
@@ -245,6 +298,22 @@ impl Sender {
     }
 }
 
+/// Sleeps `wait`, in slices, while `give_up` says go on: `false` if it said stop (the shutdown
+/// deadline is kept to within 50 ms, whatever the backoff).
+async fn pause(wait: Duration, give_up: &(dyn Fn() -> bool + Sync)) -> bool {
+    let end = tokio::time::Instant::now() + wait;
+    loop {
+        if give_up() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            return true;
+        }
+        tokio::time::sleep((end - now).min(Duration::from_millis(50))).await;
+    }
+}
+
 /// The body of `batch` (read from disk on a blocking thread).
 async fn read_body(spool: &Arc<Spool>, batch: &Entry) -> Result<Arc<Vec<u8>>, String> {
     let (s, b) = (spool.clone(), batch.clone());
@@ -258,46 +327,71 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
     use axum::routing::post;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::Mutex;
     use thermo_core::aggregate::{Aggregate, Counter};
     use thermo_core::key::MetricKey;
+    use tokio::time::Instant;
 
-    /// A partitioner stub answering a rate-limit 429 first (retried), then a series-limit 429
-    /// (final: its accepted part counted as sent, its refused part as dropped
-    /// `tenant_series_limit`).
-    #[tokio::test]
-    async fn a_series_limit_429_is_final_and_counted() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let seen = calls.clone();
+    /// One scripted answer of the stub: status, `Retry-After`, body, delay before answering.
+    #[derive(Clone)]
+    struct Answer(u16, Option<&'static str>, serde_json::Value, Duration);
+
+    fn answer(status: u16) -> Answer {
+        Answer(
+            status,
+            None,
+            serde_json::json!({"accepted": 5}),
+            Duration::ZERO,
+        )
+    }
+
+    /// A partitioner stub on 127.0.0.1 answering `script` in order (its last answer after that);
+    /// the times requests arrived.
+    async fn stub(script: Vec<Answer>) -> (String, Arc<Mutex<Vec<Instant>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
         let app = axum::Router::new().route(
             "/api/v1/ingest",
             post(move || {
-                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let n = {
+                    let mut l = log.lock().unwrap();
+                    l.push(Instant::now());
+                    l.len() - 1
+                };
+                let Answer(status, retry, body, delay) =
+                    script.get(n).or(script.last()).cloned().unwrap();
                 async move {
-                    let body = if n == 0 {
-                        serde_json::json!({"error": "tenant \"t\" is over its rate"})
-                    } else {
-                        serde_json::json!({"error": "over", "limit": "max_active_series",
-                            "max": 3, "accepted": 3, "refused": 2})
-                    };
-                    (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        [("retry-after", "0")],
+                    tokio::time::sleep(delay).await;
+                    let mut resp = axum::response::IntoResponse::into_response((
+                        StatusCode::from_u16(status).unwrap(),
                         axum::Json(body),
-                    )
+                    ));
+                    if let Some(r) = retry {
+                        resp.headers_mut().insert("retry-after", r.parse().unwrap());
+                    }
+                    resp
                 }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let cfg = AgentConfig {
-            partitioner_url: format!("http://{addr}"),
+        (format!("http://{addr}"), seen)
+    }
+
+    fn config(url: &str) -> AgentConfig {
+        AgentConfig {
+            partitioner_url: url.to_string(),
             retry_initial_ms: 10,
+            retry_max_ms: 40,
+            request_timeout_ms: 300,
+            breaker_failures: 3,
             ..AgentConfig::default()
-        };
-        let mut sender = Sender::new(&cfg).unwrap();
+        }
+    }
+
+    /// A batch of 5 counter series-minutes from a spool in memory, and its body.
+    fn batch(cfg: &AgentConfig, metrics: &SelfMetrics) -> (Entry, Arc<Vec<u8>>) {
         let item = |host: usize| {
             let key = MetricKey::new("default", "req", vec![("host".into(), format!("h{host}"))])
                 .unwrap();
@@ -307,20 +401,171 @@ mod tests {
             });
             (key, agg)
         };
+        let spool = Spool::in_memory(cfg, 1);
+        spool.push_minutes(vec![(1_764_460_800, (0..5).map(item).collect())], metrics);
+        let entry = spool.pop().unwrap();
+        let body = spool.body(&entry).unwrap();
+        (entry, body)
+    }
+
+    /// Sends one batch to a stub answering `script`: whether it was done with, the requests'
+    /// arrival times, and the metrics.
+    async fn run(
+        script: Vec<Answer>,
+        give_up_after: Option<Duration>,
+        breaker_open_ms: u64,
+    ) -> (bool, Vec<Instant>, String) {
+        let (url, seen) = stub(script).await;
+        let cfg = AgentConfig {
+            breaker_open_ms,
+            ..config(&url)
+        };
         let metrics = SelfMetrics::new("agent", "series-minutes");
-        let spool = Spool::in_memory(&cfg, 1);
-        spool.push_minutes(vec![(1_764_460_800, (0..5).map(item).collect())], &metrics);
-        let batch = spool.pop().unwrap();
-        let body = spool.body(&batch).unwrap();
-        assert!(sender.send(&batch, &body, &metrics, &|| false).await);
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-        let text = metrics.render();
-        for line in [
-            "thermo_agent_sent_total 3",
-            r#"thermo_agent_dropped_total{reason="tenant_series_limit"} 2"#,
-            r#"thermo_agent_errors_total{kind="send_retry"} 1"#,
-        ] {
+        let mut sender = Sender::new(&cfg, &metrics).unwrap();
+        let (entry, body) = batch(&cfg, &metrics);
+        let started = Instant::now();
+        let give_up = move || give_up_after.is_some_and(|d| started.elapsed() >= d);
+        let done = sender.send(&entry, &body, &metrics, &give_up).await;
+        let times = seen.lock().unwrap().clone();
+        (done, times, metrics.render())
+    }
+
+    fn has(text: &str, lines: &[&str]) {
+        for line in lines {
             assert!(text.contains(line), "{line} not in {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_2xx_is_sent_once() {
+        let (done, times, m) = run(vec![answer(200)], None, 400).await;
+        assert!(done);
+        assert_eq!(times.len(), 1);
+        has(
+            &m,
+            &["thermo_agent_sent_total 5", "thermo_agent_breaker_state 0"],
+        );
+        assert!(!m.contains("send_retry"), "{m}");
+    }
+
+    /// A 429 waits at least its `Retry-After`, and does not count against the breaker.
+    #[tokio::test]
+    async fn a_429_waits_its_retry_after() {
+        let paced = Answer(
+            429,
+            Some("1"),
+            serde_json::json!({"error": "rate"}),
+            Duration::ZERO,
+        );
+        let (done, times, m) = run(vec![paced, answer(200)], None, 400).await;
+        assert!(done);
+        assert_eq!(times.len(), 2);
+        assert!(times[1] - times[0] >= Duration::from_secs(1));
+        has(
+            &m,
+            &[
+                "thermo_agent_sent_total 5",
+                r#"thermo_agent_errors_total{kind="send_retry"} 1"#,
+                "thermo_agent_breaker_opens_total 0",
+            ],
+        );
+    }
+
+    /// 5xx and time-outs are retried; a 4xx is final, counted as rejected.
+    #[tokio::test]
+    async fn failures_are_retried_and_a_4xx_is_final() {
+        let slow = Answer(200, None, serde_json::json!({}), Duration::from_secs(2));
+        let (done, times, m) = run(vec![answer(503), slow, answer(200)], None, 400).await;
+        assert!(done);
+        assert_eq!(times.len(), 3);
+        has(
+            &m,
+            &[
+                "thermo_agent_sent_total 5",
+                r#"thermo_agent_errors_total{kind="send_retry"} 2"#,
+            ],
+        );
+        let (done, times, m) = run(vec![answer(400)], None, 400).await;
+        assert!(done);
+        assert_eq!(times.len(), 1);
+        has(&m, &[r#"thermo_agent_dropped_total{reason="rejected"} 5"#]);
+        assert!(!m.contains("thermo_agent_sent_total 5"), "{m}");
+    }
+
+    /// Three failures open the breaker: nothing is sent for 1 s, then one probe; a failed probe
+    /// opens it again; a successful one closes it.
+    #[tokio::test]
+    async fn the_breaker_opens_probes_and_closes() {
+        let script = vec![
+            answer(503),
+            answer(503),
+            answer(503),
+            answer(503),
+            answer(200),
+        ];
+        let (done, times, m) = run(script, None, 1_000).await;
+        assert!(done);
+        assert_eq!(times.len(), 5);
+        // Backoff (10 to 40 ms) between the first three; the breaker's second after the third
+        // (open) and after the fourth (the failed probe).
+        assert!(times[2] - times[0] < Duration::from_millis(900));
+        assert!(times[3] - times[2] >= Duration::from_millis(1_000));
+        assert!(times[4] - times[3] >= Duration::from_millis(1_000));
+        has(
+            &m,
+            &[
+                "thermo_agent_sent_total 5",
+                "thermo_agent_breaker_opens_total 2",
+                "thermo_agent_breaker_state 0",
+                r#"thermo_agent_errors_total{kind="send_retry"} 4"#,
+            ],
+        );
+    }
+
+    /// A shutdown deadline stops the retries within 50 ms of it, whatever the breaker and the
+    /// backoff say; the batch is not done with (it stays in the spool).
+    #[tokio::test]
+    async fn the_shutdown_deadline_is_kept() {
+        let started = Instant::now();
+        let (done, times, m) =
+            run(vec![answer(503)], Some(Duration::from_millis(300)), 10_000).await;
+        let took = started.elapsed();
+        assert!(!done);
+        // Not the breaker's 10 s.
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // Three failures before the breaker opens; then the deadline passes while it is open.
+        assert_eq!(times.len(), 3);
+        has(&m, &["thermo_agent_breaker_state 1"]);
+        assert!(!m.contains("thermo_agent_sent_total 5"), "{m}");
+    }
+
+    /// A 429 for new series over the tenant's series limit is final: its accepted part counted
+    /// as sent, its refused part as dropped `tenant_series_limit`.
+    #[tokio::test]
+    async fn a_series_limit_429_is_final_and_counted() {
+        let limited = Answer(
+            429,
+            Some("0"),
+            serde_json::json!({"error": "over", "limit": "max_active_series",
+                "max": 3, "accepted": 3, "refused": 2}),
+            Duration::ZERO,
+        );
+        let rate = Answer(
+            429,
+            Some("0"),
+            serde_json::json!({"error": "rate"}),
+            Duration::ZERO,
+        );
+        let (done, times, m) = run(vec![rate, limited], None, 400).await;
+        assert!(done);
+        assert_eq!(times.len(), 2);
+        has(
+            &m,
+            &[
+                "thermo_agent_sent_total 3",
+                r#"thermo_agent_dropped_total{reason="tenant_series_limit"} 2"#,
+                r#"thermo_agent_errors_total{kind="send_retry"} 1"#,
+            ],
+        );
     }
 }

@@ -118,7 +118,7 @@ impl Stack {
                 Role {
                     udp,
                     ..Role::start(d, &format!("agent-{i}"), "agent", &format!(
-                        "udp_addr = \"127.0.0.1:{udp}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nrequest_timeout_ms = 5000\n{}[global_tags]\nhost = \"h{}\"\n",
+                        "udp_addr = \"127.0.0.1:{udp}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nbreaker_open_ms = 1000\nrequest_timeout_ms = 5000\n{}[global_tags]\nhost = \"h{}\"\n",
                         extra.agents.get(i).map_or("", String::as_str),
                         i + 1))
                 }
