@@ -9,6 +9,9 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How often a send waiting for the probe's answer looks again.
+const PROBE_POLL: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
@@ -34,6 +37,8 @@ pub struct Breaker {
     open_for: Duration,
     failures: u32,
     state: State,
+    /// Half-open with its probe sent: the other sends wait for its answer.
+    probing: bool,
 }
 
 impl Breaker {
@@ -44,6 +49,7 @@ impl Breaker {
             open_for,
             failures: 0,
             state: State::Closed,
+            probing: false,
         }
     }
 
@@ -52,26 +58,39 @@ impl Breaker {
     }
 
     /// How long to wait before the next send may go (`None`: now). An open breaker past its
-    /// time becomes half-open: the next send is the probe.
+    /// time becomes half-open: the next send is the probe, and the others wait for its answer.
     pub fn wait(&mut self, now: Instant) -> Option<Duration> {
         match self.state {
             State::Open { until } if now < until => Some(until - now),
             State::Open { .. } => {
                 self.state = State::HalfOpen;
+                self.probing = true;
                 None
             }
-            State::Closed | State::HalfOpen => None,
+            State::HalfOpen if self.probing => Some(PROBE_POLL),
+            State::HalfOpen => {
+                self.probing = true;
+                None
+            }
+            State::Closed => None,
         }
+    }
+
+    /// Whether sends go at will (more than one at a time).
+    pub fn closed(&self) -> bool {
+        self.state == State::Closed
     }
 
     /// A send reached the partitioner (any answer but a 5xx).
     pub fn success(&mut self) {
+        self.probing = false;
         self.failures = 0;
         self.state = State::Closed;
     }
 
     /// A send failed; true when the breaker opened because of it.
     pub fn failure(&mut self, now: Instant) -> bool {
+        self.probing = false;
         self.failures = self.failures.saturating_add(1);
         let open = matches!(self.state, State::HalfOpen) || self.failures >= self.threshold;
         if open {
@@ -103,6 +122,7 @@ mod tests {
         assert_eq!(b.wait(t0 + 4 * s), Some(6 * s));
         assert_eq!(b.wait(t0 + 10 * s), None);
         assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.wait(t0 + 10 * s), Some(PROBE_POLL), "one probe at a time");
         assert!(b.failure(t0 + 10 * s), "a failed probe opens it again");
         assert_eq!(b.wait(t0 + 15 * s), Some(5 * s));
         assert_eq!(b.wait(t0 + 20 * s), None);

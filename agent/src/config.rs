@@ -49,6 +49,8 @@ pub struct AgentConfig {
     /// First retry delay; doubles up to `retry_max_ms`, with jitter.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// Batches sent at once while the circuit breaker is closed (one while it is not).
+    pub max_in_flight_batches: usize,
     /// Failed sends in a row (time-outs, connection errors, 5xx) that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker sends nothing before it lets one probe through.
@@ -79,6 +81,7 @@ impl Default for AgentConfig {
             request_timeout_ms: 5000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
+            max_in_flight_batches: 4,
             breaker_failures: 5,
             breaker_open_ms: 15_000,
             shutdown_timeout_secs: 30,

@@ -76,7 +76,7 @@ pub async fn flush_and_drain(s: &Shared, deadline: Instant) -> Flushed {
     }
     Flushed {
         series,
-        pending_batches: s.spool.len() + usize::from(!s.spool.idle() && s.spool.is_empty()),
+        pending_batches: s.spool.batches(),
         drained: s.spool.idle(),
     }
 }

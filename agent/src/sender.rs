@@ -1,4 +1,5 @@
-//! The sender: the spool's batches ([`crate::spool`]) sent in order, with retries.
+//! The sender: the spool's batches ([`crate::spool`]) sent, up to `max_in_flight_batches` at
+//! once, with retries.
 //!
 //! - Timeouts, connection errors, 5xx and 429 are retried with exponential backoff and jitter, at
 //!   least the server's `Retry-After`; other 4xx are not retried (counted as `rejected`, logged).
@@ -14,7 +15,7 @@ use crate::breaker::Breaker;
 use crate::config::AgentConfig;
 use crate::spool::{Entry, Spool};
 use prometheus::{IntCounter, IntGauge};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thermo_runtime::telemetry::SelfMetrics;
 
@@ -51,10 +52,11 @@ pub struct Sender {
     api_key: String,
     retry_initial: Duration,
     retry_max: Duration,
-    rng: u64,
-    breaker: Breaker,
+    rng: Mutex<u64>,
+    breaker: Mutex<Breaker>,
     breaker_state: IntGauge,
     breaker_opens: IntCounter,
+    max_in_flight: usize,
 }
 
 impl Sender {
@@ -71,11 +73,12 @@ impl Sender {
             api_key: cfg.api_key.clone(),
             retry_initial: Duration::from_millis(cfg.retry_initial_ms.max(1)),
             retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_initial_ms.max(1))),
-            rng: std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15,
-            breaker: Breaker::new(
+            rng: Mutex::new(std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15),
+            breaker: Mutex::new(Breaker::new(
                 cfg.breaker_failures,
                 Duration::from_millis(cfg.breaker_open_ms),
-            ),
+            )),
+            max_in_flight: cfg.max_in_flight_batches.max(1),
             breaker_state: metrics.gauge(
                 "breaker_state",
                 "the sender's circuit breaker: 0 closed, 1 open, 2 half-open",
@@ -87,24 +90,33 @@ impl Sender {
         })
     }
 
-    /// Waits while the breaker is open (`false`: `give_up` said stop first).
-    async fn breaker_allows(&mut self, give_up: &(dyn Fn() -> bool + Sync)) -> bool {
-        while let Some(wait) = self.breaker.wait(tokio::time::Instant::now()) {
-            self.breaker_state.set(self.breaker.state().code());
-            if !pause(wait, give_up).await {
-                return false;
-            }
-        }
-        self.breaker_state.set(self.breaker.state().code());
-        true
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn jitter(&mut self, d: Duration) -> Duration {
+    /// Waits while the breaker is open (`false`: `give_up` said stop first).
+    async fn breaker_allows(&self, give_up: &(dyn Fn() -> bool + Sync)) -> bool {
+        loop {
+            let (wait, state) = {
+                let mut b = self.breaker();
+                (b.wait(tokio::time::Instant::now()), b.state().code())
+            };
+            self.breaker_state.set(state);
+            match wait {
+                None => return true,
+                Some(wait) if !pause(wait, give_up).await => return false,
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn jitter(&self, d: Duration) -> Duration {
         // xorshift64: jitter needs no cryptographic randomness.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let frac = 0.5 + (self.rng % 1000) as f64 / 2000.0;
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let frac = 0.5 + (*rng % 1000) as f64 / 2000.0;
         d.mul_f64(frac)
     }
 
@@ -163,7 +175,7 @@ impl Sender {
     /// Sends one batch until it is acknowledged, rejected, or `give_up` says stop.
     /// Returns true if it was acknowledged or rejected (i.e. it is done with).
     async fn send(
-        &mut self,
+        &self,
         batch: &Entry,
         body: &[u8],
         metrics: &SelfMetrics,
@@ -175,17 +187,23 @@ impl Sender {
                 return false;
             }
             let attempt = self.attempt(body, batch).await;
-            match &attempt {
-                Attempt::Retry { failed: true, .. } => {
-                    if self.breaker.failure(tokio::time::Instant::now()) {
-                        self.breaker_opens.inc();
-                        tracing::warn!("partitioner failing: circuit breaker open");
+            let (opened, state) = {
+                let mut b = self.breaker();
+                let opened = match &attempt {
+                    Attempt::Retry { failed: true, .. } => b.failure(tokio::time::Instant::now()),
+                    // An answer, even a 429: the partitioner is there.
+                    _ => {
+                        b.success();
+                        false
                     }
-                }
-                // An answer, even a 429: the partitioner is there.
-                _ => self.breaker.success(),
+                };
+                (opened, b.state().code())
+            };
+            if opened {
+                self.breaker_opens.inc();
+                tracing::warn!("partitioner failing: circuit breaker open");
             }
-            self.breaker_state.set(self.breaker.state().code());
+            self.breaker_state.set(state);
             match attempt {
                 Attempt::Sent => {
                     metrics.sent.inc_by(batch.items as u64);
@@ -237,19 +255,35 @@ impl Sender {
         }
     }
 
-    /// Sends spooled batches in order until `stop` is set and the spool is empty (or the stop
-    /// deadline passed: what is left is counted as dropped `shutdown`, or stays on disk for the
-    /// next start with `spool_dir`).
+    /// Sends spooled batches, up to `max_in_flight_batches` at once (one while the breaker is
+    /// not closed), until `stop` is set and the spool is empty (or the stop deadline passed: what
+    /// is left is counted as dropped `shutdown`, or stays on disk for the next start with
+    /// `spool_dir`). Batches may be acknowledged out of order: each is merged once, in any order.
     pub async fn run(
-        mut self,
+        self,
         spool: Arc<Spool>,
         metrics: SelfMetrics,
         mut stop: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     ) {
+        let me = Arc::new(self);
+        let mut sends = tokio::task::JoinSet::new();
         loop {
             let deadline = *stop.borrow();
-            let Some(batch) = spool.pop() else {
-                spool.done(None, false);
+            let limit = if me.breaker().closed() {
+                me.max_in_flight
+            } else {
+                1
+            };
+            while sends.len() < limit {
+                let Some(batch) = spool.pop() else {
+                    break;
+                };
+                let (me, spool, metrics) = (me.clone(), spool.clone(), metrics.clone());
+                let stop = stop.clone();
+                sends.spawn(async move { me.deliver(&spool, &metrics, batch, stop).await });
+            }
+            if sends.is_empty() {
+                spool.notify_if_idle();
                 if deadline.is_some() {
                     return;
                 }
@@ -258,43 +292,57 @@ impl Sender {
                     _ = stop.changed() => {}
                 }
                 continue;
-            };
-            let give_up = || {
-                deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
-                    || stop
-                        .borrow()
-                        .is_some_and(|d| tokio::time::Instant::now() >= d)
-            };
-            let delivered = match read_body(&spool, &batch).await {
-                Ok(body) => self.send(&batch, &body, &metrics, &give_up).await,
-                Err(why) => {
-                    // The file went bad after it was written: counted, set aside by the next start.
-                    metrics.errors.with_label_values(&["spool_corrupt"]).inc();
-                    tracing::error!(seq = batch.seq, "cannot read spooled batch, skipped: {why}");
-                    spool.done(Some(&batch), false);
-                    continue;
-                }
-            };
-            if !delivered {
-                if spool.durable() {
-                    tracing::warn!(
-                        seq = batch.seq,
-                        "shutdown deadline passed: batch left in the spool for the next start"
-                    );
-                } else {
-                    metrics
-                        .dropped
-                        .with_label_values(&["shutdown"])
-                        .inc_by(batch.items as u64);
-                    tracing::error!(
-                        seq = batch.seq,
-                        "shutdown deadline passed: batch not delivered"
-                    );
-                }
             }
-            let s = spool.clone();
-            let _ = tokio::task::spawn_blocking(move || s.done(Some(&batch), delivered)).await;
+            tokio::select! {
+                _ = sends.join_next() => {}
+                _ = spool.wake.notified() => {}
+                _ = stop.changed() => {}
+            }
         }
+    }
+
+    /// Sends one spooled batch until it is done with or the stop deadline passed, then tells
+    /// the spool.
+    async fn deliver(
+        &self,
+        spool: &Arc<Spool>,
+        metrics: &SelfMetrics,
+        batch: Entry,
+        stop: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+    ) {
+        let give_up = || {
+            stop.borrow()
+                .is_some_and(|d| tokio::time::Instant::now() >= d)
+        };
+        let delivered = match read_body(spool, &batch).await {
+            Ok(body) => self.send(&batch, &body, metrics, &give_up).await,
+            Err(why) => {
+                // The file went bad after it was written: counted, set aside by the next start.
+                metrics.errors.with_label_values(&["spool_corrupt"]).inc();
+                tracing::error!(seq = batch.seq, "cannot read spooled batch, skipped: {why}");
+                spool.done(&batch, false);
+                return;
+            }
+        };
+        if !delivered {
+            if spool.durable() {
+                tracing::warn!(
+                    seq = batch.seq,
+                    "shutdown deadline passed: batch left in the spool for the next start"
+                );
+            } else {
+                metrics
+                    .dropped
+                    .with_label_values(&["shutdown"])
+                    .inc_by(batch.items as u64);
+                tracing::error!(
+                    seq = batch.seq,
+                    "shutdown deadline passed: batch not delivered"
+                );
+            }
+        }
+        let s = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || s.done(&batch, delivered)).await;
     }
 }
 
@@ -421,7 +469,7 @@ mod tests {
             ..config(&url)
         };
         let metrics = SelfMetrics::new("agent", "series-minutes");
-        let mut sender = Sender::new(&cfg, &metrics).unwrap();
+        let sender = Sender::new(&cfg, &metrics).unwrap();
         let (entry, body) = batch(&cfg, &metrics);
         let started = Instant::now();
         let give_up = move || give_up_after.is_some_and(|d| started.elapsed() >= d);
@@ -567,5 +615,65 @@ mod tests {
                 r#"thermo_agent_errors_total{kind="send_retry"} 1"#,
             ],
         );
+    }
+
+    /// With `max_in_flight_batches = 4`, 8 batches to a partitioner answering in 300 ms: 4 at
+    /// a time, each sent once, and the spool drains.
+    #[tokio::test]
+    async fn batches_go_four_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let total = Arc::new(AtomicUsize::new(0));
+        let (n, p, t) = (now.clone(), peak.clone(), total.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/ingest",
+            post(move || {
+                let (n, p, t) = (n.clone(), p.clone(), t.clone());
+                async move {
+                    let at_once = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(at_once, Ordering::SeqCst);
+                    t.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({"accepted": 1}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let cfg = AgentConfig {
+            batch_max_items: 1,
+            max_in_flight_batches: 4,
+            request_timeout_ms: 5_000,
+            ..config(&format!("http://{addr}"))
+        };
+        let metrics = SelfMetrics::new("agent", "series-minutes");
+        let spool = Arc::new(Spool::in_memory(&cfg, 1));
+        let item = |host: usize| {
+            let key = MetricKey::new("default", "req", vec![("host".into(), format!("h{host}"))])
+                .unwrap();
+            let agg = Aggregate::Counter(Counter {
+                sum: 1.0,
+                samples: 1,
+            });
+            (key, agg)
+        };
+        spool.push_minutes(vec![(1_764_460_800, (0..8).map(item).collect())], &metrics);
+        assert_eq!(spool.len(), 8);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+        let sender = Sender::new(&cfg, &metrics).unwrap();
+        let task = tokio::spawn(sender.run(spool.clone(), metrics.clone(), stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !spool.idle() {
+            assert!(Instant::now() < deadline, "the spool never drained");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_tx.send(Some(Instant::now())).unwrap();
+        task.await.unwrap();
+        assert_eq!(total.load(Ordering::SeqCst), 8);
+        assert_eq!(peak.load(Ordering::SeqCst), 4);
+        has(&metrics.render(), &["thermo_agent_sent_total 8"]);
     }
 }

@@ -79,7 +79,8 @@ pub struct Spool {
     pub wake: Notify,
     /// Signalled whenever the spool becomes empty and nothing is in flight.
     pub drained: Notify,
-    in_flight: Mutex<bool>,
+    /// Batches popped and not done with yet.
+    in_flight: Mutex<usize>,
     /// With checkpoints: files of acknowledged batches are kept until a checkpoint's watermark
     /// reaches their seq ([`Self::release`]).
     keep_acked: bool,
@@ -154,7 +155,7 @@ impl Spool {
             batch_max_items: cfg.batch_max_items.max(1),
             wake: Notify::new(),
             drained: Notify::new(),
-            in_flight: Mutex::new(false),
+            in_flight: Mutex::new(0),
             keep_acked: false,
             acked: Mutex::new(Vec::new()),
             found: Mutex::new(Vec::new()),
@@ -411,42 +412,48 @@ impl Spool {
 
     /// Batches waiting or in flight.
     pub fn batches(&self) -> usize {
-        self.len() + usize::from(*self.in_flight.lock().unwrap_or_else(|p| p.into_inner()))
+        self.len() + *self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True when nothing is queued or in flight.
     pub fn idle(&self) -> bool {
-        self.is_empty() && !*self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+        self.is_empty() && *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) == 0
     }
 
-    /// The oldest batch, now in flight.
+    /// The oldest batch, now in flight (until [`Self::done`]).
     pub fn pop(&self) -> Option<Entry> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let e = q.entries.pop_front();
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = e.is_some();
+        if e.is_some() {
+            *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        }
         e
     }
 
     /// The batch in flight is done with: `delivered` (acknowledged or refused for good) removes
     /// its file (with checkpoints, at the next checkpoint: [`Self::release`]); otherwise
     /// (shutdown) the file stays for the next start. Blocking.
-    pub fn done(&self, entry: Option<&Entry>, delivered: bool) {
-        match (entry, delivered) {
-            (Some(e), true) if self.keep_acked && e.file_bytes > 0 => {
-                self.acked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(e.clone());
-            }
-            (Some(e), true) => {
-                self.remove_file(e);
-                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                q.file_bytes = q.file_bytes.saturating_sub(e.file_bytes);
-            }
-            _ => {}
+    pub fn done(&self, entry: &Entry, delivered: bool) {
+        if delivered && self.keep_acked && entry.file_bytes > 0 {
+            self.acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.clone());
+        } else if delivered {
+            self.remove_file(entry);
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.file_bytes = q.file_bytes.saturating_sub(entry.file_bytes);
         }
-        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        if self.is_empty() {
+        {
+            let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            *n = n.saturating_sub(1);
+        }
+        self.notify_if_idle();
+    }
+
+    /// Wakes those waiting for the spool to drain, if it has.
+    pub fn notify_if_idle(&self) {
+        if self.idle() {
             self.drained.notify_waiters();
         }
     }
@@ -512,10 +519,10 @@ mod tests {
         let first = spool.pop().unwrap();
         assert_eq!((first.seq, first.items), ((1_000 << 20) + 1, 10));
         let body = spool.body(&first).unwrap();
-        spool.done(Some(&first), true);
+        spool.done(&first, true);
         let second = spool.pop().unwrap();
         let second_body = spool.body(&second).unwrap();
-        spool.done(Some(&second), false); // shutdown: stays on disk
+        spool.done(&second, false); // shutdown: stays on disk
         assert_eq!(files(&dir).len(), 2);
         let on_disk = spool.file_bytes();
         drop(spool);
@@ -593,7 +600,7 @@ mod tests {
         let base = 1 << 20;
         assert_eq!(spool.last_seq(), base + 2);
         let first = spool.pop().unwrap();
-        spool.done(Some(&first), true);
+        spool.done(&first, true);
         let bytes = spool.file_bytes();
         assert_eq!(files(&dir).len(), 2);
         spool.release(base);
