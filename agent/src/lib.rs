@@ -80,20 +80,21 @@ impl Shared {
 
     /// Writes a checkpoint of the open minutes into `spool_dir` (nothing without one), then lets
     /// the spool remove the files of acknowledged batches it covers.
-    pub async fn checkpoint(&self) {
+    pub async fn checkpoint(self: &Arc<Self>) {
         let Some(dir) = self.spool.dir().map(std::path::Path::to_path_buf) else {
             return;
         };
-        // The watermark is read with the minutes, under the same lock: a flush takes its
-        // minutes under it before its batches get their seqs.
-        let (minutes, watermark) = {
-            let acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
-            (acc.snapshot(), self.spool.last_seq())
-        };
-        let (spool, agent_id) = (self.spool.clone(), self.agent_id.clone());
+        let me = self.clone();
+        // Copying thousands of series takes milliseconds: on a blocking thread, like the write.
         let written = tokio::task::spawn_blocking(move || {
-            let n = checkpoint::write(&dir, &agent_id, watermark, minutes)?;
-            spool.release(watermark);
+            // The watermark is read with the minutes, under the same lock: a flush takes its
+            // minutes under it before its batches get their seqs.
+            let (minutes, watermark) = {
+                let acc = me.acc.lock().unwrap_or_else(|p| p.into_inner());
+                (acc.snapshot(), me.spool.last_seq())
+            };
+            let n = checkpoint::write(&dir, &me.agent_id, watermark, minutes)?;
+            me.spool.release(watermark);
             Ok::<_, std::io::Error>(n)
         })
         .await;
