@@ -199,7 +199,7 @@ fn a_sigkill_loses_at_most_the_lines_since_the_last_checkpoint() {
             .timeout(Duration::from_secs(2))
             .build()
             .expect("client");
-        let body = vec!["loss:1|c"; 10].join("\n");
+        let body = ["loss:1|c"; 10].join("\n");
         // When each acknowledged request of 10 lines was answered.
         let mut acked = Vec::new();
         for _ in 0..200 {
