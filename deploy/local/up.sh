@@ -414,6 +414,9 @@ partitioner_url = "http://$HOST:$PARTITIONER_PORT"
 agent_id = "local-$hostname"
 api_key = ""
 flush_delay_secs = $FLUSH_DELAY_SECS
+# Closed minutes wait here until acknowledged, open ones are checkpointed every 5 s: a killed
+# agent restarts with them.
+spool_dir = "$DATA/agent-spool"
 global_tags = { host = "$hostname" }
 EOF
 
