@@ -438,8 +438,8 @@ mod tests {
         }
     }
 
-    /// A batch of 5 counter series-minutes from a spool in memory, and its body.
-    fn batch(cfg: &AgentConfig, metrics: &SelfMetrics) -> (Entry, Arc<Vec<u8>>) {
+    /// One minute of `n` counter series `req{host=h<i>}`, each 1.
+    fn counters(n: usize) -> Vec<thermo_core::accumulator::ClosedMinute> {
         let item = |host: usize| {
             let key = MetricKey::new("default", "req", vec![("host".into(), format!("h{host}"))])
                 .unwrap();
@@ -449,8 +449,13 @@ mod tests {
             });
             (key, agg)
         };
+        vec![(1_764_460_800, (0..n).map(item).collect())]
+    }
+
+    /// A batch of 5 counter series-minutes from a spool in memory, and its body.
+    fn batch(cfg: &AgentConfig, metrics: &SelfMetrics) -> (Entry, Arc<Vec<u8>>) {
         let spool = Spool::in_memory(cfg, 1);
-        spool.push_minutes(vec![(1_764_460_800, (0..5).map(item).collect())], metrics);
+        spool.push_minutes(counters(5), metrics);
         let entry = spool.pop().unwrap();
         let body = spool.body(&entry).unwrap();
         (entry, body)
@@ -651,16 +656,7 @@ mod tests {
         };
         let metrics = SelfMetrics::new("agent", "series-minutes");
         let spool = Arc::new(Spool::in_memory(&cfg, 1));
-        let item = |host: usize| {
-            let key = MetricKey::new("default", "req", vec![("host".into(), format!("h{host}"))])
-                .unwrap();
-            let agg = Aggregate::Counter(Counter {
-                sum: 1.0,
-                samples: 1,
-            });
-            (key, agg)
-        };
-        spool.push_minutes(vec![(1_764_460_800, (0..8).map(item).collect())], &metrics);
+        spool.push_minutes(counters(8), &metrics);
         assert_eq!(spool.len(), 8);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
         let sender = Sender::new(&cfg, &metrics).unwrap();

@@ -351,16 +351,23 @@ impl Spool {
             }
             None => entry.body = Some(Arc::new(body)),
         }
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.file_bytes += entry.file_bytes;
-        q.entries.push_back(entry);
-        while q.entries.len() > self.max_batches
-            || (q.file_bytes > self.max_bytes && q.entries.len() > 1)
+        let mut dropped = Vec::new();
         {
-            let Some(old) = q.entries.pop_front() else {
-                break;
-            };
-            q.file_bytes -= old.file_bytes;
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.file_bytes += entry.file_bytes;
+            q.entries.push_back(entry);
+            while q.entries.len() > self.max_batches
+                || (q.file_bytes > self.max_bytes && q.entries.len() > 1)
+            {
+                let Some(old) = q.entries.pop_front() else {
+                    break;
+                };
+                q.file_bytes -= old.file_bytes;
+                dropped.push(old);
+            }
+        }
+        // Unlinking waits for the disk: not while the sender waits for the queue.
+        for old in dropped {
             metrics
                 .dropped
                 .with_label_values(&["spool_full"])

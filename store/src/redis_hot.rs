@@ -104,16 +104,26 @@ fn decode_or_log(bytes: &[u8], series: &MetricKey, minute: i64) -> Option<HotCel
     }
 }
 
+/// A connection to the Redis at `url` (`redis://host:port[/db]`) that reconnects by itself:
+/// 2 s to connect, `response` to answer, `retries` reconnection attempts per command.
+pub(crate) async fn connect_manager(
+    url: &str,
+    response: std::time::Duration,
+    retries: usize,
+) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url)
+        .map_err(|e| StoreError::Invalid(format!("redis_url {url:?}: {e}")))?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(std::time::Duration::from_secs(2))
+        .set_response_timeout(response)
+        .set_number_of_retries(retries);
+    Ok(ConnectionManager::new_with_config(client, cfg).await?)
+}
+
 impl RedisHot {
     /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
     pub async fn connect(url: &str, retention_secs: i64) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Invalid(format!("redis_url {url:?}: {e}")))?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(std::time::Duration::from_secs(2))
-            .set_response_timeout(std::time::Duration::from_secs(10))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let conn = connect_manager(url, std::time::Duration::from_secs(10), 2).await?;
         Ok(Self {
             conn,
             retention_secs,

@@ -79,13 +79,8 @@ fn new_key(tenant: &str, hour: i64) -> String {
 impl RedisSeriesRegistry {
     /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Invalid(format!("redis_url {url:?}: {e}")))?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(std::time::Duration::from_secs(2))
-            .set_response_timeout(std::time::Duration::from_secs(5))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let conn =
+            crate::redis_hot::connect_manager(url, std::time::Duration::from_secs(5), 1).await?;
         Ok(Self {
             conn,
             script: Script::new(ADMIT_SCRIPT),
