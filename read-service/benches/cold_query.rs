@@ -18,7 +18,9 @@
 //! group size, and whether a bloom filter on `series_key` pays (a query of a series the object
 //! does not hold).
 //!
-//! `cargo bench --workspace --bench cold_query`
+//! `cargo bench --workspace --bench cold_query` (about 8 minutes); `cargo bench --workspace
+//! --bench cold_query -- hour` measures only the one-series hour, in both tenants, in alternating
+//! rounds (about a minute): the ratio the target is about, each round's own.
 
 use prometheus::{IntCounter, IntGauge};
 use std::path::{Path, PathBuf};
@@ -211,40 +213,47 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn new_reader(t: &Tenant) -> ColdReader<LocalDirCold> {
+    ColdReader::new(
+        t.store.clone(),
+        PREFIX,
+        cache(),
+        ColdCounters::unregistered(),
+    )
+}
+
+/// Runs `p` once on `t` through `reader`: the time in ms and the points answered.
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    t: &Tenant,
+    p: &QueryParams,
+    reader: &ColdReader<LocalDirCold>,
+) -> (f64, usize) {
+    let cold = Cold {
+        reader,
+        view: &t.view,
+    };
+    let started = Instant::now();
+    let r = rt
+        .block_on(evaluate(
+            &MemHot::new(),
+            Some(cold),
+            TENANT,
+            p,
+            Bounds::series(200_000),
+        ))
+        .expect("query");
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    (ms, r.series.iter().map(|s| s.points.len()).sum())
+}
+
 /// Runs `p` on `t` `runs` times with a cold cache and `runs` times with a warm one.
 fn measure(rt: &tokio::runtime::Runtime, t: &Tenant, p: &QueryParams, runs: usize) -> Figures {
-    let hot = MemHot::new();
-    let reader = || {
-        ColdReader::new(
-            t.store.clone(),
-            PREFIX,
-            cache(),
-            ColdCounters::unregistered(),
-        )
-    };
-    let run = |reader: &ColdReader<LocalDirCold>| -> (f64, usize) {
-        let cold = Cold {
-            reader,
-            view: &t.view,
-        };
-        let started = Instant::now();
-        let r = rt
-            .block_on(evaluate(
-                &hot,
-                Some(cold),
-                TENANT,
-                p,
-                Bounds::series(200_000),
-            ))
-            .expect("query");
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        (ms, r.series.iter().map(|s| s.points.len()).sum())
-    };
     let mut cold = Vec::new();
     let mut last = None;
     for _ in 0..runs {
-        let r = reader();
-        let (ms, points) = run(&r);
+        let r = new_reader(t);
+        let (ms, points) = run_once(rt, t, p, &r);
         cold.push(ms);
         last = Some((r, points));
     }
@@ -256,7 +265,9 @@ fn measure(rt: &tokio::runtime::Runtime, t: &Tenant, p: &QueryParams, runs: usiz
         c.keys_decoded.get(),
         c.bytes_read.get(),
     );
-    let warm: Vec<f64> = (0..runs).map(|_| run(&warm_reader).0).collect();
+    let warm: Vec<f64> = (0..runs)
+        .map(|_| run_once(rt, t, p, &warm_reader).0)
+        .collect();
     assert_eq!(
         warm_reader.counters().rows_decoded.get(),
         figures.1,
@@ -397,9 +408,44 @@ fn footer_len(path: &Path) -> u64 {
     u32::from_le_bytes(len) as u64 + 8
 }
 
+/// The one-series hour in both tenants, with a cold cache, in rounds of 201 pairs of runs (the
+/// 100-series tenant's, then the 100,000-series tenant's, so that each pair sees the machine in
+/// the same state): per round the two medians and the median of the pairs' ratios.
+fn hour_rounds(rt: &tokio::runtime::Runtime, rounds: usize) {
+    let mut small = Tenant::new(100, "hour");
+    small.fill(rt, Resolution::OneMinute, END - HOUR, false);
+    let mut large = Tenant::new(100_000, "hour");
+    large.fill(rt, Resolution::OneMinute, END - HOUR, false);
+    let p = query(HOUR, Resolution::OneMinute, 60, Some("h7"));
+    println!("| round | 100 series, cold ms | 100,000 series, cold ms | median ratio of pairs |\n|---|---|---|---|");
+    for round in 1..=rounds {
+        let (mut s, mut l, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..201 {
+            let (a, points_a) = run_once(rt, &small, &p, &new_reader(&small));
+            let (b, points_b) = run_once(rt, &large, &p, &new_reader(&large));
+            assert_eq!((points_a, points_b), (60, 60));
+            s.push(a);
+            l.push(b);
+            ratios.push(b / a);
+        }
+        println!(
+            "| {round} | {:.3} | {:.3} | {:.2}x |",
+            median(s),
+            median(l),
+            median(ratios)
+        );
+    }
+    println!("\nThe steps of one series' hour, 100,000-series 1m object, in memory (no I/O), mean of 2,000:");
+    steps(&large.path(Resolution::OneMinute, END - HOUR), 2_000);
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    // `cargo bench` passes `--bench`; the one filter understood is `hour`.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::args().any(|a| a == "hour") {
+        hour_rounds(&rt, 5);
+        return;
+    }
     let header = "| query | tenant series | cold cache ms | warm cache ms | points | rows selected | rows decoded | keys decoded | bytes read (cold) |\n|---|---|---|---|---|---|---|---|---|";
 
     println!("objects:");

@@ -3,6 +3,7 @@
 
 use crate::cache::{rows_bytes, ColdCache, Entry};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use prometheus::IntCounter;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -16,7 +17,7 @@ use thermo_store::cold_format::{corrupt, ColdRow};
 use thermo_store::cold_select::{
     coalesce, read_rows, select_keys, Footer, RowGroupIndex, Sparse, Tail,
 };
-use thermo_store::{off_thread_unless, StoreError};
+use thermo_store::{off_thread, off_thread_unless, StoreError};
 
 /// Decoding this small runs on the async thread, not on a blocking one (a hand-off costs tens of
 /// microseconds; `thermo_store::off_thread_unless`). Each bound is about 0.4 ms of work at the
@@ -188,19 +189,56 @@ impl Want<'_> {
 
 /// Reads the selected rows of cold objects: footer, page index, then only the pages of the
 /// selected series ([`thermo_store::cold_select`]), each step through the cache.
+///
+/// An object's read is one blocking task when the store's reads block (a local directory,
+/// [`ColdStore::blocking`]): its file reads and decodes run there one after the other, one
+/// hand-off in all. On S3 each request is awaited, and only a decode too long for an async
+/// worker goes to a blocking thread ([`Io`]).
 pub struct ColdReader<C> {
-    store: C,
+    store: Arc<C>,
     prefix: String,
-    cache: ColdCache,
+    cache: Arc<ColdCache>,
     counters: ColdCounters,
+}
+
+impl<C> Clone for ColdReader<C> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            prefix: self.prefix.clone(),
+            cache: self.cache.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// How one object's read does its I/O and decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Io {
+    /// On an async worker: each request awaited, a long decode handed to a blocking thread.
+    Awaited,
+    /// On a blocking thread already: file reads and decodes inline.
+    Blocking,
+}
+
+impl Io {
+    /// Runs a decode: inline when it is `small` or this read is on a blocking thread already.
+    async fn decode<T: Send + 'static>(
+        self,
+        small: bool,
+        what: &str,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        off_thread_unless(small || self == Io::Blocking, what, f).await
+    }
 }
 
 impl<C: ColdStore> ColdReader<C> {
     pub fn new(store: C, prefix: &str, cache: ColdCache, counters: ColdCounters) -> Self {
         Self {
-            store,
+            store: Arc::new(store),
             prefix: prefix.to_string(),
-            cache,
+            cache: Arc::new(cache),
             counters,
         }
     }
@@ -248,21 +286,59 @@ impl<C: ColdStore> ColdReader<C> {
         }
     }
 
+    /// The rows of `want` in object `key`: read on a blocking thread, whole, when the store's
+    /// reads block; else awaited request by request.
     async fn select(
         &self,
         key: &str,
         generation: u64,
         want: Want<'_>,
     ) -> Result<Vec<ColdRow>, StoreError> {
+        if self.store.blocking().is_none() {
+            return self.select_with(Io::Awaited, key, generation, want).await;
+        }
+        let (this, key) = (self.clone(), key.to_string());
+        let (tenant, metric, filters) = (
+            want.tenant.to_string(),
+            want.metric.to_string(),
+            want.filters.to_vec(),
+        );
+        off_thread("reading a cold object", move || {
+            let want = Want {
+                tenant: &tenant,
+                metric: &metric,
+                filters: &filters,
+            };
+            // Every await of a blocking read is ready at once: its I/O and decodes run inline.
+            this.select_with(Io::Blocking, &key, generation, want)
+                .now_or_never()
+                .unwrap_or_else(|| {
+                    Err(StoreError::Invalid(format!(
+                        "{key}: a blocking read waited"
+                    )))
+                })
+        })
+        .await
+    }
+
+    async fn select_with(
+        &self,
+        io: Io,
+        key: &str,
+        generation: u64,
+        want: Want<'_>,
+    ) -> Result<Vec<ColdRow>, StoreError> {
         // `held`: the object's bytes fetched by this read (the tail read for the footer, if it was
         // read now, then page indexes and pages), so no range is fetched twice.
-        let Some((footer, mut held)) = self.footer(key, generation).await? else {
+        let Some((footer, mut held)) = self.footer(io, key, generation).await? else {
             return Ok(Vec::new());
         };
         let range = footer.key_range(want.tenant, want.metric, want.filters);
         let mut rows = Vec::new();
         for rg in footer.row_groups(&range) {
-            let index = self.index(key, generation, &footer, rg, &mut held).await?;
+            let index = self
+                .index(io, key, generation, &footer, rg, &mut held)
+                .await?;
             let pages = index.key_fetch(&range);
             if pages.runs.is_empty() {
                 continue;
@@ -273,32 +349,33 @@ impl<C: ColdStore> ColdReader<C> {
             if pages.keys_decoded <= PREFETCH_ROWS {
                 ranges.extend(index.data_fetch_rows(&pages.runs));
             }
-            self.fetch(key, &footer, &ranges, &mut held).await?;
+            self.fetch(io, key, &footer, &ranges, &mut held).await?;
             self.counters.keys_decoded.inc_by(pages.keys_decoded);
             let small = pages.keys_decoded <= INLINE_KEYS;
             let sparse = Arc::new(held);
             let (f, i, s, r) = (footer.clone(), index.clone(), sparse.clone(), range.clone());
             let want_owned = (want.metric.to_string(), want.filters.to_vec());
-            let selected = off_thread_unless(small, "selecting series", move || {
-                let w = Want {
-                    tenant: "",
-                    metric: &want_owned.0,
-                    filters: &want_owned.1,
-                };
-                select_keys(&f, &i, &s, &pages, &r, |k| w.matches(k))
-            })
-            .await?;
+            let selected = io
+                .decode(small, "selecting series", move || {
+                    let w = Want {
+                        tenant: "",
+                        metric: &want_owned.0,
+                        filters: &want_owned.1,
+                    };
+                    select_keys(&f, &i, &s, &pages, &r, |k| w.matches(k))
+                })
+                .await?;
             held = Arc::unwrap_or_clone(sparse);
             if selected.runs.is_empty() {
                 continue;
             }
             let data = index.data_fetch(&selected);
             let small = data.iter().map(|r| r.end - r.start).sum::<u64>() <= INLINE_PAGE_BYTES;
-            self.fetch(key, &footer, &data, &mut held).await?;
+            self.fetch(io, key, &footer, &data, &mut held).await?;
             let sparse = Arc::new(held);
             let (f, s) = (footer.clone(), sparse.clone());
             let read = move || read_rows(&f, &index, &s, &selected);
-            let (part, decoded) = off_thread_unless(small, "reading rows", read).await?;
+            let (part, decoded) = io.decode(small, "reading rows", read).await?;
             held = Arc::unwrap_or_clone(sparse);
             self.counters.rows_decoded.inc_by(decoded);
             self.counters.rows_selected.inc_by(part.len() as u64);
@@ -312,6 +389,7 @@ impl<C: ColdStore> ColdReader<C> {
     /// else one ranged read per coalesced range ([`ColdStore::get_ranges`]).
     async fn fetch(
         &self,
+        io: Io,
         key: &str,
         footer: &Footer,
         ranges: &[Range<u64>],
@@ -331,14 +409,14 @@ impl<C: ColdStore> ColdReader<C> {
         if missing.is_empty() {
             return Ok(());
         }
-        let fetched = self
-            .store
-            .get_ranges(key, missing.clone())
-            .await?
-            .ok_or_else(|| StoreError::Unavailable {
-                backend: "cold store",
-                detail: format!("{key}: deleted while read (retention); read again"),
-            })?;
+        let fetched = match (io, self.store.blocking()) {
+            (Io::Blocking, Some(b)) => b.get_ranges_now(key, missing.clone())?,
+            _ => self.store.get_ranges(key, missing.clone()).await?,
+        };
+        let fetched = fetched.ok_or_else(|| StoreError::Unavailable {
+            backend: "cold store",
+            detail: format!("{key}: deleted while read (retention); read again"),
+        })?;
         if fetched.len() != missing.len() {
             return Err(StoreError::Invalid(format!(
                 "{key}: {} ranges asked, {} answered",
@@ -361,6 +439,7 @@ impl<C: ColdStore> ColdReader<C> {
     /// keeps), else nothing.
     async fn footer(
         &self,
+        io: Io,
         key: &str,
         generation: u64,
     ) -> Result<Option<(Arc<Footer>, Sparse)>, StoreError> {
@@ -374,7 +453,11 @@ impl<C: ColdStore> ColdReader<C> {
         }
         let mut len = self.store.tail_guess();
         loop {
-            let Some((tail, size)) = self.store.get_tail(key, len).await? else {
+            let tail = match (io, self.store.blocking()) {
+                (Io::Blocking, Some(b)) => b.get_tail_now(key, len)?,
+                _ => self.store.get_tail(key, len).await?,
+            };
+            let Some((tail, size)) = tail else {
                 // The catalog lists chunks, not tenants: a tenant with no data in a chunk has no
                 // object there. Remember the absence so it costs one GET.
                 tracing::debug!(%key, "no cold object for this tenant and chunk");
@@ -387,7 +470,7 @@ impl<C: ColdStore> ColdReader<C> {
             let parsed = tail.clone();
             let small = Footer::len_in(&tail).is_some_and(|n| n <= INLINE_FOOTER_BYTES);
             let parse = move || Footer::parse(parsed, size);
-            match off_thread_unless(small, "reading a footer", parse).await? {
+            match io.decode(small, "reading a footer", parse).await? {
                 Tail::Footer(f) => {
                     let f: Arc<Footer> = Arc::from(f);
                     self.cache
@@ -407,6 +490,7 @@ impl<C: ColdStore> ColdReader<C> {
     /// The page index of row group `rg` of object `key`, through the cache.
     async fn index(
         &self,
+        io: Io,
         key: &str,
         generation: u64,
         footer: &Arc<Footer>,
@@ -421,12 +505,18 @@ impl<C: ColdStore> ColdReader<C> {
         let index = match footer.index_ranges(rg) {
             None => RowGroupIndex::decode(&f, rg, None)?,
             Some([column_index, offsets]) => {
-                self.fetch(key, footer, &[column_index.clone(), offsets.clone()], held)
-                    .await?;
+                self.fetch(
+                    io,
+                    key,
+                    footer,
+                    &[column_index.clone(), offsets.clone()],
+                    held,
+                )
+                .await?;
                 let ci = held.bytes(column_index)?;
                 let oi = held.bytes(offsets.clone())?;
                 let small = (ci.len() + oi.len()) as u64 <= INLINE_INDEX_BYTES;
-                off_thread_unless(small, "reading a page index", move || {
+                io.decode(small, "reading a page index", move || {
                     RowGroupIndex::decode(&f, rg, Some((&ci, &oi, offsets.start)))
                 })
                 .await?
@@ -459,10 +549,68 @@ mod tests {
     const DAY: i64 = 86_400;
     const WEEK: i64 = 604_800;
 
+    /// A store whose reads are awaited, as S3's are: the local directory without its blocking
+    /// reads.
+    struct Awaited(LocalDirCold);
+
+    impl ColdStore for Awaited {
+        async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+            self.0.put(key, body).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get(key).await
+        }
+        async fn get_range(
+            &self,
+            key: &str,
+            start: u64,
+            end: u64,
+        ) -> Result<Option<Vec<u8>>, StoreError> {
+            self.0.get_range(key, start, end).await
+        }
+        async fn get_ranges(
+            &self,
+            key: &str,
+            ranges: Vec<Range<u64>>,
+        ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+            self.0.get_ranges(key, ranges).await
+        }
+        async fn get_tail(
+            &self,
+            key: &str,
+            len: u64,
+        ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+            self.0.get_tail(key, len).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.0.delete(key).await
+        }
+        fn tail_guess(&self) -> u64 {
+            self.0.tail_guess()
+        }
+    }
+
     /// A one-series query decodes the pages of that series only: if pruning stops working (row
-    /// groups, key pages, data pages), the counts of decoded rows and keys fail here.
+    /// groups, key pages, data pages), the counts of decoded rows and keys fail here. Both ways of
+    /// reading: the whole object read as one blocking task (a local directory), and request by
+    /// request (S3).
     #[tokio::test]
     async fn one_series_query_decodes_only_that_series_pages() {
+        let dir = std::env::temp_dir().join(format!("thermo-cold-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let local = LocalDirCold::new(&dir);
+        assert!(local.blocking().is_some());
+        one_series_decodes_only_its_pages(local.clone()).await;
+        let awaited = Awaited(local);
+        assert!(awaited.blocking().is_none());
+        one_series_decodes_only_its_pages(awaited).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn one_series_decodes_only_its_pages<C: ColdStore>(store: C) {
         const SERIES: usize = 2_500;
         let hour = 1_800_000_000; // an hour start
         let key = |i: usize| {
@@ -490,9 +638,6 @@ mod tests {
         let bytes = encode_tuned(Resolution::OneMinute, rows, tuning).unwrap();
         let size = bytes.len() as u64;
         assert!(size > 1 << 20, "an object read by ranges: {size} bytes");
-        let dir = std::env::temp_dir().join(format!("thermo-cold-prune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = LocalDirCold::new(&dir);
         let object = object_key("cold", "acme", Resolution::OneMinute, hour);
         store.put(&object, bytes).await.unwrap();
         let c = |n: &str| IntCounter::new(n, n).unwrap();
@@ -552,7 +697,6 @@ mod tests {
             n.bytes_read.get(),
         );
         assert_eq!(now, (60, decoded, read));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -64,6 +64,27 @@ pub trait ColdStore: Send + Sync + 'static {
     fn tail_guess(&self) -> u64 {
         crate::cold_select::TAIL_GUESS
     }
+
+    /// This store's reads as blocking calls, if they are blocking file reads (a local directory):
+    /// a reader then runs each object's whole read, I/O and decoding, as one task on a blocking
+    /// thread, one hand-off per object rather than one per request. `None` (the default) for a
+    /// store reached over the network, whose requests are awaited.
+    fn blocking(&self) -> Option<&dyn BlockingReads> {
+        None
+    }
+}
+
+/// The reads of a [`ColdStore`] whose reads block (files), called on a blocking thread.
+pub trait BlockingReads: Send + Sync {
+    /// [`ColdStore::get_ranges`], on the calling thread.
+    fn get_ranges_now(
+        &self,
+        key: &str,
+        ranges: Vec<Range<u64>>,
+    ) -> Result<Option<Vec<Vec<u8>>>, StoreError>;
+
+    /// [`ColdStore::get_tail`], on the calling thread.
+    fn get_tail_now(&self, key: &str, len: u64) -> Result<Option<(Vec<u8>, u64)>, StoreError>;
 }
 
 /// Objects as files under a directory.
@@ -150,6 +171,23 @@ fn read_ranges(
     Ok(Some((out, size)))
 }
 
+impl BlockingReads for LocalDirCold {
+    fn get_ranges_now(
+        &self,
+        key: &str,
+        ranges: Vec<Range<u64>>,
+    ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let path = self.root.join(checked(key)?);
+        Ok(read_ranges(&path, |_| ranges)?.map(|(parts, _)| parts))
+    }
+
+    fn get_tail_now(&self, key: &str, len: u64) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let path = self.root.join(checked(key)?);
+        let tail = move |size: u64| std::iter::once(size.saturating_sub(len)..size).collect();
+        Ok(read_ranges(&path, tail)?.and_then(|(mut parts, size)| Some((parts.pop()?, size))))
+    }
+}
+
 impl ColdStore for LocalDirCold {
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
         let path = self.root.join(checked(key)?);
@@ -196,7 +234,7 @@ impl ColdStore for LocalDirCold {
     /// A local read costs little per request, and per byte: a smaller tail than S3's (more is read
     /// when the footer is longer).
     fn tail_guess(&self) -> u64 {
-        256 << 10
+        64 << 10
     }
 
     /// One blocking task and one open file for every range.
@@ -205,20 +243,17 @@ impl ColdStore for LocalDirCold {
         key: &str,
         ranges: Vec<Range<u64>>,
     ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
-        let path = self.root.join(checked(key)?);
-        tokio::task::spawn_blocking(move || read_ranges(&path, |_| ranges))
-            .await
-            .map_err(|e| StoreError::Invalid(e.to_string()))?
-            .map(|o| o.map(|(parts, _)| parts))
+        let (this, key) = (self.clone(), key.to_string());
+        crate::off_thread("reading ranges", move || this.get_ranges_now(&key, ranges)).await
     }
 
     async fn get_tail(&self, key: &str, len: u64) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
-        let path = self.root.join(checked(key)?);
-        let tail = move |size: u64| std::iter::once(size.saturating_sub(len)..size).collect();
-        tokio::task::spawn_blocking(move || read_ranges(&path, tail))
-            .await
-            .map_err(|e| StoreError::Invalid(e.to_string()))?
-            .map(|o| o.and_then(|(mut parts, size)| Some((parts.pop()?, size))))
+        let (this, key) = (self.clone(), key.to_string());
+        crate::off_thread("reading a tail", move || this.get_tail_now(&key, len)).await
+    }
+
+    fn blocking(&self) -> Option<&dyn BlockingReads> {
+        Some(self)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
