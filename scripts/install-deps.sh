@@ -19,6 +19,8 @@
 #   moto   S3-compatible server: pip install 'moto[server]' (provides moto_server; deploy/local
 #          and the end-to-end tests use it as the cold store)
 #   duckdb DuckDB for Python: pip install duckdb (the tests read the cold Parquet objects with it)
+#   pyclients  the StatsD clients PyPI `statsd` and `datadog` (pip install statsd datadog):
+#          tests/e2e/intake.rs sends with them over TCP and a Unix datagram socket
 #   chromium  headless browser (Debian package chromium); tests/e2e/browser.rs loads the dashboard in it
 #   prometheus  promtool (Debian package prometheus); tests/e2e/prom.rs queries thermo's
 #          Prometheus API with it
@@ -40,11 +42,11 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --tansu-log) [ $# -ge 2 ] || die "--tansu-log needs a file"; tansu_log="$2"; shift 2 ;;
     --tansu-log=*) tansu_log="${1#*=}"; shift ;;
-    build|rust|redis|tansu|moto|duckdb|chromium|prometheus) components+=("$1"); shift ;;
+    build|rust|redis|tansu|moto|duckdb|pyclients|chromium|prometheus) components+=("$1"); shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb chromium prometheus tansu)
+[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb pyclients chromium prometheus tansu)
 
 want() { local c; for c in "${components[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
@@ -251,6 +253,17 @@ install_duckdb() {
   log "duckdb: installed (python3 module, version $v)"
 }
 
+install_pyclients() {
+  if python3 -c 'import statsd, datadog' 2>/dev/null; then
+    log "pyclients: already installed (python3 modules statsd, datadog)"
+    return 0
+  fi
+  pip_install pyclients statsd datadog
+  python3 -c 'import statsd, datadog' ||
+    die "pip install statsd datadog succeeded but python3 cannot import them"
+  log "pyclients: installed (python3 modules statsd, datadog)"
+}
+
 install_chromium() {
   if command -v chromium >/dev/null 2>&1; then
     log "chromium: already installed ($(command -v chromium))"
@@ -291,7 +304,7 @@ if [ -n "$tansu_log" ] && want tansu; then
   components=("${new[@]+"${new[@]}"}")
 fi
 
-for c in build rust redis moto duckdb chromium prometheus tansu; do
+for c in build rust redis moto duckdb pyclients chromium prometheus tansu; do
   if [ ${#components[@]} -gt 0 ] && want "$c"; then "install_$c"; fi
 done
 log "done"

@@ -3,7 +3,8 @@
 #
 # On a fresh Debian machine with Rust installed it does everything:
 #   1. deps    installs what is missing (scripts/install-deps.sh): build tools, rustfmt/clippy,
-#              redis-server, moto_server, DuckDB for Python, chromium, promtool in the
+#              redis-server, moto_server, DuckDB for Python, the Python StatsD clients
+#              statsd and datadog, chromium, promtool in the
 #              foreground; tansu
 #              (a ~20 min cargo install) in the background, logging to target/deps/tansu-install.log
 #   2. fmt     cargo fmt --all -- --check
@@ -99,7 +100,7 @@ if [ "${THERMO_SKIP_DEPS:-0}" != 1 ]; then
     scripts/install-deps.sh tansu >"$TANSU_LOG" 2>&1 </dev/null &
     TANSU_PID=$!
   fi
-  scripts/install-deps.sh build rust redis moto duckdb chromium prometheus
+  scripts/install-deps.sh build rust redis moto duckdb pyclients chromium prometheus
   end
 fi
 
@@ -136,6 +137,7 @@ for tool in redis-server tansu moto_server chromium promtool; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 python3 -c 'import duckdb' >/dev/null 2>&1 || missing+=("python3 module duckdb")
+python3 -c 'import statsd, datadog' >/dev/null 2>&1 || missing+=("python3 modules statsd, datadog")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "missing: ${missing[*]} (run scripts/install-deps.sh)" >&2
   exit 1

@@ -20,7 +20,7 @@ roles:
   aggregator     Kafka consumer that merges minutes into Redis (HTTP 127.0.0.1:8128)
   read-service   query API and dashboard (HTTP 127.0.0.1:8129)
   standalone     every role in one process on embedded storage (UDP 8125, HTTP 8129):
-                 thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--demo]
+                 thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--demo]
   loadgen        sends realistic StatsD traffic to an agent:
                  thermo loadgen [--agent 127.0.0.1:8125] [--rate 500] [--seconds 10] [--seed 1]
 

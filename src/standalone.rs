@@ -1,10 +1,12 @@
 //! `thermo standalone`: every role in one process, on embedded backends.
 //!
 //! ```text
-//! thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--tag k=v]... [--demo]
+//! thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR]
+//!                   [--tag k=v]... [--demo]
 //! ```
 //!
-//! - StatsD on UDP (`--udp`, default 127.0.0.1:8125) into the agent;
+//! - StatsD on UDP (`--udp`, default 127.0.0.1:8125) into the agent, and if asked on TCP (`--tcp`,
+//!   lines ended by `\n`) and on a Unix datagram socket (`--uds`, like DogStatsD's);
 //! - one HTTP port (`--http`, default 127.0.0.1:8129) for the query API, the dashboard, the
 //!   partitioner's ingest API, the agent's `/api/v1/statsd`, `/flush` (which answers 200 only
 //!   once the flushed minutes are applied to the hot store: flush, then query), `/metrics`
@@ -45,19 +47,24 @@ use thermo_store::mem_hot::MemHot;
 struct Opts {
     data: PathBuf,
     udp: String,
+    /// StatsD over TCP (empty: off).
+    tcp: String,
+    /// StatsD on a Unix datagram socket (empty: off).
+    uds: String,
     http: String,
     demo: bool,
     /// Tags added to every series (`--tag host=web-1`, repeatable).
     tags: Vec<(String, String)>,
 }
 
-const USAGE: &str =
-    "usage: thermo standalone [--data DIR] [--udp ADDR] [--http ADDR] [--tag k=v]... [--demo]";
+const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--tag k=v]... [--demo]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
     let mut o = Opts {
         data: PathBuf::from(".thermo-standalone"),
         udp: "127.0.0.1:8125".into(),
+        tcp: String::new(),
+        uds: String::new(),
         http: "127.0.0.1:8129".into(),
         demo: false,
         tags: Vec::new(),
@@ -67,6 +74,8 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
         match a.as_str() {
             "--data" => o.data = value("--data")?.into(),
             "--udp" => o.udp = value("--udp")?,
+            "--tcp" => o.tcp = value("--tcp")?,
+            "--uds" => o.uds = value("--uds")?,
             "--http" => o.http = value("--http")?,
             "--demo" => o.demo = true,
             "--tag" => {
@@ -153,6 +162,8 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     // Agent: StatsD in, batches out to the ingest API on this same port.
     let agent = thermo_agent::start(&AgentConfig {
         udp_addr: o.udp.clone(),
+        tcp_addr: o.tcp.clone(),
+        uds_path: o.uds.clone(),
         http_addr: o.http.clone(),
         partitioner_url: format!("http://{}", o.http),
         agent_id: "standalone".into(),
@@ -187,6 +198,12 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         acfg.cold_prefix
     );
     println!("  StatsD UDP:  {}", o.udp);
+    if !o.tcp.is_empty() {
+        println!("  StatsD TCP:  {}", o.tcp);
+    }
+    if !o.uds.is_empty() {
+        println!("  StatsD unix: {} (datagrams)", o.uds);
+    }
     println!(
         "  HTTP:        http://{} (query API, ingest API, /metrics)",
         o.http

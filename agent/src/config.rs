@@ -9,6 +9,16 @@ use std::collections::BTreeMap;
 pub struct AgentConfig {
     /// StatsD/DogStatsD UDP listen address.
     pub udp_addr: String,
+    /// Path of a Unix datagram socket taking StatsD/DogStatsD datagrams, like DogStatsD's
+    /// `/var/run/datadog/dsd.socket` (empty: none). Created with mode 0722, removed on stop.
+    pub uds_path: String,
+    /// TCP listen address taking StatsD/DogStatsD lines, each ended by `\n` (empty: none).
+    pub tcp_addr: String,
+    /// Longest line taken on TCP, in bytes; longer ones are skipped and counted
+    /// (`dropped_total{reason="line_too_long"}`).
+    pub max_line_bytes: usize,
+    /// Most TCP connections served at once (more wait in the kernel's backlog).
+    pub max_tcp_connections: usize,
     /// HTTP listen address: `POST /api/v1/statsd`, `POST /flush`, `/metrics`, `/healthz`, `/readyz`.
     pub http_addr: String,
     /// Base URL of the partitioner.
@@ -63,6 +73,10 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             udp_addr: "127.0.0.1:8125".into(),
+            uds_path: String::new(),
+            tcp_addr: String::new(),
+            max_line_bytes: 65_536,
+            max_tcp_connections: 1024,
             http_addr: "127.0.0.1:8126".into(),
             partitioner_url: "http://127.0.0.1:8127".into(),
             agent_id: default_agent_id(),

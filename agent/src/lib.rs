@@ -1,7 +1,7 @@
 //! thermo-agent: the per-host sidecar.
 //!
-//! StatsD/DogStatsD lines arrive on UDP (`udp_addr`) or over HTTP (`POST /api/v1/statsd`, one line
-//! per line of the body); they are pre-aggregated per series per minute in memory
+//! StatsD/DogStatsD lines arrive on UDP (`udp_addr`), on a Unix datagram socket (`uds_path`), over
+//! TCP (`tcp_addr`; [`intake`]) or over HTTP (`POST /api/v1/statsd`, one line per line of the body); they are pre-aggregated per series per minute in memory
 //! ([`thermo_core::accumulator`]). Every `flush_interval_ms` the minutes that closed at least
 //! `flush_delay_secs` ago go to the spool and are sent to the partitioner ([`sender`]).
 //! `POST /flush` closes every minute now (tests, deploys) and waits for the spool to drain.
@@ -16,6 +16,7 @@ pub mod breaker;
 pub mod checkpoint;
 pub mod config;
 pub mod http;
+pub mod intake;
 pub mod sender;
 pub mod spool;
 
@@ -59,6 +60,16 @@ impl Shared {
         }
         self.record(&stats, now);
         stats
+    }
+
+    /// Counts `n` lines skipped as longer than `max_line_bytes`.
+    pub fn too_long(&self, n: u64) {
+        if n > 0 {
+            self.metrics
+                .dropped
+                .with_label_values(&["line_too_long"])
+                .inc_by(n);
+        }
     }
 
     fn record(&self, stats: &IngestStats, now: i64) {
@@ -144,6 +155,8 @@ pub struct Agent {
     pub metrics: SelfMetrics,
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The Unix socket's file, removed on stop.
+    uds_path: Option<std::path::PathBuf>,
     sender_task: tokio::task::JoinHandle<()>,
     stop_tx: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     shutdown_timeout: Duration,
@@ -195,6 +208,16 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let udp = tokio::net::UdpSocket::bind(&cfg.udp_addr)
         .await
         .map_err(|e| AgentError::Startup(format!("bind udp {}: {e}", cfg.udp_addr)))?;
+    let uds_path = (!cfg.uds_path.is_empty()).then(|| std::path::PathBuf::from(&cfg.uds_path));
+    let uds = uds_path.as_deref().map(intake::bind_uds).transpose()?;
+    let tcp = match cfg.tcp_addr.as_str() {
+        "" => None,
+        addr => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentError::Startup(format!("bind tcp {addr}: {e}")))?,
+        ),
+    };
     let sender =
         sender::Sender::new(cfg, &metrics).map_err(|e| AgentError::Startup(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
@@ -217,6 +240,18 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             }
         })
     };
+    let mut tasks = vec![udp_task];
+    if let Some(uds) = uds {
+        tasks.push(tokio::spawn(intake::serve_uds(uds, shared.clone())));
+    }
+    if let Some(tcp) = tcp {
+        tasks.push(tokio::spawn(intake::serve_tcp(
+            tcp,
+            shared.clone(),
+            cfg.max_line_bytes,
+            cfg.max_tcp_connections,
+        )));
+    }
     let flusher = {
         let shared = shared.clone();
         let interval = Duration::from_millis(cfg.flush_interval_ms.max(10));
@@ -246,11 +281,13 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             }
         })
     };
+    tasks.push(flusher);
     Ok(Agent {
         router: http::router(shared.clone()),
         metrics,
         shared,
-        tasks: vec![udp_task, flusher],
+        tasks,
+        uds_path,
         sender_task,
         stop_tx,
         shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs),
@@ -267,6 +304,9 @@ impl Agent {
     pub async fn finish(self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(path) = &self.uds_path {
+            intake::remove_uds(path);
         }
         let n = self.shared.flush(true, 0).await;
         tracing::info!(
