@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod http;
 pub mod intake;
+pub mod logs;
 pub mod sender;
 pub mod spool;
 

@@ -65,12 +65,18 @@ pub struct IngestStats {
 
 impl IngestStats {
     fn drop(&mut self, reason: Drop, detail: &str) {
-        *self.dropped.entry(reason.as_str()).or_insert(0) += 1;
+        self.refuse(reason.as_str(), detail);
+    }
+
+    /// Counts one refusal for `reason` (the `reason` label), keeping `detail` (its first 200
+    /// bytes) for the log line.
+    pub fn refuse(&mut self, reason: &'static str, detail: &str) {
+        *self.dropped.entry(reason).or_insert(0) += 1;
         let mut end = detail.len().min(200);
         while !detail.is_char_boundary(end) {
             end -= 1;
         }
-        self.last_error = Some((reason.as_str(), detail[..end].to_string()));
+        self.last_error = Some((reason, detail[..end].to_string()));
     }
 
     /// Total refused.
