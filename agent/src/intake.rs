@@ -44,12 +44,27 @@ impl LineFramer {
 
     /// Takes the next bytes of the stream. Returns the complete lines they ended (each ended by
     /// `\n`; empty if none) and how many lines were skipped as too long.
-    pub fn feed(&mut self, mut data: &[u8]) -> (&[u8], u64) {
+    pub fn feed(&mut self, data: &[u8]) -> (&[u8], u64) {
+        let mut run = std::mem::take(&mut self.run);
+        run.clear();
+        let skipped = self.feed_each(data, |line, _| {
+            run.extend_from_slice(line);
+            run.push(b'\n');
+        });
+        self.run = run;
+        (&self.run, skipped)
+    }
+
+    /// Takes the next bytes of the stream, calling `each(line, end)` for every complete line
+    /// they end (without its `\n` or `\r\n`), `end` being the index in `data` just past its
+    /// `\n`. Returns how many lines were skipped as too long.
+    pub fn feed_each(&mut self, mut data: &[u8], mut each: impl FnMut(&[u8], usize)) -> u64 {
         let mut skipped = 0;
-        self.run.clear();
+        let mut at = 0;
         while let Some(end) = data.iter().position(|&b| b == b'\n') {
             let mut piece = &data[..end];
             data = &data[end + 1..];
+            at += end + 1;
             if std::mem::take(&mut self.skipping) {
                 continue; // the end of a line counted already
             }
@@ -61,10 +76,13 @@ impl LineFramer {
                 self.pending.clear();
                 continue;
             }
-            self.run.extend_from_slice(&self.pending);
-            self.pending.clear();
-            self.run.extend_from_slice(piece);
-            self.run.push(b'\n');
+            if self.pending.is_empty() {
+                each(piece, at);
+            } else {
+                self.pending.extend_from_slice(piece);
+                each(&self.pending, at);
+                self.pending.clear();
+            }
         }
         if !self.skipping && !data.is_empty() {
             if self.pending.len() + data.len() > self.max {
@@ -75,7 +93,12 @@ impl LineFramer {
                 self.pending.extend_from_slice(data);
             }
         }
-        (&self.run, skipped)
+        skipped
+    }
+
+    /// Bytes of a line whose `\n` has not come yet (0 while skipping a long one).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     /// The stream ended: its last line if it had no `\n` (`None` if there is none).

@@ -15,6 +15,7 @@
 pub mod breaker;
 pub mod checkpoint;
 pub mod config;
+pub mod follow;
 pub mod http;
 pub mod intake;
 pub mod logs;
