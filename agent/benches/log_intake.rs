@@ -112,8 +112,10 @@ fn log_intake(c: &mut Criterion) {
         let mut st = IngestStats::default();
         for l in &lines {
             assert_eq!(
-                p.apply(&mut a, l.as_bytes(), NOW_MS, &mut st),
-                Outcome::Matched,
+                p.apply(&mut a, l.as_bytes(), NOW_MS, i64::MIN, &mut st),
+                Outcome::Matched {
+                    minute: NOW_MS / 60_000 * 60
+                },
                 "{l}"
             );
         }
@@ -152,7 +154,7 @@ fn log_intake(c: &mut Criterion) {
                 for _ in 0..iters {
                     let start = Instant::now();
                     for l in &lines {
-                        p.apply(&mut a, black_box(l.as_bytes()), NOW_MS, &mut st);
+                        p.apply(&mut a, black_box(l.as_bytes()), NOW_MS, i64::MIN, &mut st);
                     }
                     timed += start.elapsed();
                     rounds += 1;

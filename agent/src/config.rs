@@ -67,6 +67,11 @@ pub struct AgentConfig {
     pub breaker_open_ms: u64,
     /// How long shutdown waits for the spool to drain.
     pub shutdown_timeout_secs: u64,
+    /// Log files to read metrics from (`[[logs]]`, see `crate::logs` and README); needs
+    /// `spool_dir`.
+    pub logs: Vec<crate::logs::LogSource>,
+    /// How often the log files are looked at for new lines.
+    pub log_poll_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -99,6 +104,8 @@ impl Default for AgentConfig {
             breaker_failures: 5,
             breaker_open_ms: 15_000,
             shutdown_timeout_secs: 30,
+            logs: Vec::new(),
+            log_poll_ms: 250,
         }
     }
 }

@@ -43,6 +43,14 @@ pub const ROTATE_WAIT_POLLS: u32 = 20;
 /// Positions of rotated files remembered for their copies.
 const RETIRED_MAX: usize = 64;
 
+/// Where a file truncated or closed was left.
+#[derive(Debug, Clone, Copy)]
+struct Retired {
+    fingerprint: Fingerprint,
+    offset: u64,
+    id: FileId,
+}
+
 /// A hash of a file's first `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
@@ -74,6 +82,10 @@ pub struct PollStats {
     pub too_long: u64,
     /// Files that could not be listed, opened or read (logged).
     pub errors: u64,
+    /// New files found to be copies of files known before (copy-and-truncate), each as (the file
+    /// copied, the copy, the offset the copy is read from): the lines before that offset were
+    /// read from the file copied.
+    pub copies: Vec<(FileId, FileId, u64)>,
 }
 
 struct Followed {
@@ -82,6 +94,8 @@ struct Followed {
     file: File,
     /// Bytes read so far (complete lines and the pending part of one).
     read_pos: u64,
+    /// Just past the last line handed out (where the next one starts).
+    last_end: u64,
     framer: LineFramer,
     fingerprint: Option<Fingerprint>,
     /// Polls since its path last matched the glob.
@@ -107,7 +121,7 @@ pub struct Follower {
     /// Positions saved before a restart, not yet matched to a file.
     saved: Vec<Position>,
     /// Positions of files truncated or closed, for a copy of them that may appear.
-    retired: Vec<(Fingerprint, u64)>,
+    retired: Vec<Retired>,
     polls: u64,
 }
 
@@ -178,13 +192,14 @@ impl Follower {
             .collect()
     }
 
-    /// Reads what the files gained since the last poll, calling `each(file, path, line, end)` for
-    /// every complete line, `end` being its offset just past its `\n`. At most `max_bytes` of
-    /// each file a poll.
+    /// Reads what the files gained since the last poll, calling `each(file, path, line, start,
+    /// end)` for every complete line: `start` is where it begins in its file (just past the line
+    /// before; a line skipped as too long is counted into the next one's start), `end` just past
+    /// its `\n`. At most `max_bytes` of each file a poll.
     pub fn poll(
         &mut self,
         max_bytes: u64,
-        mut each: impl FnMut(FileId, &Path, &[u8], u64),
+        mut each: impl FnMut(FileId, &Path, &[u8], u64, u64),
     ) -> PollStats {
         let mut stats = PollStats::default();
         let first = self.polls == 0;
@@ -209,7 +224,7 @@ impl Follower {
         let known = self.followed.len();
         self.read_files(0, max_bytes, &mut stats, &mut each);
         for (path, id, size) in fresh {
-            match self.open(&path, id, size, first) {
+            match self.open(&path, id, size, first, &mut stats) {
                 Ok(f) => self.followed.push(f),
                 Err(e) => {
                     stats.errors += 1;
@@ -228,10 +243,10 @@ impl Follower {
             let mut f = self.followed.remove(i);
             if let Some(last) = f.framer.finish() {
                 stats.lines += 1;
-                each(f.id, &f.path, &last, f.read_pos);
+                each(f.id, &f.path, &last, f.last_end, f.read_pos);
             }
             if let Some(fp) = f.fingerprint {
-                retire(&mut self.retired, fp, f.read_pos);
+                retire(&mut self.retired, fp, f.read_pos, f.id);
             }
         }
         stats
@@ -243,7 +258,7 @@ impl Follower {
         from: usize,
         max_bytes: u64,
         stats: &mut PollStats,
-        each: &mut impl FnMut(FileId, &Path, &[u8], u64),
+        each: &mut impl FnMut(FileId, &Path, &[u8], u64, u64),
     ) {
         let max_line = self.max_line_bytes;
         for f in &mut self.followed[from..] {
@@ -285,6 +300,7 @@ impl Follower {
         id: FileId,
         size: u64,
         first: bool,
+        stats: &mut PollStats,
     ) -> std::io::Result<Followed> {
         let mut file = File::open(path)?;
         let fp = fingerprint(&mut file, size)?;
@@ -303,19 +319,29 @@ impl Follower {
         if start.is_none() {
             // A copy of a file known before: saved, rotated away, or still followed (copied, not
             // truncated yet).
-            let saved = self.saved.iter().map(|p| (p.fingerprint, p.offset));
-            let retired = self.retired.iter().map(|(f, o)| (Some(*f), *o));
-            let followed = self.followed.iter().map(|f| (f.fingerprint, f.offset()));
-            let candidates: Vec<(Fingerprint, u64)> = saved
+            let saved = self
+                .saved
+                .iter()
+                .map(|p| (p.fingerprint, p.offset, (p.dev, p.ino)));
+            let retired = self
+                .retired
+                .iter()
+                .map(|r| (Some(r.fingerprint), r.offset, r.id));
+            let followed = self
+                .followed
+                .iter()
+                .map(|f| (f.fingerprint, f.offset(), f.id));
+            let candidates: Vec<(Fingerprint, u64, FileId)> = saved
                 .chain(retired)
                 .chain(followed)
-                .filter_map(|(f, o)| f.map(|f| (f, o)))
-                .filter(|(f, o)| *o <= size && f.len <= size)
+                .filter_map(|(f, o, id)| f.map(|f| (f, o, id)))
+                .filter(|(f, o, _)| *o <= size && f.len <= size)
                 .collect();
-            for (f, o) in candidates {
+            for (f, o, of) in candidates {
                 if starts_like(&mut file, size, &f)? {
                     start = Some(o);
-                    self.retired.retain(|(r, _)| *r != f);
+                    stats.copies.push((of, id, o));
+                    self.retired.retain(|r| r.fingerprint != f);
                     self.saved.retain(|p| p.fingerprint != Some(f));
                     break;
                 }
@@ -328,6 +354,7 @@ impl Follower {
             id,
             file,
             read_pos: start,
+            last_end: start,
             framer: LineFramer::new(self.max_line_bytes),
             fingerprint: fp,
             unmatched_polls: 0,
@@ -336,9 +363,13 @@ impl Follower {
     }
 }
 
-fn retire(retired: &mut Vec<(Fingerprint, u64)>, fp: Fingerprint, offset: u64) {
-    retired.retain(|(f, _)| *f != fp);
-    retired.push((fp, offset));
+fn retire(retired: &mut Vec<Retired>, fingerprint: Fingerprint, offset: u64, id: FileId) {
+    retired.retain(|r| r.fingerprint != fingerprint);
+    retired.push(Retired {
+        fingerprint,
+        offset,
+        id,
+    });
     if retired.len() > RETIRED_MAX {
         retired.remove(0);
     }
@@ -349,9 +380,9 @@ fn read_new(
     f: &mut Followed,
     max_bytes: u64,
     max_line_bytes: usize,
-    retired: &mut Vec<(Fingerprint, u64)>,
+    retired: &mut Vec<Retired>,
     stats: &mut PollStats,
-    each: &mut impl FnMut(FileId, &Path, &[u8], u64),
+    each: &mut impl FnMut(FileId, &Path, &[u8], u64, u64),
 ) -> std::io::Result<()> {
     let size = f.file.metadata()?.len();
     let replaced = match f.fingerprint {
@@ -360,10 +391,11 @@ fn read_new(
     };
     if size < f.read_pos || replaced {
         if let Some(fp) = f.fingerprint {
-            retire(retired, fp, f.offset());
+            retire(retired, fp, f.offset(), f.id);
         }
         tracing::info!(path = %f.path.display(), "log file truncated: reading it from its start");
         f.read_pos = 0;
+        f.last_end = 0;
         f.framer = LineFramer::new(max_line_bytes);
         f.fingerprint = None;
     }
@@ -384,9 +416,12 @@ fn read_new(
     let base = f.read_pos;
     let (id, path) = (f.id, f.path.clone());
     let mut lines = 0;
+    let last_end = &mut f.last_end;
     stats.too_long += f.framer.feed_each(&buf, |line, end| {
         lines += 1;
-        each(id, &path, line, base + end as u64);
+        let end = base + end as u64;
+        each(id, &path, line, *last_end, end);
+        *last_end = end;
     });
     stats.lines += lines;
     stats.bytes += buf.len() as u64;
@@ -431,7 +466,8 @@ mod tests {
     /// Polls once; the lines handed out, as text.
     fn poll(f: &mut Follower) -> Vec<String> {
         let mut out = Vec::new();
-        f.poll(1 << 20, |_, _, line, _| {
+        f.poll(1 << 20, |_, _, line, start, end| {
+            assert!(start < end, "{start}..{end}");
             out.push(String::from_utf8_lossy(line).to_string())
         });
         out

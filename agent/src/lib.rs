@@ -18,6 +18,7 @@ pub mod config;
 pub mod follow;
 pub mod http;
 pub mod intake;
+pub mod log_intake;
 pub mod logs;
 pub mod sender;
 pub mod spool;
@@ -49,6 +50,8 @@ pub struct Shared {
     agent_id: String,
     checkpoints: IntCounter,
     checkpoint_series: IntGauge,
+    /// The `[[logs]]` sources, if any.
+    logs: Option<Arc<log_intake::LogIntake>>,
 }
 
 impl Shared {
@@ -141,13 +144,38 @@ impl Shared {
             }
         };
         self.record(&stats, now_ms());
-        if minutes.is_empty() {
-            return 0;
+        let mut n = 0;
+        if !minutes.is_empty() {
+            let (spool, metrics) = (self.spool.clone(), self.metrics.clone());
+            n = tokio::task::spawn_blocking(move || spool.push_minutes(minutes, &metrics))
+                .await
+                .unwrap_or(0);
         }
+        if let Some(logs) = &self.logs {
+            n += self.flush_logs(logs, all, delay_secs).await;
+        }
+        n
+    }
+
+    /// Flushes the log sources' minutes, then saves their files' positions.
+    async fn flush_logs(&self, logs: &Arc<log_intake::LogIntake>, all: bool, delay: i64) -> usize {
+        let mut stats = IngestStats::default();
         let (spool, metrics) = (self.spool.clone(), self.metrics.clone());
-        tokio::task::spawn_blocking(move || spool.push_minutes(minutes, &metrics))
-            .await
-            .unwrap_or(0)
+        let spool = move |minutes| spool.push_minutes(minutes, &metrics);
+        let now_s = now_ms().div_euclid(1000);
+        let flushed = logs.flush(all, now_s, delay, &mut stats, spool).await;
+        self.record(&stats, now_ms());
+        match flushed {
+            Ok(n) => n,
+            Err(e) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["logs_state_write"])
+                    .inc();
+                tracing::error!("log positions not saved (the last saved ones stay): {e}");
+                0
+            }
+        }
     }
 }
 
@@ -159,6 +187,8 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The Unix socket's file, removed on stop.
     uds_path: Option<std::path::PathBuf>,
+    /// The thread following the log files.
+    log_thread: Option<std::thread::JoinHandle<()>>,
     sender_task: tokio::task::JoinHandle<()>,
     stop_tx: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     shutdown_timeout: Duration,
@@ -168,13 +198,14 @@ pub struct Agent {
 /// not served: `run` serves them on `http_addr`, standalone mode on its one port.
 pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
     let metrics = SelfMetrics::new("agent", "statsd lines");
-    let acc = Accumulator::new(AccumulatorConfig {
+    let acc_cfg = AccumulatorConfig {
         tenant: DEFAULT_TENANT.into(),
         global_tags: cfg.global_tags.clone().into_iter().collect(),
         max_past_secs: cfg.max_past_secs,
         max_future_secs: cfg.max_future_secs,
         max_series: cfg.max_series,
-    });
+    };
+    let acc = Accumulator::new(acc_cfg.clone());
     let (spool, found) = {
         let (cfg, metrics) = (cfg.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || open_spool(&cfg, &metrics))
@@ -192,6 +223,22 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         );
     }
     let spool = Arc::new(spool);
+    let logs = {
+        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        let corrupt = move || {
+            metrics
+                .errors
+                .with_label_values(&["logs_state_corrupt"])
+                .inc()
+        };
+        tokio::task::spawn_blocking(move || log_intake::LogIntake::open(&cfg, acc_cfg, corrupt))
+            .await
+            .map_err(|e| AgentError::Startup(e.to_string()))??
+    };
+    let (logs, log_sources) = match logs {
+        Some((intake, sources)) => (Some(Arc::new(intake)), sources),
+        None => (None, Vec::new()),
+    };
     let shared = Arc::new(Shared {
         acc: Mutex::new(acc),
         spool: spool.clone(),
@@ -206,7 +253,26 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             "checkpoint_series",
             "series-minutes in the last checkpoint written",
         ),
+        logs: logs.clone(),
     });
+    let log_thread = match &logs {
+        Some(intake) => {
+            let (intake, shared) = (intake.clone(), shared.clone());
+            let every = Duration::from_millis(cfg.log_poll_ms.max(10));
+            let thread = std::thread::Builder::new()
+                .name("log-files".into())
+                .spawn(move || {
+                    intake.run(log_sources, every, |stats, too_long| {
+                        shared.record(stats, now_ms());
+                        shared.too_long(too_long);
+                    })
+                })
+                .map_err(|e| AgentError::Startup(format!("log thread: {e}")))?;
+            tracing::info!(sources = cfg.logs.len(), "following log files");
+            Some(thread)
+        }
+        None => None,
+    };
     let udp = tokio::net::UdpSocket::bind(&cfg.udp_addr)
         .await
         .map_err(|e| AgentError::Startup(format!("bind udp {}: {e}", cfg.udp_addr)))?;
@@ -290,6 +356,7 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         shared,
         tasks,
         uds_path,
+        log_thread,
         sender_task,
         stop_tx,
         shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs),
@@ -303,9 +370,13 @@ impl Agent {
     }
 
     /// Stops receiving, flushes every open minute and waits (bounded) for the spool to drain.
-    pub async fn finish(self) {
+    pub async fn finish(mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let (Some(logs), Some(thread)) = (&self.shared.logs, self.log_thread.take()) {
+            logs.stop();
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         if let Some(path) = &self.uds_path {
             intake::remove_uds(path);

@@ -45,8 +45,17 @@ const ACCESS_LOG_TIME: &str = "%d/%b/%Y:%H:%M:%S %z";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSource {
-    /// The files to follow: a path or a glob (`/var/log/nginx/access.log`).
+    /// The files to follow: a path or a glob (`/var/log/nginx/access.log*`, to find the files
+    /// rotated away too).
     pub path: String,
+    /// Globs of files the path matches but that are not read (`*.gz`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where the files already there at the agent's first start (no saved positions) are read
+    /// from: `end` (the default) or `beginning`. Files that appear later are read from their
+    /// beginning.
+    #[serde(default = "default_read_from")]
+    pub read_from: String,
     /// `combined` (the default), `common`, or `regex` (then `regex` is the pattern).
     #[serde(default = "default_format")]
     pub format: String,
@@ -69,6 +78,10 @@ pub struct LogSource {
 
 fn default_format() -> String {
     "combined".into()
+}
+
+fn default_read_from() -> String {
+    "end".into()
 }
 
 fn default_time() -> String {
@@ -178,8 +191,9 @@ pub struct LogParser {
 /// What one line gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The format matched; its metrics were taken or refused one by one (counted in the stats).
-    Matched,
+    /// The format matched; its metrics were taken or refused one by one (counted in the stats),
+    /// in the minute starting at `minute` (unix seconds).
+    Matched { minute: i64 },
     /// Refused whole (counted): no match, not UTF-8, or a bad `time` group.
     Refused,
 }
@@ -327,12 +341,15 @@ impl LogParser {
     }
 
     /// Turns one line (without its newline) read at `now_ms` into metrics in `acc`, counting what
-    /// was taken and refused in `stats`.
+    /// was taken and refused in `stats`. With `time = "line"`, a line's time earlier than
+    /// `floor_s` counts as `floor_s` (the minute of the line before it in its file: see
+    /// `crate::log_intake`).
     pub fn apply(
         &self,
         acc: &mut Accumulator,
         line: &[u8],
         now_ms: i64,
+        floor_s: i64,
         stats: &mut IngestStats,
     ) -> Outcome {
         let Ok(text) = std::str::from_utf8(line) else {
@@ -351,7 +368,7 @@ impl LogParser {
         let timestamp = match &self.time {
             Time::Receive => None,
             Time::Line { field: f, format } => match parse_time(field(*f), format) {
-                Some(t) => Some(t),
+                Some(t) => Some(t.max(floor_s)),
                 None => {
                     stats.refuse("bad_timestamp", text);
                     return Outcome::Refused;
@@ -397,7 +414,10 @@ impl LogParser {
                 Err(d) => stats.refuse(d.as_str(), text),
             }
         }
-        Outcome::Matched
+        let at = timestamp.unwrap_or(now_ms.div_euclid(1000));
+        Outcome::Matched {
+            minute: thermo_core::window::minute_start(at),
+        }
     }
 }
 
@@ -499,6 +519,9 @@ mod tests {
         out
     }
 
+    /// 2026-10-10T20:55:00Z, the minute of `COMBINED_LINE`'s time.
+    const MINUTE_OF_COMBINED_LINE: i64 = 1_791_665_700;
+
     const COMBINED_LINE: &str = r#"203.0.113.9 - alice [10/Oct/2026:13:55:36 -0700] "GET /api/items?id=7 HTTP/1.1" 200 2326 "https://example.com/" "Mozilla/5.0 (X11; Linux x86_64)""#;
 
     #[test]
@@ -508,14 +531,18 @@ mod tests {
         let mut st = IngestStats::default();
         for _ in 0..3 {
             assert_eq!(
-                p.apply(&mut a, COMBINED_LINE.as_bytes(), NOW_MS, &mut st),
-                Outcome::Matched
+                p.apply(&mut a, COMBINED_LINE.as_bytes(), NOW_MS, i64::MIN, &mut st),
+                Outcome::Matched {
+                    minute: 1_800_000_000
+                }
             );
         }
         let post = r#"10.0.0.1 - - [10/Oct/2026:13:55:37 -0700] "POST /login HTTP/2.0" 302 - "-" "curl/8.0""#;
         assert_eq!(
-            p.apply(&mut a, post.as_bytes(), NOW_MS, &mut st),
-            Outcome::Matched
+            p.apply(&mut a, post.as_bytes(), NOW_MS, i64::MIN, &mut st),
+            Outcome::Matched {
+                minute: 1_800_000_000
+            }
         );
         // `-` bytes: no histogram value for that line (counted), its counter taken.
         assert_eq!(st.lines, 3 * 2 + 1);
@@ -553,8 +580,10 @@ mod tests {
             r#"192.0.2.1 - - [10/Oct/2000:13:55:38 -0700] "\x16\x03\x01" 400 157"#,
         ] {
             assert_eq!(
-                p.apply(&mut a, line.as_bytes(), NOW_MS, &mut st),
-                Outcome::Matched,
+                p.apply(&mut a, line.as_bytes(), NOW_MS, i64::MIN, &mut st),
+                Outcome::Matched {
+                    minute: 1_800_000_000
+                },
                 "{line}"
             );
         }
@@ -600,8 +629,10 @@ mod tests {
         for (i, user) in ["ann", "bob", "ann"].iter().enumerate() {
             let line = format!("{} /a 200 0.25 q={} user={user}", t + i as i64, 10 + i);
             assert_eq!(
-                p.apply(&mut a, line.as_bytes(), NOW_MS, &mut st),
-                Outcome::Matched
+                p.apply(&mut a, line.as_bytes(), NOW_MS, i64::MIN, &mut st),
+                Outcome::Matched {
+                    minute: 1_799_999_940
+                }
             );
         }
         assert_eq!(st.lines, 9);
@@ -643,12 +674,17 @@ mod tests {
             b"1.2.3.4 - - [bad time] \"GET / HTTP/1.1\" 2000 1 \"-\" \"-\"",
             &[0xff, 0xfe, b' ', b'x'],
         ] {
-            assert_eq!(p.apply(&mut a, line, NOW_MS, &mut st), Outcome::Refused);
+            assert_eq!(
+                p.apply(&mut a, line, NOW_MS, i64::MIN, &mut st),
+                Outcome::Refused
+            );
         }
         // Anything after the combined fields is allowed, however long.
         assert_eq!(
-            p.apply(&mut a, long.as_bytes(), NOW_MS, &mut st),
-            Outcome::Matched
+            p.apply(&mut a, long.as_bytes(), NOW_MS, i64::MIN, &mut st),
+            Outcome::Matched {
+                minute: 1_800_000_000
+            }
         );
         assert_eq!(st.dropped.get("no_match"), Some(&3));
         assert_eq!(st.dropped.get("invalid_utf8"), Some(&1));
@@ -661,14 +697,16 @@ mod tests {
         .unwrap();
         let bad = COMBINED_LINE.replace("10/Oct/2026", "10/Foo/2026");
         assert_eq!(
-            p.apply(&mut a, bad.as_bytes(), NOW_MS, &mut st),
+            p.apply(&mut a, bad.as_bytes(), NOW_MS, i64::MIN, &mut st),
             Outcome::Refused
         );
         assert_eq!(st.dropped.get("bad_timestamp"), Some(&1));
         // A real access-log time: 2026-10-10 13:55:36 -0700 is far older than max_past_secs.
         assert_eq!(
-            p.apply(&mut a, COMBINED_LINE.as_bytes(), NOW_MS, &mut st),
-            Outcome::Matched
+            p.apply(&mut a, COMBINED_LINE.as_bytes(), NOW_MS, i64::MIN, &mut st),
+            Outcome::Matched {
+                minute: MINUTE_OF_COMBINED_LINE
+            }
         );
         assert_eq!(st.dropped.get("too_old"), Some(&1));
     }
@@ -730,7 +768,7 @@ mod tests {
             let p = nginx();
             let mut a = acc();
             let mut st = IngestStats::default();
-            let out = p.apply(&mut a, &line, NOW_MS, &mut st);
+            let out = p.apply(&mut a, &line, NOW_MS, i64::MIN, &mut st);
             if out == Outcome::Refused {
                 proptest::prop_assert_eq!(st.lines, 0);
             }
@@ -745,7 +783,7 @@ mod tests {
             let p = nginx();
             let mut a = acc();
             let mut st = IngestStats::default();
-            p.apply(&mut a, line.as_bytes(), NOW_MS, &mut st);
+            p.apply(&mut a, line.as_bytes(), NOW_MS, i64::MIN, &mut st);
         }
     }
 }
