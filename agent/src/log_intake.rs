@@ -215,9 +215,11 @@ impl LogIntake {
                         last_minute: i64::MIN,
                         followed: true,
                     });
-                    if let Outcome::Matched { minute } =
-                        s.parser.apply(acc, line, now, f.last_minute, &mut stats)
-                    {
+                    let taken = stats.lines;
+                    let outcome = s.parser.apply(acc, line, now, f.last_minute, &mut stats);
+                    // A line none of whose metrics was taken (all refused: too old, in the
+                    // future...) holds nothing to keep, and sets no minute for the next ones.
+                    if let (Outcome::Matched { minute }, true) = (outcome, stats.lines > taken) {
                         if f.spans.back().is_none_or(|(m, _)| *m != minute) {
                             f.spans.push_back((minute, *start));
                         }

@@ -31,7 +31,8 @@ use thermo_core::statsd::{Kind, Line};
 /// when it has that shape ([`request_part`]); a request that does not (`"-"`, garbage answered
 /// 400) still matches, with those fields empty. Splitting it in the regex would make the regex
 /// ambiguous at the request's first byte, which makes every capture four times slower (measured
-/// in `benches/log_intake.rs`): as written the regex crate captures it in one pass.
+/// in `benches/log_intake.rs`): as written the regex crate captures it in one pass. A regex format
+/// with a `request` group gets the same three fields (unless it has groups of those names).
 const COMMON: &str = r#"^(?P<remote_addr>\S+) \S+ (?P<remote_user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-)"#;
 
 /// The combined format (nginx's default): the common format, then
@@ -231,7 +232,7 @@ impl LogParser {
         }
         let regex = regex::Regex::new(&pattern).map_err(|e| fail(format!("regex: {e}")))?;
         let index = |name: &str| regex.capture_names().position(|n| n == Some(name));
-        let built_in = source.format != "regex";
+        let has_request = index("request").is_some();
         let group = |name: &str, what: &str| -> Result<Field, LogConfigError> {
             let part = match name {
                 "method" => Some(RequestPart::Method),
@@ -241,10 +242,10 @@ impl LogParser {
             };
             match (index(name), part, index("request")) {
                 (Some(i), _, _) => Ok(Field::Group(i)),
-                (None, Some(part), Some(request)) if built_in => Ok(Field::Request(request, part)),
+                (None, Some(part), Some(request)) => Ok(Field::Request(request, part)),
                 _ => {
                     let mut known: Vec<&str> = regex.capture_names().flatten().collect();
-                    if built_in {
+                    if has_request {
                         known.extend(["method", "path", "protocol"]);
                     }
                     Err(fail(format!(
@@ -660,6 +661,45 @@ mod tests {
             panic!()
         };
         assert_eq!(s.members.len(), 2);
+    }
+
+    /// The README's nginx example with `$request_time`: a regex format with a `request` group
+    /// gets `method` and `path` from it, and the latency in seconds becomes ms.
+    #[test]
+    fn the_readme_latency_format_splits_its_request_and_times_in_ms() {
+        let p = LogParser::new(&source(&format!(
+            r#"
+            path = "/var/log/nginx/timed.log*"
+            format = "regex"
+            regex = '{}'
+            [[metrics]]
+            name = "http.latency"
+            type = "timer"
+            value = "request_time"
+            unit = "s"
+            tags = ["status", "method", "route=path"]
+            "#,
+            r#"^(?P<remote_addr>\S+) \S+ (?P<remote_user>\S+) \[(?P<time>[^\]]+)\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>[^"]*)" "(?P<user_agent>[^"]*)" (?P<request_time>[\d.]+)"#
+        )))
+        .unwrap();
+        let mut a = acc();
+        let mut st = IngestStats::default();
+        let line = format!("{COMBINED_LINE} 0.042");
+        assert_eq!(
+            p.apply(&mut a, line.as_bytes(), NOW_MS, i64::MIN, &mut st),
+            Outcome::Matched {
+                minute: 1_800_000_000
+            }
+        );
+        let cells = cells(&mut a);
+        assert_eq!(
+            cells[0].1,
+            "t/http.latency{method=GET,route=/api/items,status=200}"
+        );
+        let Aggregate::Histogram(h) = &cells[0].2 else {
+            panic!()
+        };
+        assert!((h.quantile(0.5).unwrap() - 42.0).abs() <= 0.042);
     }
 
     #[test]
