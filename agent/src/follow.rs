@@ -178,6 +178,16 @@ impl Follower {
         })
     }
 
+    /// The followed files whose path no longer matches (rotated out of the glob, or deleted):
+    /// read until they stop growing, then closed.
+    pub fn unmatched(&self) -> Vec<FileId> {
+        self.followed
+            .iter()
+            .filter(|f| f.unmatched_polls > 0)
+            .map(|f| f.id)
+            .collect()
+    }
+
     /// Where every followed file stands.
     pub fn positions(&self) -> Vec<Position> {
         self.followed
@@ -225,7 +235,8 @@ impl Follower {
         self.read_files(0, max_bytes, &mut stats, &mut each);
         for (path, id, size) in fresh {
             match self.open(&path, id, size, first, &mut stats) {
-                Ok(f) => self.followed.push(f),
+                Ok(Some(f)) => self.followed.push(f),
+                Ok(None) => {} // a copy being written: looked at again next poll
                 Err(e) => {
                     stats.errors += 1;
                     tracing::warn!(path = %path.display(), "log file not opened: {e}");
@@ -301,19 +312,22 @@ impl Follower {
         size: u64,
         first: bool,
         stats: &mut PollStats,
-    ) -> std::io::Result<Followed> {
+    ) -> std::io::Result<Option<Followed>> {
         let mut file = File::open(path)?;
         let fp = fingerprint(&mut file, size)?;
         let mut start = None;
         // The same inode with the same first bytes: the file saved (an inode can be reused).
+        // Otherwise (truncated or replaced while the agent was down) that saved position stays a
+        // candidate for a copy of the file as it was.
         if let Some(i) = self.saved.iter().position(|p| (p.dev, p.ino) == id) {
-            let p = self.saved.remove(i);
+            let p = &self.saved[i];
             let same = match &p.fingerprint {
                 Some(fp) => p.offset <= size && starts_like(&mut file, size, fp)?,
                 None => p.offset == 0,
             };
             if same {
                 start = Some(p.offset);
+                self.saved.remove(i);
             }
         }
         if start.is_none() {
@@ -335,10 +349,15 @@ impl Follower {
                 .chain(retired)
                 .chain(followed)
                 .filter_map(|(f, o, id)| f.map(|f| (f, o, id)))
-                .filter(|(f, o, _)| *o <= size && f.len <= size)
+                .filter(|(f, _, _)| f.len <= size)
                 .collect();
             for (f, o, of) in candidates {
                 if starts_like(&mut file, size, &f)? {
+                    if o > size {
+                        // Starts like a known file but is shorter than where that one was
+                        // left: a copy still being written (copy-and-truncate). Wait for it.
+                        return Ok(None);
+                    }
                     start = Some(o);
                     stats.copies.push((of, id, o));
                     self.retired.retain(|r| r.fingerprint != f);
@@ -349,7 +368,7 @@ impl Follower {
         }
         let start = start.unwrap_or(if first && self.read_from_end { size } else { 0 });
         tracing::info!(path = %path.display(), offset = start, "following log file");
-        Ok(Followed {
+        Ok(Some(Followed {
             path: path.to_path_buf(),
             id,
             file,
@@ -359,7 +378,7 @@ impl Follower {
             fingerprint: fp,
             unmatched_polls: 0,
             idle_polls: 0,
-        })
+        }))
     }
 }
 
@@ -554,6 +573,29 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_seen_while_it_is_written_is_read_once_complete() {
+        let d = Dir::new("copy-in-progress");
+        d.append("a.log", &lines(0, 40));
+        let mut f = follower(&d, "a.log*", Vec::new());
+        assert_eq!(poll(&mut f), texts(0, 40));
+        d.append("a.log", &lines(40, 42));
+        let all = std::fs::read(d.path("a.log")).unwrap();
+        // The copy has its first 300 bytes when the follower looks: not read yet.
+        std::fs::write(d.path("a.log.1"), &all[..300]).unwrap();
+        assert_eq!(poll(&mut f), texts(40, 42), "only the original's new lines");
+        std::fs::write(d.path("a.log.1"), &all).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path("a.log"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(poll(&mut f), Vec::<String>::new(), "nothing twice");
+        d.append("a.log", &lines(42, 43));
+        assert_eq!(poll(&mut f), texts(42, 43));
+    }
+
+    #[test]
     fn a_restart_resumes_from_saved_positions_and_reads_new_files_from_their_start() {
         let d = Dir::new("restart");
         d.append("a.log", &lines(0, 30));
@@ -574,6 +616,30 @@ mod tests {
         d.append("a.log", &lines(500, 501));
         let mut f = follower(&d, "a.log", saved);
         assert_eq!(poll(&mut f), texts(500, 501));
+    }
+
+    #[test]
+    fn a_copy_made_while_the_agent_was_down_resumes_from_the_saved_original() {
+        let d = Dir::new("copy-while-down");
+        d.append("a.log", &lines(0, 40));
+        let mut f = follower(&d, "a.log*", Vec::new());
+        assert_eq!(poll(&mut f), texts(0, 40));
+        let saved = f.positions();
+        drop(f);
+        // While the agent is down: more lines, copy-and-truncate, new lines.
+        d.append("a.log", &lines(40, 42));
+        std::fs::copy(d.path("a.log"), d.path("a.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path("a.log"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        d.append("a.log", &lines(42, 43));
+        let mut f = follower(&d, "a.log*", saved);
+        let mut got = poll(&mut f);
+        got.sort();
+        assert_eq!(got, texts(40, 43));
     }
 
     #[test]

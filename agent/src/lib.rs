@@ -159,11 +159,10 @@ impl Shared {
 
     /// Flushes the log sources' minutes, then saves their files' positions.
     async fn flush_logs(&self, logs: &Arc<log_intake::LogIntake>, all: bool, delay: i64) -> usize {
-        let mut stats = IngestStats::default();
         let (spool, metrics) = (self.spool.clone(), self.metrics.clone());
         let spool = move |minutes| spool.push_minutes(minutes, &metrics);
         let now_s = now_ms().div_euclid(1000);
-        let flushed = logs.flush(all, now_s, delay, &mut stats, spool).await;
+        let (flushed, stats) = logs.flush(all, now_s, delay, spool).await;
         self.record(&stats, now_ms());
         match flushed {
             Ok(n) => n,

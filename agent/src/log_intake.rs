@@ -20,7 +20,10 @@
 //! is read again in.
 //!
 //! Flushes run one at a time (take, spool, save), so a saved position never runs ahead of the
-//! spool. Lines longer than `max_line_bytes` are skipped and counted (`line_too_long`); a batch
+//! spool; none saves before the first poll (the saved files are not all known before it). When a
+//! followed file leaves the glob (rotated out, about to be compressed or deleted) with lines not
+//! spooled, the next flush takes every minute, open ones too (a minute flushed open is merged
+//! with the rest of it later), so that a crash cannot lose them with the file. Lines longer than `max_line_bytes` are skipped and counted (`line_too_long`); a batch
 //! the spool drops when full (`spool_full`) is lost with its lines, as any batch.
 //!
 //! # On-disk format
@@ -43,13 +46,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use thermo_core::accumulator::{Accumulator, AccumulatorConfig, ClosedMinute, IngestStats};
 
 const MAGIC: &[u8; 3] = b"TL\x01";
 const NAME: &str = "logs.state";
-/// Bytes read from one file in one poll, at most.
-const POLL_BYTES: u64 = 4 << 20;
+/// Bytes read from one file in one poll, at most (about 5,000 access-log lines).
+const POLL_BYTES: u64 = 1 << 20;
+
+/// A line read: its file, path, bytes, start and end offsets.
+type ReadLine = (FileId, PathBuf, Vec<u8>, u64, u64);
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct StateFile {
@@ -106,6 +112,12 @@ pub struct LogIntake {
     flushing: tokio::sync::Mutex<Option<StateFile>>,
     dir: PathBuf,
     stop: AtomicBool,
+    /// A file left the glob (rotated out, or about to be compressed or deleted) with lines not
+    /// spooled: the next flush takes every minute, open ones too, so they are.
+    flush_all: AtomicBool,
+    /// Set after the first poll: before it, the files of the saved positions are not known yet,
+    /// and a save would forget them.
+    polled: AtomicBool,
 }
 
 /// A source's parser and follower, run by [`LogIntake::run`].
@@ -176,6 +188,8 @@ impl LogIntake {
             flushing: tokio::sync::Mutex::new(None),
             dir,
             stop: AtomicBool::new(false),
+            flush_all: AtomicBool::new(false),
+            polled: AtomicBool::new(false),
         };
         Ok(Some((intake, sources)))
     }
@@ -188,7 +202,7 @@ impl LogIntake {
         every: std::time::Duration,
         record: impl Fn(&IngestStats, u64),
     ) {
-        let mut read: Vec<(FileId, PathBuf, Vec<u8>, u64, u64)> = Vec::new();
+        let mut read: Vec<ReadLine> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             let mut stats = IngestStats::default();
             let mut too_long = 0;
@@ -199,34 +213,15 @@ impl LogIntake {
                 });
                 too_long += polled.too_long;
                 let now = crate::now_ms();
-                let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-                let Lines { acc, files } = &mut *lines;
+                // One hold of the lock for the copies, the lines and the positions of a poll, so a
+                // flush never sees one without the others (a poll reads at most POLL_BYTES a
+                // file: milliseconds; flushes take the lock on a blocking thread).
+                let mut guard = self.lines.lock().unwrap_or_else(|p| p.into_inner());
                 for &(from, to, offset) in &polled.copies {
-                    copied(files, (i, from), (i, to), offset);
+                    copied(&mut guard.files, (i, from), (i, to), offset);
                 }
-                for (id, path, line, start, end) in &read {
-                    let f = files.entry((i, *id)).or_insert_with(|| FileLines {
-                        path: path.clone(),
-                        dev: id.0,
-                        ino: id.1,
-                        fingerprint: None,
-                        read_end: *start,
-                        spans: VecDeque::new(),
-                        last_minute: i64::MIN,
-                        followed: true,
-                    });
-                    let taken = stats.lines;
-                    let outcome = s.parser.apply(acc, line, now, f.last_minute, &mut stats);
-                    // A line none of whose metrics was taken (all refused: too old, in the
-                    // future...) holds nothing to keep, and sets no minute for the next ones.
-                    if let (Outcome::Matched { minute }, true) = (outcome, stats.lines > taken) {
-                        if f.spans.back().is_none_or(|(m, _)| *m != minute) {
-                            f.spans.push_back((minute, *start));
-                        }
-                        f.last_minute = minute;
-                    }
-                    f.read_end = *end;
-                }
+                Self::apply(&mut guard, i, &s.parser, &read, now, &mut stats);
+                let files = &mut guard.files;
                 let positions = s.follower.positions();
                 for (&(_, id), f) in files.iter_mut().filter(|((src, _), _)| *src == i) {
                     f.followed = false;
@@ -234,7 +229,13 @@ impl LogIntake {
                         f.followed = true;
                         f.path = p.path.clone();
                         f.fingerprint = p.fingerprint;
-                        f.read_end = f.read_end.max(p.offset);
+                        if p.offset < f.read_end {
+                            // Truncated, and nothing read from it since.
+                            f.spans.clear();
+                            f.last_minute = i64::MIN;
+                        }
+                        // The follower's offset: past every line handed out and skipped.
+                        f.read_end = p.offset;
                     }
                 }
                 for p in positions {
@@ -252,9 +253,57 @@ impl LogIntake {
                         });
                 }
                 files.retain(|_, f| f.followed || !f.spans.is_empty());
+                let gone = s.follower.unmatched();
+                if files.iter().any(|((src, id), f)| {
+                    *src == i && !f.spans.is_empty() && (!f.followed || gone.contains(id))
+                }) {
+                    self.flush_all.store(true, Ordering::Relaxed);
+                }
             }
+            self.polled.store(true, Ordering::Release);
             record(&stats, too_long);
             std::thread::sleep(every);
+        }
+    }
+
+    /// Turns lines of source `i` into metrics, and their files' spans.
+    fn apply(
+        lines: &mut Lines,
+        i: usize,
+        parser: &LogParser,
+        read: &[ReadLine],
+        now: i64,
+        stats: &mut IngestStats,
+    ) {
+        let Lines { acc, files } = lines;
+        for (id, path, line, start, end) in read {
+            let f = files.entry((i, *id)).or_insert_with(|| FileLines {
+                path: path.clone(),
+                dev: id.0,
+                ino: id.1,
+                fingerprint: None,
+                read_end: *start,
+                spans: VecDeque::new(),
+                last_minute: i64::MIN,
+                followed: true,
+            });
+            if *start < f.read_end {
+                // Read from further back: the file was truncated or replaced. Its earlier lines
+                // not spooled are in a copy (moved there by `copied`) or gone.
+                f.spans.clear();
+                f.last_minute = i64::MIN;
+            }
+            let taken = stats.lines;
+            let outcome = parser.apply(acc, line, now, f.last_minute, stats);
+            // A line none of whose metrics was taken (all refused: too old, in the future...)
+            // holds nothing to keep, and sets no minute for the next ones.
+            if let (Outcome::Matched { minute }, true) = (outcome, stats.lines > taken) {
+                if f.spans.back().is_none_or(|(m, _)| *m != minute) {
+                    f.spans.push_back((minute, *start));
+                }
+                f.last_minute = minute;
+            }
+            f.read_end = *end;
         }
     }
 
@@ -267,58 +316,82 @@ impl LogIntake {
     /// spooled, then `spool` writes the minutes and this saves the positions, on a blocking
     /// thread; returns the series-minutes spooled. One flush at a time.
     pub async fn flush(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         all: bool,
         now_s: i64,
         delay_secs: i64,
-        stats: &mut IngestStats,
         spool: impl FnOnce(Vec<ClosedMinute>) -> usize + Send + 'static,
-    ) -> std::io::Result<usize> {
+    ) -> (std::io::Result<usize>, IngestStats) {
         let mut last = self.flushing.lock().await;
-        let (minutes, state) = {
-            let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-            let Lines { acc, files } = &mut *lines;
-            let minutes = if all {
-                acc.take_all(stats)
-            } else {
-                acc.take_closed(now_s, delay_secs, stats)
-            };
-            let closed = |m: i64| all || m + 60 + delay_secs <= now_s;
-            for f in files.values_mut() {
-                while f.spans.front().is_some_and(|(m, _)| closed(*m)) {
-                    f.spans.pop_front();
-                }
-            }
-            let mut state = StateFile::default();
-            for (i, glob) in self.globs.iter().enumerate() {
-                state.sources.push(SavedSource {
-                    path: glob.clone(),
-                    files: files
-                        .iter()
-                        .filter(|((src, _), f)| *src == i && f.followed)
-                        .map(|(_, f)| f.safe())
-                        .collect(),
-                });
-            }
-            (minutes, state)
-        };
-        if minutes.is_empty() && last.as_ref() == Some(&state) {
-            return Ok(0); // nothing new: no write, no fsync
+        if !self.polled.load(Ordering::Acquire) {
+            // Nothing read yet (the accumulator is empty), and the saved positions still hold.
+            return (Ok(0), IngestStats::default());
         }
-        let dir = self.dir.clone();
-        let saved = state.clone();
-        let n = tokio::task::spawn_blocking(move || {
+        let all = all || self.flush_all.swap(false, Ordering::Relaxed);
+        let (this, previous) = (self.clone(), last.clone());
+        // The take holds the accumulator's lock while the log thread may hold it for a poll's
+        // lines (milliseconds): on a blocking thread, with the spooling and the save.
+        let done = tokio::task::spawn_blocking(move || {
+            let mut stats = IngestStats::default();
+            let (minutes, state) = this.take(all, now_s, delay_secs, &mut stats);
+            if minutes.is_empty() && previous.as_ref() == Some(&state) {
+                return (Ok((0, None)), stats); // nothing new: no write, no fsync
+            }
             let n = if minutes.is_empty() {
                 0
             } else {
                 spool(minutes)
             };
-            write_state(&dir, &state).map(|()| n)
+            let saved = write_state(&this.dir, &state).map(|()| (n, Some(state)));
+            (saved, stats)
         })
-        .await
-        .map_err(std::io::Error::other)??;
-        *last = Some(saved);
-        Ok(n)
+        .await;
+        match done {
+            Ok((Ok((n, saved)), stats)) => {
+                if saved.is_some() {
+                    *last = saved;
+                }
+                (Ok(n), stats)
+            }
+            Ok((Err(e), stats)) => (Err(e), stats),
+            Err(e) => (Err(std::io::Error::other(e)), IngestStats::default()),
+        }
+    }
+
+    /// Takes the closed minutes (every one with `all`) and what the state file is once they are
+    /// spooled.
+    fn take(
+        &self,
+        all: bool,
+        now_s: i64,
+        delay_secs: i64,
+        stats: &mut IngestStats,
+    ) -> (Vec<ClosedMinute>, StateFile) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let Lines { acc, files } = &mut *lines;
+        let minutes = if all {
+            acc.take_all(stats)
+        } else {
+            acc.take_closed(now_s, delay_secs, stats)
+        };
+        let closed = |m: i64| all || m + 60 + delay_secs <= now_s;
+        for f in files.values_mut() {
+            while f.spans.front().is_some_and(|(m, _)| closed(*m)) {
+                f.spans.pop_front();
+            }
+        }
+        let mut state = StateFile::default();
+        for (i, glob) in self.globs.iter().enumerate() {
+            state.sources.push(SavedSource {
+                path: glob.clone(),
+                files: files
+                    .iter()
+                    .filter(|((src, _), f)| *src == i && f.followed)
+                    .map(|(_, f)| f.safe())
+                    .collect(),
+            });
+        }
+        (minutes, state)
     }
 
     /// Series-minutes open in the log accumulator.

@@ -1,6 +1,6 @@
 //! An agent reading an access log (`[[logs]]`, nginx's `combined` format) on the distributed
 //! stack: the log is rotated by rename and by copy-and-truncate while it is written, the agent is
-//! SIGKILLed and restarted in between, and every line is counted exactly once, in total and per
+//! SIGKILLed and restarted after each, and every line is counted exactly once, in total and per
 //! status, through the query API.
 
 use crate::support::stack::{Extra, Stack};
@@ -92,6 +92,7 @@ tags = ["status", "method"]
     write_lines(&log, 180, 200, &mut want); // written while the agent is down
     stack.agents[0].restart();
     wait_lines(port, 100.0);
+    flush(&stack);
 
     // Copy-and-truncate: the oldest rotation is compressed away (excluded), the log is copied to
     // access.log.1 with lines the agent may not have read yet, truncated, and written again.
@@ -110,6 +111,26 @@ tags = ["status", "method"]
         .expect("truncate");
     write_lines(&log, 240, 265, &mut want);
     wait_lines(port, 165.0);
+
+    // SIGKILL again, right after the copy-and-truncate, before any flush: the copy's lines not
+    // spooled are read again from the copy, the truncated log's from its start.
+    stack.agents[0].proc.kill();
+    stack.agents[0].restart();
+    wait_metric(
+        port,
+        "thermo_agent_received_total",
+        Duration::from_secs(30),
+        |v| v >= 25.0,
+    );
+    let mut last = -1.0;
+    wait_until(
+        "the agent to read what it reads again",
+        Duration::from_secs(30),
+        || {
+            let now = metric(port, "thermo_agent_received_total");
+            std::mem::replace(&mut last, now) == now
+        },
+    );
     flush(&stack);
 
     let total: f64 = want.values().sum();
