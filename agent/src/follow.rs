@@ -466,6 +466,21 @@ mod tests {
         fn path(&self, name: &str) -> PathBuf {
             self.0.join(name)
         }
+        fn truncate(&self, name: &str) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.path(name))
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+
+        /// What logrotate's `copytruncate` does.
+        fn copy_and_truncate(&self, name: &str, to: &str) {
+            std::fs::copy(self.path(name), self.path(to)).unwrap();
+            self.truncate(name);
+        }
+
         fn append(&self, name: &str, text: &str) {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -556,13 +571,7 @@ mod tests {
         assert_eq!(poll(&mut f), texts(0, 40));
         // Two lines the follower has not read yet when logrotate copies and truncates.
         d.append("a.log", &lines(40, 42));
-        std::fs::copy(d.path("a.log"), d.path("a.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(d.path("a.log"))
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        d.copy_and_truncate("a.log", "a.log.1");
         d.append("a.log", &lines(42, 44));
         // An old, compressed rotation is excluded.
         d.append("a.log.2.gz", "\u{1f}binary\n");
@@ -584,12 +593,7 @@ mod tests {
         std::fs::write(d.path("a.log.1"), &all[..300]).unwrap();
         assert_eq!(poll(&mut f), texts(40, 42), "only the original's new lines");
         std::fs::write(d.path("a.log.1"), &all).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(d.path("a.log"))
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        d.truncate("a.log");
         assert_eq!(poll(&mut f), Vec::<String>::new(), "nothing twice");
         d.append("a.log", &lines(42, 43));
         assert_eq!(poll(&mut f), texts(42, 43));
@@ -628,13 +632,7 @@ mod tests {
         drop(f);
         // While the agent is down: more lines, copy-and-truncate, new lines.
         d.append("a.log", &lines(40, 42));
-        std::fs::copy(d.path("a.log"), d.path("a.log.1")).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(d.path("a.log"))
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        d.copy_and_truncate("a.log", "a.log.1");
         d.append("a.log", &lines(42, 43));
         let mut f = follower(&d, "a.log*", saved);
         let mut got = poll(&mut f);
