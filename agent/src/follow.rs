@@ -76,8 +76,6 @@ pub type FileId = (u64, u64);
 /// What one poll did, besides the lines.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PollStats {
-    pub bytes: u64,
-    pub lines: u64,
     /// Lines over `max_line_bytes`, skipped.
     pub too_long: u64,
     /// Files that could not be listed, opened or read (logged).
@@ -253,7 +251,6 @@ impl Follower {
         for i in closed.into_iter().rev() {
             let mut f = self.followed.remove(i);
             if let Some(last) = f.framer.finish() {
-                stats.lines += 1;
                 each(f.id, &f.path, &last, f.last_end, f.read_pos);
             }
             if let Some(fp) = f.fingerprint {
@@ -434,16 +431,12 @@ fn read_new(
     (&mut f.file).take(want).read_to_end(&mut buf)?;
     let base = f.read_pos;
     let (id, path) = (f.id, f.path.clone());
-    let mut lines = 0;
     let last_end = &mut f.last_end;
     stats.too_long += f.framer.feed_each(&buf, |line, end| {
-        lines += 1;
         let end = base + end as u64;
         each(id, &path, line, *last_end, end);
         *last_end = end;
     });
-    stats.lines += lines;
-    stats.bytes += buf.len() as u64;
     f.read_pos += buf.len() as u64;
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! thermo-agent: the per-host sidecar.
 //!
 //! StatsD/DogStatsD lines arrive on UDP (`udp_addr`), on a Unix datagram socket (`uds_path`), over
-//! TCP (`tcp_addr`; [`intake`]) or over HTTP (`POST /api/v1/statsd`, one line per line of the body); they are pre-aggregated per series per minute in memory
-//! ([`thermo_core::accumulator`]). Every `flush_interval_ms` the minutes that closed at least
+//! TCP (`tcp_addr`; [`intake`]) or over HTTP (`POST /api/v1/statsd`, one line per line of the
+//! body), and metrics come from log files (`[[logs]]`; [`log_intake`]); they are pre-aggregated
+//! per series per minute in memory ([`thermo_core::accumulator`]). Every `flush_interval_ms` the minutes that closed at least
 //! `flush_delay_secs` ago go to the spool and are sent to the partitioner ([`sender`]).
 //! `POST /flush` closes every minute now (tests, deploys) and waits for the spool to drain.
 //! On SIGTERM the agent flushes everything and waits up to `shutdown_timeout_secs` for delivery.
@@ -261,9 +262,15 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             let thread = std::thread::Builder::new()
                 .name("log-files".into())
                 .spawn(move || {
-                    intake.run(log_sources, every, |stats, too_long| {
+                    intake.run(log_sources, every, |stats, errors| {
                         shared.record(stats, now_ms());
-                        shared.too_long(too_long);
+                        if errors > 0 {
+                            shared
+                                .metrics
+                                .errors
+                                .with_label_values(&["log_read"])
+                                .inc_by(errors);
+                        }
                     })
                 })
                 .map_err(|e| AgentError::Startup(format!("log thread: {e}")))?;

@@ -23,8 +23,9 @@
 //! spool; none saves before the first poll (the saved files are not all known before it). When a
 //! followed file leaves the glob (rotated out, about to be compressed or deleted) with lines not
 //! spooled, the next flush takes every minute, open ones too (a minute flushed open is merged
-//! with the rest of it later), so that a crash cannot lose them with the file. Lines longer than `max_line_bytes` are skipped and counted (`line_too_long`); a batch
-//! the spool drops when full (`spool_full`) is lost with its lines, as any batch.
+//! with the rest of it later), so that a crash cannot lose them with the file. Lines longer than
+//! `max_line_bytes` are skipped and counted (`line_too_long`); a batch the spool drops when full
+//! (`spool_full`) is lost with its lines, as any batch.
 //!
 //! # On-disk format
 //!
@@ -54,8 +55,8 @@ const NAME: &str = "logs.state";
 /// Bytes read from one file in one poll, at most (about 5,000 access-log lines).
 const POLL_BYTES: u64 = 1 << 20;
 
-/// A line read: its file, path, bytes, start and end offsets.
-type ReadLine = (FileId, PathBuf, Vec<u8>, u64, u64);
+/// A line read: its file, where its bytes are in the poll's buffer, its start and end offsets.
+type ReadLine = (FileId, std::ops::Range<usize>, u64, u64);
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct StateFile {
@@ -87,6 +88,20 @@ struct FileLines {
 }
 
 impl FileLines {
+    /// A file first seen at `read_end`, nothing of it in memory.
+    fn new(path: PathBuf, (dev, ino): FileId, read_end: u64) -> Self {
+        Self {
+            path,
+            dev,
+            ino,
+            fingerprint: None,
+            read_end,
+            spans: VecDeque::new(),
+            last_minute: i64::MIN,
+            followed: true,
+        }
+    }
+
     fn safe(&self) -> Position {
         Position {
             path: self.path.clone(),
@@ -195,23 +210,29 @@ impl LogIntake {
     }
 
     /// Polls the sources every `every` until [`LogIntake::stop`]; `record` counts each poll's
-    /// stats. Blocking: run it on a thread of its own.
+    /// stats and the files that could not be listed, opened or read. Blocking: run it on a thread
+    /// of its own.
     pub fn run(
         &self,
         mut sources: Vec<Source>,
         every: std::time::Duration,
         record: impl Fn(&IngestStats, u64),
     ) {
-        let mut read: Vec<ReadLine> = Vec::new();
+        let (mut read, mut bytes): (Vec<ReadLine>, Vec<u8>) = (Vec::new(), Vec::new());
         while !self.stop.load(Ordering::Relaxed) {
             let mut stats = IngestStats::default();
-            let mut too_long = 0;
+            let mut errors = 0;
             for (i, s) in sources.iter_mut().enumerate() {
                 read.clear();
-                let polled = s.follower.poll(POLL_BYTES, |id, path, line, start, end| {
-                    read.push((id, path.to_path_buf(), line.to_vec(), start, end));
+                bytes.clear();
+                let polled = s.follower.poll(POLL_BYTES, |id, _, line, start, end| {
+                    bytes.extend_from_slice(line);
+                    read.push((id, bytes.len() - line.len()..bytes.len(), start, end));
                 });
-                too_long += polled.too_long;
+                if polled.too_long > 0 {
+                    *stats.dropped.entry("line_too_long").or_insert(0) += polled.too_long;
+                }
+                errors += polled.errors;
                 let now = crate::now_ms();
                 // One hold of the lock for the copies, the lines and the positions of a poll, so a
                 // flush never sees one without the others (a poll reads at most POLL_BYTES a
@@ -220,7 +241,7 @@ impl LogIntake {
                 for &(from, to, offset) in &polled.copies {
                     copied(&mut guard.files, (i, from), (i, to), offset);
                 }
-                Self::apply(&mut guard, i, &s.parser, &read, now, &mut stats);
+                Self::apply(&mut guard, i, &s.parser, &read, &bytes, now, &mut stats);
                 let files = &mut guard.files;
                 let positions = s.follower.positions();
                 for (&(_, id), f) in files.iter_mut().filter(|((src, _), _)| *src == i) {
@@ -242,14 +263,8 @@ impl LogIntake {
                     files
                         .entry((i, (p.dev, p.ino)))
                         .or_insert_with(|| FileLines {
-                            path: p.path.clone(),
-                            dev: p.dev,
-                            ino: p.ino,
                             fingerprint: p.fingerprint,
-                            read_end: p.offset,
-                            spans: VecDeque::new(),
-                            last_minute: i64::MIN,
-                            followed: true,
+                            ..FileLines::new(p.path, (p.dev, p.ino), p.offset)
                         });
                 }
                 files.retain(|_, f| f.followed || !f.spans.is_empty());
@@ -261,7 +276,7 @@ impl LogIntake {
                 }
             }
             self.polled.store(true, Ordering::Release);
-            record(&stats, too_long);
+            record(&stats, errors);
             std::thread::sleep(every);
         }
     }
@@ -272,21 +287,16 @@ impl LogIntake {
         i: usize,
         parser: &LogParser,
         read: &[ReadLine],
+        bytes: &[u8],
         now: i64,
         stats: &mut IngestStats,
     ) {
         let Lines { acc, files } = lines;
-        for (id, path, line, start, end) in read {
-            let f = files.entry((i, *id)).or_insert_with(|| FileLines {
-                path: path.clone(),
-                dev: id.0,
-                ino: id.1,
-                fingerprint: None,
-                read_end: *start,
-                spans: VecDeque::new(),
-                last_minute: i64::MIN,
-                followed: true,
-            });
+        for (id, at, start, end) in read {
+            // Its path comes with the poll's positions, in the same hold of the lock.
+            let f = files
+                .entry((i, *id))
+                .or_insert_with(|| FileLines::new(PathBuf::new(), *id, *start));
             if *start < f.read_end {
                 // Read from further back: the file was truncated or replaced. Its earlier lines
                 // not spooled are in a copy (moved there by `copied`) or gone.
@@ -294,7 +304,7 @@ impl LogIntake {
                 f.last_minute = i64::MIN;
             }
             let taken = stats.lines;
-            let outcome = parser.apply(acc, line, now, f.last_minute, stats);
+            let outcome = parser.apply(acc, &bytes[at.clone()], now, f.last_minute, stats);
             // A line none of whose metrics was taken (all refused: too old, in the future...)
             // holds nothing to keep, and sets no minute for the next ones.
             if let (Outcome::Matched { minute }, true) = (outcome, stats.lines > taken) {
@@ -393,15 +403,6 @@ impl LogIntake {
         }
         (minutes, state)
     }
-
-    /// Series-minutes open in the log accumulator.
-    pub fn open_series(&self) -> usize {
-        self.lines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .acc
-            .open_series()
-    }
 }
 
 /// `to` is a copy of `from` read from `offset` on (copy-and-truncate): the lines of `from` before
@@ -423,16 +424,10 @@ fn copied(
         .unwrap_or(f.spans.len());
     let moved: VecDeque<(i64, u64)> = f.spans.drain(..keep).collect();
     let last_minute = f.last_minute;
-    let path = f.path.clone();
     files.entry(to).or_insert_with(|| FileLines {
-        path,
-        dev: (to.1).0,
-        ino: (to.1).1,
-        fingerprint: None,
-        read_end: offset,
         spans: moved,
         last_minute,
-        followed: true,
+        ..FileLines::new(PathBuf::new(), to.1, offset)
     });
 }
 
@@ -471,14 +466,9 @@ mod tests {
 
     fn file(spans: &[(i64, u64)], read_end: u64) -> FileLines {
         FileLines {
-            path: PathBuf::from("access.log"),
-            dev: 1,
-            ino: 10,
-            fingerprint: None,
-            read_end,
             spans: spans.iter().copied().collect(),
             last_minute: spans.last().map_or(i64::MIN, |s| s.0),
-            followed: true,
+            ..FileLines::new(PathBuf::from("access.log"), (1, 10), read_end)
         }
     }
 

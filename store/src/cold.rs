@@ -222,13 +222,10 @@ impl ColdStore for LocalDirCold {
         start: u64,
         end: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.root.join(checked(key)?);
-        tokio::task::spawn_blocking(move || {
-            read_ranges(&path, |_| std::iter::once(start..end).collect())
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(e.to_string()))?
-        .map(|o| o.and_then(|(mut parts, _)| parts.pop()))
+        let got = self
+            .get_ranges(key, std::iter::once(start..end).collect())
+            .await?;
+        Ok(got.and_then(|mut parts| parts.pop()))
     }
 
     /// A local read costs little per request, and per byte: a smaller tail than S3's (more is read
