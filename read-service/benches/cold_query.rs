@@ -96,6 +96,8 @@ struct Tenant {
     dir: PathBuf,
     store: LocalDirCold,
     view: ColdView,
+    /// How its objects are laid out (the compactor's default, or layout 2).
+    tuning: Tuning,
 }
 
 impl Tenant {
@@ -110,7 +112,25 @@ impl Tenant {
             store: LocalDirCold::new(&dir),
             dir,
             view: ColdView::default(),
+            tuning: Tuning::default(),
         }
+    }
+
+    /// The same tenant with objects of layout 2 (no row-group directory).
+    fn layout2(series: usize, tag: &str) -> Self {
+        let mut t = Self::new(series, &format!("{tag}-layout2"));
+        t.tuning.directory = false;
+        t
+    }
+
+    /// The tenant as the tables show it: its series, and its layout unless the default.
+    fn label(&self) -> String {
+        let layout = if self.tuning.directory {
+            ""
+        } else {
+            " (layout 2)"
+        };
+        format!("{}{layout}", self.series)
     }
 
     fn path(&self, res: Resolution, chunk: i64) -> PathBuf {
@@ -146,8 +166,7 @@ impl Tenant {
         let chunks: Vec<i64> = chunks_in(res, from, END).collect();
         let last = *chunks.last().expect("a chunk");
         let started = Instant::now();
-        let bytes =
-            encode_tuned(res, rows(self.series, res, last), Tuning::default()).expect("encode");
+        let bytes = encode_tuned(res, rows(self.series, res, last), self.tuning).expect("encode");
         let size = bytes.len();
         println!(
             "  {} series, {} object of chunk {last}: {} rows, {size} bytes, encoded in {:.1} s",
@@ -161,8 +180,8 @@ impl Tenant {
             if link {
                 self.link(res, chunk, last);
             } else {
-                let bytes = encode_tuned(res, rows(self.series, res, chunk), Tuning::default())
-                    .expect("encode");
+                let bytes =
+                    encode_tuned(res, rows(self.series, res, chunk), self.tuning).expect("encode");
                 self.put(rt, res, chunk, bytes);
             }
         }
@@ -287,7 +306,7 @@ fn measure(rt: &tokio::runtime::Runtime, t: &Tenant, p: &QueryParams, runs: usiz
 fn row(name: &str, t: &Tenant, f: &Figures) {
     println!(
         "| {name} | {} | {:.2} | {:.3} | {} | {} | {} | {} | {} |",
-        t.series,
+        t.label(),
         f.cold_ms,
         f.warm_ms,
         f.points,
@@ -343,8 +362,9 @@ fn whole_object(
 }
 
 /// The reader's steps on one object held in memory, each timed alone (mean of `runs`): the copy
-/// of the tail a read fetches first, the footer's decode, the row group's page index, the key
-/// pages and the data pages; in ms.
+/// of the tail a read fetches first, the footer's decode (layout 3: the directory's), the row
+/// group's metadata (layout 3: its own footer's decode) and page index, the key pages and the
+/// data pages; in ms.
 fn steps(path: &Path, runs: usize) {
     use bytes::Bytes;
     use thermo_store::cold_select::{read_rows, select_keys, Footer, RowGroupIndex, Sparse, Tail};
@@ -369,30 +389,30 @@ fn steps(path: &Path, runs: usize) {
         let range = footer.key_range(TENANT, "req", &filters);
         for rg in footer.row_groups(&range) {
             let started = Instant::now();
-            let [ci, oi] = footer.index_ranges(rg).expect("a page index");
-            let (ci_bytes, oi_bytes) = (
-                all.slice(ci.start as usize..ci.end as usize),
-                all.slice(oi.start as usize..oi.end as usize),
-            );
-            let index = RowGroupIndex::decode(&footer, rg, Some((&ci_bytes, &oi_bytes, oi.start)))
+            let at = |r: &std::ops::Range<u64>| all.slice(r.start as usize..r.end as usize);
+            let own = footer.group_range(rg).map(|r| at(&r));
+            let group = footer.group(rg, own.as_deref()).expect("row group");
+            let [ci, oi] = group.index_ranges().expect("a page index");
+            let (ci_bytes, oi_bytes) = (at(&ci), at(&oi));
+            let index = RowGroupIndex::decode(group, Some((&ci_bytes, &oi_bytes, oi.start)))
                 .expect("index");
             timed(2, started);
             let started = Instant::now();
             let pages = index.key_fetch(&range);
-            let selected = select_keys(&footer, &index, &sparse, &pages, &range, |k| {
+            let selected = select_keys(&index, &sparse, &pages, &range, |k| {
                 k.tags().iter().any(|(_, v)| v == "h7")
             })
             .expect("keys");
             timed(3, started);
             let started = Instant::now();
-            let (rows, _) = read_rows(&footer, &index, &sparse, &selected).expect("rows");
+            let (rows, _) = read_rows(&index, &sparse, &selected).expect("rows");
             timed(4, started);
             assert_eq!(rows.len(), 60);
         }
     }
     let ms = |i: usize| t[i] * 1e3 / runs as f64;
     println!(
-        "  tail copy ({tail_len} B) {:.3}, footer {:.3}, page index {:.3}, key pages {:.3}, data pages {:.3} (ms)",
+        "  tail copy ({tail_len} B) {:.3}, footer {:.3}, row group metadata and page index {:.3}, key pages {:.3}, data pages {:.3} (ms)",
         ms(0),
         ms(1),
         ms(2),
@@ -408,35 +428,50 @@ fn footer_len(path: &Path) -> u64 {
     u32::from_le_bytes(len) as u64 + 8
 }
 
-/// The one-series hour in both tenants, with a cold cache, in rounds of 201 pairs of runs (the
-/// 100-series tenant's, then the 100,000-series tenant's, so that each pair sees the machine in
-/// the same state): per round the two medians and the median of the pairs' ratios.
+/// The one-series hour in the 100-series tenant and in the 100,000-series tenant, in layout 3
+/// and in layout 2, with a cold cache, in rounds of 201 triples of runs (one of each, so that each
+/// triple sees the machine in the same state): per round the three medians and the medians of the
+/// triples' ratios.
 fn hour_rounds(rt: &tokio::runtime::Runtime, rounds: usize) {
     let mut small = Tenant::new(100, "hour");
     small.fill(rt, Resolution::OneMinute, END - HOUR, false);
     let mut large = Tenant::new(100_000, "hour");
     large.fill(rt, Resolution::OneMinute, END - HOUR, false);
+    let mut large2 = Tenant::layout2(100_000, "hour");
+    large2.fill(rt, Resolution::OneMinute, END - HOUR, false);
     let p = query(HOUR, Resolution::OneMinute, 60, Some("h7"));
-    println!("| round | 100 series, cold ms | 100,000 series, cold ms | median ratio of pairs |\n|---|---|---|---|");
+    println!("| round | 100 series, cold ms | 100,000, cold ms | 100,000 (layout 2), cold ms | median ratio, layout 3 | median ratio, layout 2 |\n|---|---|---|---|---|---|");
     for round in 1..=rounds {
-        let (mut s, mut l, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        let mut ratios = [Vec::new(), Vec::new()];
         for _ in 0..201 {
-            let (a, points_a) = run_once(rt, &small, &p, &new_reader(&small));
-            let (b, points_b) = run_once(rt, &large, &p, &new_reader(&large));
-            assert_eq!((points_a, points_b), (60, 60));
-            s.push(a);
-            l.push(b);
-            ratios.push(b / a);
+            let run = |t: &Tenant| {
+                let (ms, points) = run_once(rt, t, &p, &new_reader(t));
+                assert_eq!(points, 60);
+                ms
+            };
+            let (a, b, c) = (run(&small), run(&large), run(&large2));
+            ratios[0].push(b / a);
+            ratios[1].push(c / a);
+            for (i, ms) in [a, b, c].into_iter().enumerate() {
+                times[i].push(ms);
+            }
         }
+        let [s, l, l2] = times;
+        let [r3, r2] = ratios;
         println!(
-            "| {round} | {:.3} | {:.3} | {:.2}x |",
+            "| {round} | {:.3} | {:.3} | {:.3} | {:.2}x | {:.2}x |",
             median(s),
             median(l),
-            median(ratios)
+            median(l2),
+            median(r3),
+            median(r2)
         );
     }
     println!("\nThe steps of one series' hour, 100,000-series 1m object, in memory (no I/O), mean of 2,000:");
     steps(&large.path(Resolution::OneMinute, END - HOUR), 2_000);
+    println!("  the same in layout 2:");
+    steps(&large2.path(Resolution::OneMinute, END - HOUR), 2_000);
 }
 
 fn main() {
@@ -455,6 +490,9 @@ fn main() {
     let mut large = Tenant::new(100_000, "main");
     large.fill(&rt, Resolution::OneMinute, END - 7 * DAY, true);
     large.fill(&rt, Resolution::OneHour, END - 365 * DAY, true);
+    let mut large2 = Tenant::layout2(100_000, "main");
+    large2.fill(&rt, Resolution::OneMinute, END - 7 * DAY, true);
+    large2.fill(&rt, Resolution::OneHour, END - 365 * DAY, true);
     println!(
         "bytes per stored counter point: 1m {:.1} ({small_1m} B / 6,000), 1h {:.1} ({small_1h} B / 16,800)",
         small_1m as f64 / 6_000.0,
@@ -477,7 +515,7 @@ fn main() {
         ),
     ];
     for (i, (name, p)) in one.iter().enumerate() {
-        for t in [&small, &large] {
+        for t in [&small, &large, &large2] {
             row(name, t, &measure(&rt, t, p, if i == 0 { 201 } else { 5 }));
         }
     }
@@ -507,14 +545,14 @@ fn main() {
     assert_eq!(kept, 1_008_000);
     println!("  every series, 7 days, 100 series: {ms:.1} ms");
 
-    println!("\nRow group size, 100,000-series 1m object, one series' hour, median of 201 runs:");
+    println!("\nRow group size (layout 3), 100,000-series 1m object, one series' hour, median of 201 runs:");
     println!("| rows per row group | object bytes | footer bytes | cold cache ms | bytes read | keys decoded | rows decoded |\n|---|---|---|---|---|---|---|");
     let hour_rows = || rows(100_000, Resolution::OneMinute, END - HOUR);
     let one_hour = query(HOUR, Resolution::OneMinute, 60, Some("h7"));
-    for rg in [1 << 16, 1 << 17, 1 << 18, 1 << 20] {
+    for rg in [1 << 15, 1 << 16, 1 << 17, 1 << 18] {
         let tuning = Tuning {
             row_group_rows: rg,
-            key_bloom_filter: false,
+            ..Tuning::default()
         };
         let bytes = encode_tuned(Resolution::OneMinute, hour_rows(), tuning).expect("encode");
         let size = bytes.len();
@@ -533,7 +571,9 @@ fn main() {
 
     println!("\nThe steps of one series' hour, 100,000-series 1m object, in memory (no I/O), mean of 2,000:");
     steps(&large.path(Resolution::OneMinute, END - HOUR), 2_000);
-    drop(large);
+    println!("  the same in layout 2:");
+    steps(&large2.path(Resolution::OneMinute, END - HOUR), 2_000);
+    drop((large, large2));
 
     println!("\nBloom filter on series_key, 100,000-series 1m object, a series it does not hold, median of 201 runs:");
     let filters = [("host".to_string(), "h100000".to_string())];

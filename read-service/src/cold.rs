@@ -353,7 +353,7 @@ impl<C: ColdStore> ColdReader<C> {
             self.counters.keys_decoded.inc_by(pages.keys_decoded);
             let small = pages.keys_decoded <= INLINE_KEYS;
             let sparse = Arc::new(held);
-            let (f, i, s, r) = (footer.clone(), index.clone(), sparse.clone(), range.clone());
+            let (i, s, r) = (index.clone(), sparse.clone(), range.clone());
             let want_owned = (want.metric.to_string(), want.filters.to_vec());
             let selected = io
                 .decode(small, "selecting series", move || {
@@ -362,7 +362,7 @@ impl<C: ColdStore> ColdReader<C> {
                         metric: &want_owned.0,
                         filters: &want_owned.1,
                     };
-                    select_keys(&f, &i, &s, &pages, &r, |k| w.matches(k))
+                    select_keys(&i, &s, &pages, &r, |k| w.matches(k))
                 })
                 .await?;
             held = Arc::unwrap_or_clone(sparse);
@@ -373,8 +373,8 @@ impl<C: ColdStore> ColdReader<C> {
             let small = data.iter().map(|r| r.end - r.start).sum::<u64>() <= INLINE_PAGE_BYTES;
             self.fetch(io, key, &footer, &data, &mut held).await?;
             let sparse = Arc::new(held);
-            let (f, s) = (footer.clone(), sparse.clone());
-            let read = move || read_rows(&f, &index, &s, &selected);
+            let s = sparse.clone();
+            let read = move || read_rows(&index, &s, &selected);
             let (part, decoded) = io.decode(small, "reading rows", read).await?;
             held = Arc::unwrap_or_clone(sparse);
             self.counters.rows_decoded.inc_by(decoded);
@@ -487,7 +487,8 @@ impl<C: ColdStore> ColdReader<C> {
         }
     }
 
-    /// The page index of row group `rg` of object `key`, through the cache.
+    /// The page index of row group `rg` of object `key`, through the cache; in layout 3 with the
+    /// row group's own footer, fetched first (a few kilobytes, decoded on the calling thread).
     async fn index(
         &self,
         io: Io,
@@ -501,9 +502,16 @@ impl<C: ColdStore> ColdReader<C> {
         if let Some(Entry::Index(i)) = self.cache.get(&name, generation) {
             return Ok(i);
         }
-        let f = footer.clone();
-        let index = match footer.index_ranges(rg) {
-            None => RowGroupIndex::decode(&f, rg, None)?,
+        let group = match footer.group_range(rg) {
+            None => footer.group(rg, None)?,
+            Some(own) => {
+                self.fetch(io, key, footer, std::slice::from_ref(&own), held)
+                    .await?;
+                footer.group(rg, Some(&held.bytes(own)?))?
+            }
+        };
+        let index = match group.index_ranges() {
+            None => RowGroupIndex::decode(group, None)?,
             Some([column_index, offsets]) => {
                 self.fetch(
                     io,
@@ -517,7 +525,7 @@ impl<C: ColdStore> ColdReader<C> {
                 let oi = held.bytes(offsets.clone())?;
                 let small = (ci.len() + oi.len()) as u64 <= INLINE_INDEX_BYTES;
                 io.decode(small, "reading a page index", move || {
-                    RowGroupIndex::decode(&f, rg, Some((&ci, &oi, offsets.start)))
+                    RowGroupIndex::decode(group, Some((&ci, &oi, offsets.start)))
                 })
                 .await?
             }
@@ -633,7 +641,7 @@ mod tests {
             .collect();
         let tuning = Tuning {
             row_group_rows: 20_000,
-            key_bloom_filter: false,
+            ..Tuning::default()
         };
         let bytes = encode_tuned(Resolution::OneMinute, rows, tuning).unwrap();
         let size = bytes.len() as u64;

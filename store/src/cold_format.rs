@@ -36,10 +36,16 @@
 //!   series all have the same tag keys, so that equality filters on the first tag keys become a
 //!   key prefix.
 //!
+//! # Layout 3 (written since 2026-12-04; `thermo.layout = 3`)
+//!
+//! Layout 2, plus a footer per row group and a directory of the row groups' key bounds, written
+//! before the footer where no other Parquet reader looks ([`crate::cold_directory`]): a reader of
+//! one series decodes one row group's metadata instead of the whole footer.
+//!
 //! Layout 1 (before; one row group, rows sorted by the parsed key, default pages with a
 //! dictionary) has the same schema and is read by the same code: every pruning step uses true
 //! min/max bounds, which hold whatever the order, and only costs more there. So the layout is
-//! recorded in the metadata, not in the object keys, and DuckDB reads both.
+//! recorded in the metadata, not in the object keys, and DuckDB reads all three.
 
 use crate::StoreError;
 use parquet::basic::{Compression, Encoding};
@@ -70,7 +76,7 @@ pub const COL_STATE: usize = 15;
 pub const META_LAYOUT: &str = "thermo.layout";
 pub const META_TAG_KEYS: &str = "thermo.tag_keys";
 /// The layout [`encode`] writes.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 const SCHEMA: &str = "message thermo_cold {
   required binary tenant (UTF8);
@@ -132,9 +138,9 @@ fn plain(agg: &Aggregate) -> [Option<f64>; 7] {
     }
 }
 
-/// The writer properties of layout 2; `key_bloom`: a bloom filter on `series_key` sized for that
-/// many distinct keys.
-fn writer_properties(tag_keys: String, key_bloom: Option<u64>) -> WriterProperties {
+/// The writer properties of layouts 2 and 3 (`layout`); `key_bloom`: a bloom filter on
+/// `series_key` sized for that many distinct keys.
+fn writer_properties(layout: u32, tag_keys: String, key_bloom: Option<u64>) -> WriterProperties {
     let key = ColumnPath::from("series_key");
     let window = ColumnPath::from("window_start");
     let state = ColumnPath::from("state");
@@ -175,7 +181,7 @@ fn writer_properties(tag_keys: String, key_bloom: Option<u64>) -> WriterProperti
             },
         ]))
         .set_key_value_metadata(Some(vec![
-            KeyValue::new(META_LAYOUT.to_string(), LAYOUT.to_string()),
+            KeyValue::new(META_LAYOUT.to_string(), layout.to_string()),
             KeyValue::new(META_TAG_KEYS.to_string(), tag_keys),
         ]))
         .build()
@@ -234,7 +240,7 @@ fn tag_keys_text<'a>(series: impl Iterator<Item = &'a MetricKey>) -> String {
     out
 }
 
-/// Encodes rows as one Parquet file of layout 2 (see the module docs; rows are sorted here).
+/// Encodes rows as one Parquet file of layout 3 (see the module docs; rows are sorted here).
 pub fn encode(resolution: Resolution, rows: Vec<ColdRow>) -> Result<Vec<u8>, StoreError> {
     encode_tuned(resolution, rows, Tuning::default())
 }
@@ -248,6 +254,8 @@ pub struct Tuning {
     /// A bloom filter on `series_key` in every row group (sized for the object's series, 1%
     /// false positives).
     pub key_bloom_filter: bool,
+    /// The row-group directory of layout 3 (without it: layout 2).
+    pub directory: bool,
 }
 
 impl Default for Tuning {
@@ -255,6 +263,7 @@ impl Default for Tuning {
         Self {
             row_group_rows: ROW_GROUP_ROWS,
             key_bloom_filter: false,
+            directory: true,
         }
     }
 }
@@ -293,19 +302,29 @@ pub(crate) fn encode_with(
         .collect();
 
     let schema = Arc::new(parse_message_type(SCHEMA).map_err(corrupt)?);
+    let tag_keys = tag_keys_text(series.iter().map(|(_, r)| &rows[r.start].series));
+    let directory = tuning.directory && props.is_none();
     let props = Arc::new(props.unwrap_or_else(|| {
-        let tag_keys = tag_keys_text(series.iter().map(|(_, r)| &rows[r.start].series));
         let bloom = tuning.key_bloom_filter.then_some(series.len() as u64);
-        writer_properties(tag_keys, bloom)
+        let layout = if directory { LAYOUT } else { 2 };
+        writer_properties(layout, tag_keys.clone(), bloom)
     }));
     let resolution = ByteArray::from(resolution.as_str());
     let mut buf = Vec::new();
     let mut w = SerializedFileWriter::new(&mut buf, schema, props).map_err(corrupt)?;
+    let mut bounds = Vec::new();
     for group in order.chunks(tuning.row_group_rows.max(1)) {
         write_row_group(&mut w, group, &series, &resolution)?;
+        if let (Some((first, _)), Some((last, _))) = (group.first(), group.last()) {
+            let key = |s: usize| series[s].0.key.data().to_vec();
+            bounds.push((key(*first), key(*last)));
+        }
     }
-    w.close().map_err(corrupt)?;
-    Ok(buf)
+    let meta = w.close().map_err(corrupt)?;
+    if !directory {
+        return Ok(buf);
+    }
+    crate::cold_directory::insert(buf, &meta, &bounds, &tag_keys)
 }
 
 fn write_row_group(

@@ -4,12 +4,15 @@
 //! what to fetch, cache and run on a blocking thread):
 //!
 //! 1. [`Footer::parse`] from the object's tail ([`TAIL_GUESS`] bytes first, [`Tail::Need`] says
-//!    how many when the footer is longer);
+//!    how many when the footer is longer): in layout 3 only the row-group directory
+//!    ([`crate::cold_directory`]), else the whole Parquet footer;
 //! 2. [`Footer::key_range`]: the `series_key` range that holds every series the selector can
 //!    match: the metric's (`tenant/name{` up to `tenant/name|`), narrowed to a key prefix when the
 //!    equality filters give the first tag keys of the metric (`thermo.tag_keys`);
-//! 3. [`Footer::row_groups`]: the row groups whose `series_key` min/max meet the range, and
-//!    [`Footer::index_ranges`], the bytes of their page indexes, decoded by [`RowGroupIndex::decode`];
+//! 3. [`Footer::row_groups`]: the row groups whose `series_key` min/max meet the range;
+//!    [`Footer::group`] their metadata (in layout 3 decoded from the bytes of
+//!    [`Footer::group_range`], the row group's own footer), [`RowGroup::index_ranges`] the bytes
+//!    of their page indexes, decoded by [`RowGroupIndex::decode`];
 //! 4. [`RowGroupIndex::key_fetch`]: the `series_key` pages whose min/max meet the range;
 //!    [`select_keys`] decodes them and keeps the runs of rows of the series that match;
 //! 5. [`RowGroupIndex::data_fetch`] and [`read_rows`]: the `window_start` and `state` pages of those
@@ -22,6 +25,7 @@
 //! Counting: `keys_decoded` is the rows of the `series_key` pages decoded, `rows_decoded` the rows
 //! of the `state` pages decoded (the same pages as `window_start`'s).
 
+use crate::cold_directory::{self, Directory, Found};
 use crate::cold_format::{
     corrupt, ColdRow, COL_SERIES_KEY, COL_STATE, COL_WINDOW_START, META_TAG_KEYS,
 };
@@ -65,7 +69,7 @@ pub enum Tail {
 /// An object's parsed footer.
 #[derive(Debug)]
 pub struct Footer {
-    meta: ParquetMetaData,
+    groups: Groups,
     size: u64,
     footer_len: u64,
     /// Metric name → its tag keys, when all its series share them.
@@ -73,6 +77,64 @@ pub struct Footer {
     /// The whole object, when the tail read for the footer held all of it: every later range is
     /// served from it, with no more requests.
     whole: Option<Bytes>,
+}
+
+/// Where an object's row groups are described.
+#[derive(Debug)]
+enum Groups {
+    /// Layouts 1 and 2: the whole Parquet footer, decoded.
+    Footer(Arc<ParquetMetaData>),
+    /// Layout 3: the directory; a row group's metadata is decoded from its own footer when read.
+    Directory(Directory),
+}
+
+/// The metadata of one row group: in the object's decoded footer, or decoded alone (layout 3).
+#[derive(Debug, Clone)]
+pub struct RowGroup {
+    meta: Arc<ParquetMetaData>,
+    at: usize,
+    /// Encoded bytes of its own footer (layout 3), 0 when it is part of the object's footer.
+    own_bytes: u64,
+}
+
+impl RowGroup {
+    fn column(&self, col: usize) -> &ColumnChunkMetaData {
+        self.meta.row_group(self.at).column(col)
+    }
+
+    /// Its rows.
+    pub fn rows(&self) -> u64 {
+        self.meta.row_group(self.at).num_rows().max(0) as u64
+    }
+
+    /// The bytes of its page indexes: the column index of `series_key`, and the offset indexes
+    /// of `series_key` up to `state` (written one after the other). `None` when the object has
+    /// none (its column chunks are then read whole).
+    pub fn index_ranges(&self) -> Option<[Range<u64>; 2]> {
+        let column_index = self.column(COL_SERIES_KEY).column_index_range()?;
+        let first = self.column(COL_SERIES_KEY).offset_index_range()?;
+        let last = self.column(COL_STATE).offset_index_range()?;
+        Some([
+            column_index,
+            first.start.min(last.start)..first.end.max(last.end),
+        ])
+    }
+}
+
+/// How footers are decoded: of the column statistics only `series_key`'s (the others are not
+/// used; skipping them saves a third of the time).
+fn decode_options() -> ParquetMetaDataOptions {
+    ParquetMetaDataOptions::new()
+        .with_column_stats_policy(ParquetStatisticsPolicy::skip_except(&[COL_SERIES_KEY]))
+        .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
+        .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll)
+}
+
+fn check_columns(meta: &ParquetMetaData) -> Result<(), StoreError> {
+    if meta.file_metadata().schema_descr().num_columns() <= COL_STATE {
+        return Err(corrupt("not a thermo cold object: too few columns"));
+    }
+    Ok(())
 }
 
 /// A half-open range `[lo, hi)` of `series_key` values.
@@ -148,29 +210,32 @@ impl Footer {
             return Ok(Tail::Need(footer_len));
         }
         let at = tail.len() - footer_len as usize;
-        // Only `series_key`'s statistics are used: the others are not decoded (a third of the time).
-        let options = ParquetMetaDataOptions::new()
-            .with_column_stats_policy(ParquetStatisticsPolicy::skip_except(&[COL_SERIES_KEY]))
-            .with_encoding_stats_policy(ParquetStatisticsPolicy::SkipAll)
-            .with_size_stats_policy(ParquetStatisticsPolicy::SkipAll);
-        let meta = ParquetMetaDataReader::decode_metadata_with_options(
-            &tail[at..tail.len() - FOOTER_SIZE],
-            Some(&options),
-        )
-        .map_err(corrupt)?;
-        if meta.file_metadata().schema_descr().num_columns() <= COL_STATE {
-            return Err(corrupt("not a thermo cold object: too few columns"));
-        }
-        let tag_keys = meta
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == META_TAG_KEYS))
-            .and_then(|kv| kv.value.as_deref())
-            .map(parse_tag_keys)
-            .unwrap_or_default();
+        let (groups, tag_keys) = match cold_directory::find(&tail[..at], size - footer_len) {
+            Found::Need(n) => return Ok(Tail::Need(footer_len + n)),
+            Found::Directory(dir) => {
+                let tag_keys = parse_tag_keys(&dir.tag_keys);
+                (Groups::Directory(dir), tag_keys)
+            }
+            Found::Absent => {
+                let meta = ParquetMetaDataReader::decode_metadata_with_options(
+                    &tail[at..tail.len() - FOOTER_SIZE],
+                    Some(&decode_options()),
+                )
+                .map_err(corrupt)?;
+                check_columns(&meta)?;
+                let tag_keys = meta
+                    .file_metadata()
+                    .key_value_metadata()
+                    .and_then(|kv| kv.iter().find(|kv| kv.key == META_TAG_KEYS))
+                    .and_then(|kv| kv.value.as_deref())
+                    .map(parse_tag_keys)
+                    .unwrap_or_default();
+                (Groups::Footer(Arc::new(meta)), tag_keys)
+            }
+        };
         let whole = (tail.len() as u64 == size).then_some(tail);
         Ok(Tail::Footer(Box::new(Self {
-            meta,
+            groups,
             size,
             footer_len,
             tag_keys,
@@ -188,14 +253,29 @@ impl Footer {
         self.size
     }
 
-    /// Memory held, roughly: the footer's size times the ratio of its decoded form.
+    /// Memory held, roughly: a decoded footer is about 4 times its encoded size.
     pub fn mem_bytes(&self) -> u64 {
-        self.footer_len * 4 + self.whole.as_ref().map_or(0, |w| w.len() as u64)
+        let groups = match &self.groups {
+            Groups::Footer(_) => self.footer_len * 4,
+            Groups::Directory(dir) => dir.mem_bytes(),
+        };
+        groups + self.whole.as_ref().map_or(0, |w| w.len() as u64)
     }
 
     /// Rows in the object.
     pub fn rows(&self) -> u64 {
-        self.meta.file_metadata().num_rows().max(0) as u64
+        match &self.groups {
+            Groups::Footer(meta) => meta.file_metadata().num_rows().max(0) as u64,
+            Groups::Directory(dir) => dir.entries.iter().map(|e| e.rows).sum(),
+        }
+    }
+
+    /// Row groups in the object.
+    pub fn num_row_groups(&self) -> usize {
+        match &self.groups {
+            Groups::Footer(meta) => meta.num_row_groups(),
+            Groups::Directory(dir) => dir.entries.len(),
+        }
     }
 
     /// The range of keys that holds every series of `metric` that has all tags `filters`.
@@ -228,33 +308,58 @@ impl Footer {
 
     /// The row groups that may hold keys of `range`.
     pub fn row_groups(&self, range: &KeyRange) -> Vec<usize> {
-        (0..self.meta.num_row_groups())
-            .filter(|&rg| {
-                let stats = self.meta.row_group(rg).column(COL_SERIES_KEY).statistics();
-                range.meets(
-                    stats.and_then(|s| s.min_bytes_opt()),
-                    stats.and_then(|s| s.max_bytes_opt()),
-                )
-            })
-            .collect()
+        match &self.groups {
+            Groups::Footer(meta) => (0..meta.num_row_groups())
+                .filter(|&rg| {
+                    let stats = meta.row_group(rg).column(COL_SERIES_KEY).statistics();
+                    range.meets(
+                        stats.and_then(|s| s.min_bytes_opt()),
+                        stats.and_then(|s| s.max_bytes_opt()),
+                    )
+                })
+                .collect(),
+            Groups::Directory(dir) => (0..dir.entries.len())
+                .filter(|&rg| {
+                    let e = &dir.entries[rg];
+                    range.meets(Some(&e.first), Some(&e.last))
+                })
+                .collect(),
+        }
     }
 
-    /// The bytes of row group `rg`'s page indexes: the column index of `series_key`, and the
-    /// offset indexes of `series_key` up to `state` (written one after the other). `None` when
-    /// the object has none (its column chunks are then read whole).
-    pub fn index_ranges(&self, rg: usize) -> Option<[Range<u64>; 2]> {
-        let row_group = self.meta.row_group(rg);
-        let column_index = row_group.column(COL_SERIES_KEY).column_index_range()?;
-        let first = row_group.column(COL_SERIES_KEY).offset_index_range()?;
-        let last = row_group.column(COL_STATE).offset_index_range()?;
-        Some([
-            column_index,
-            first.start.min(last.start)..first.end.max(last.end),
-        ])
+    /// The bytes to fetch for [`Self::group`]: row group `rg`'s own footer (layout 3), or `None`
+    /// when the object's footer, already decoded, describes it.
+    pub fn group_range(&self, rg: usize) -> Option<Range<u64>> {
+        match &self.groups {
+            Groups::Footer(_) => None,
+            Groups::Directory(dir) => dir.entries.get(rg).map(|e| e.footer.clone()),
+        }
     }
 
-    fn chunk(&self, rg: usize, col: usize) -> &ColumnChunkMetaData {
-        self.meta.row_group(rg).column(col)
+    /// The metadata of row group `rg`; `own_footer` holds the bytes of [`Self::group_range`].
+    pub fn group(&self, rg: usize, own_footer: Option<&[u8]>) -> Result<RowGroup, StoreError> {
+        if rg >= self.num_row_groups() {
+            return Err(corrupt(format!("no row group {rg}")));
+        }
+        match (&self.groups, own_footer) {
+            (Groups::Footer(meta), _) => Ok(RowGroup {
+                meta: meta.clone(),
+                at: rg,
+                own_bytes: 0,
+            }),
+            (Groups::Directory(_), Some(bytes)) => {
+                let meta = cold_directory::decode_group(bytes, &decode_options())?;
+                check_columns(&meta)?;
+                Ok(RowGroup {
+                    meta: Arc::new(meta),
+                    at: 0,
+                    own_bytes: bytes.len() as u64,
+                })
+            }
+            (Groups::Directory(_), None) => Err(corrupt(format!(
+                "row group {rg}: its footer was not fetched"
+            ))),
+        }
     }
 }
 
@@ -365,7 +470,7 @@ struct KeyBounds {
 /// `window_start` and `state`.
 #[derive(Debug, Clone)]
 pub struct RowGroupIndex {
-    rg: usize,
+    group: RowGroup,
     rows: u64,
     key: ColumnPages,
     /// `series_key`'s column index: each page's min and max (`None` without one).
@@ -375,17 +480,16 @@ pub struct RowGroupIndex {
 }
 
 impl RowGroupIndex {
-    /// Decodes the page indexes fetched from [`Footer::index_ranges`] (`None`: there are none).
+    /// Decodes the page indexes fetched from [`RowGroup::index_ranges`] (`None`: there are none).
     pub fn decode(
-        footer: &Footer,
-        rg: usize,
+        group: RowGroup,
         indexes: Option<(&[u8], &[u8], u64)>,
     ) -> Result<Self, StoreError> {
-        let rows = footer.meta.row_group(rg).num_rows().max(0) as u64;
-        let chunk = |col| footer.chunk(rg, col);
+        let rows = group.rows();
+        let chunk = |col| group.column(col);
         let Some((column_index, offsets, offsets_at)) = indexes else {
             return Ok(Self {
-                rg,
+                group: group.clone(),
                 rows,
                 key: ColumnPages::new(chunk(COL_SERIES_KEY), None),
                 key_bounds: None,
@@ -394,13 +498,13 @@ impl RowGroupIndex {
             });
         };
         let pages = |col: usize| -> Result<Vec<PageLocation>, StoreError> {
-            let range = chunk(col).offset_index_range().ok_or_else(|| {
-                corrupt(format!("row group {rg}: no offset index of column {col}"))
-            })?;
+            let range = chunk(col)
+                .offset_index_range()
+                .ok_or_else(|| corrupt(format!("no offset index of column {col}")))?;
             let from = range.start.checked_sub(offsets_at);
             let bytes = from
                 .and_then(|f| offsets.get(f as usize..(f + range.end - range.start) as usize))
-                .ok_or_else(|| corrupt(format!("row group {rg}: offset index out of range")))?;
+                .ok_or_else(|| corrupt("offset index out of range"))?;
             Ok(decode_offset_index(bytes)
                 .map_err(corrupt)?
                 .page_locations()
@@ -421,12 +525,12 @@ impl RowGroupIndex {
             _ => None,
         };
         Ok(Self {
-            rg,
             rows,
             key: ColumnPages::new(chunk(COL_SERIES_KEY), Some(key_pages)),
             key_bounds,
             window: ColumnPages::new(chunk(COL_WINDOW_START), Some(pages(COL_WINDOW_START)?)),
             state: ColumnPages::new(chunk(COL_STATE), Some(pages(COL_STATE)?)),
+            group: group.clone(),
         })
     }
 
@@ -438,7 +542,8 @@ impl RowGroupIndex {
             .key_bounds
             .as_ref()
             .map_or(0, |b| b.bytes + b.index.num_pages() * 32);
-        128 + pages(&self.key) + pages(&self.window) + pages(&self.state) + bounds
+        let group = self.group.own_bytes * 4;
+        128 + pages(&self.key) + pages(&self.window) + pages(&self.state) + bounds + group
     }
 
     /// The `series_key` pages that may hold keys of `range`, and the bytes to fetch to read them.
@@ -672,7 +777,6 @@ where
 /// Decodes the `series_key` pages of `pages` and keeps the runs of rows whose series is in `range`
 /// and satisfies `matches`.
 pub fn select_keys<R: ChunkReader + 'static>(
-    footer: &Footer,
     index: &RowGroupIndex,
     reader: &Arc<R>,
     pages: &KeyPages,
@@ -684,7 +788,7 @@ pub fn select_keys<R: ChunkReader + 'static>(
     let mut failed: Option<StoreError> = None;
     read_column::<ByteArrayType, R>(
         reader,
-        footer.chunk(index.rg, COL_SERIES_KEY),
+        index.group.column(COL_SERIES_KEY),
         index.rows,
         index.key.pages.clone(),
         &pages.runs,
@@ -737,7 +841,6 @@ fn parse_key(bytes: &[u8]) -> Result<MetricKey, StoreError> {
 /// Reads the `window_start` and `state` of `selected`'s rows; with the rows of the `state` pages
 /// decoded.
 pub fn read_rows<R: ChunkReader + 'static>(
-    footer: &Footer,
     index: &RowGroupIndex,
     reader: &Arc<R>,
     selected: &Selected,
@@ -747,7 +850,7 @@ pub fn read_rows<R: ChunkReader + 'static>(
     let mut windows = Vec::with_capacity(total);
     read_column::<Int64Type, R>(
         reader,
-        footer.chunk(index.rg, COL_WINDOW_START),
+        index.group.column(COL_WINDOW_START),
         index.rows,
         index.window.pages.clone(),
         &runs,
@@ -758,7 +861,7 @@ pub fn read_rows<R: ChunkReader + 'static>(
     let mut run = 0usize;
     read_column::<ByteArrayType, R>(
         reader,
-        footer.chunk(index.rg, COL_STATE),
+        index.group.column(COL_STATE),
         index.rows,
         index.state.pages.clone(),
         &runs,
@@ -804,10 +907,18 @@ pub fn decode_all(bytes: Bytes) -> Result<Vec<ColdRow>, StoreError> {
             )))
         }
     };
-    let reader = Arc::new(bytes);
+    let reader = Arc::new(bytes.clone());
     let mut out = Vec::with_capacity(footer.rows() as usize);
-    for rg in 0..footer.meta.num_row_groups() {
-        let index = RowGroupIndex::decode(&footer, rg, None)?;
+    for rg in 0..footer.num_row_groups() {
+        let own = match footer.group_range(rg) {
+            Some(r) => Some(bytes.get(r.start as usize..r.end as usize).ok_or_else(|| {
+                corrupt(format!(
+                    "row group {rg}: its footer lies past the object's end"
+                ))
+            })?),
+            None => None,
+        };
+        let index = RowGroupIndex::decode(footer.group(rg, own)?, None)?;
         let all = KeyRange {
             lo: Vec::new(),
             hi: vec![0xff],
@@ -817,8 +928,8 @@ pub fn decode_all(bytes: Bytes) -> Result<Vec<ColdRow>, StoreError> {
             fetch: Vec::new(),
             keys_decoded: index.rows,
         };
-        let selected = select_keys(&footer, &index, &reader, &pages, &all, |_| true)?;
-        out.extend(read_rows(&footer, &index, &reader, &selected)?.0);
+        let selected = select_keys(&index, &reader, &pages, &all, |_| true)?;
+        out.extend(read_rows(&index, &reader, &selected)?.0);
     }
     Ok(out)
 }
@@ -885,12 +996,15 @@ mod tests {
             .collect();
         let range = footer.key_range("acme", metric, &filters);
         let (mut out, mut keys, mut decoded) = (Vec::new(), 0, 0);
+        let at = |r: &Range<u64>| &bytes[r.start as usize..r.end as usize];
         for rg in footer.row_groups(&range) {
-            let index = match footer.index_ranges(rg) {
-                None => RowGroupIndex::decode(&footer, rg, None).unwrap(),
+            let group = footer
+                .group(rg, footer.group_range(rg).as_ref().map(at))
+                .unwrap();
+            let index = match group.index_ranges() {
+                None => RowGroupIndex::decode(group, None).unwrap(),
                 Some([ci, oi]) => {
-                    let at = |r: &Range<u64>| &bytes[r.start as usize..r.end as usize];
-                    RowGroupIndex::decode(&footer, rg, Some((at(&ci), at(&oi), oi.start))).unwrap()
+                    RowGroupIndex::decode(group, Some((at(&ci), at(&oi), oi.start))).unwrap()
                 }
             };
             let pages = index.key_fetch(&range);
@@ -898,11 +1012,11 @@ mod tests {
                 continue;
             }
             keys += pages.keys_decoded;
-            let selected = select_keys(&footer, &index, &reader, &pages, &range, |k| {
+            let selected = select_keys(&index, &reader, &pages, &range, |k| {
                 k.name() == metric && filters.iter().all(|(t, v)| k.tag(t) == Some(v.as_str()))
             })
             .unwrap();
-            let (part, n) = read_rows(&footer, &index, &reader, &selected).unwrap();
+            let (part, n) = read_rows(&index, &reader, &selected).unwrap();
             out.extend(part);
             decoded += n;
         }
@@ -934,14 +1048,18 @@ mod tests {
     ];
 
     #[test]
-    fn selected_series_read_exactly_from_their_pages_in_both_layouts() {
+    fn selected_series_read_exactly_from_their_pages_in_every_layout() {
         let all = rows();
-        let tuning = |key_bloom_filter| Tuning {
+        let tuning = |key_bloom_filter, directory| Tuning {
             row_group_rows: 1000,
             key_bloom_filter,
+            directory,
         };
-        let layout2 = encode_tuned(Resolution::OneMinute, all.clone(), tuning(false)).unwrap();
-        let bloom = encode_tuned(Resolution::OneMinute, all.clone(), tuning(true)).unwrap();
+        let layout3 =
+            encode_tuned(Resolution::OneMinute, all.clone(), tuning(false, true)).unwrap();
+        let layout2 =
+            encode_tuned(Resolution::OneMinute, all.clone(), tuning(false, false)).unwrap();
+        let bloom = encode_tuned(Resolution::OneMinute, all.clone(), tuning(true, false)).unwrap();
         assert!(bloom.len() > layout2.len(), "the bloom filters are written");
         let layout1 = {
             let props = WriterProperties::builder()
@@ -956,6 +1074,7 @@ mod tests {
             .unwrap()
         };
         for (name, bytes) in [
+            ("layout 3", &layout3),
             ("layout 2", &layout2),
             ("layout 2 with bloom filters", &bloom),
             ("layout 1", &layout1),
@@ -974,13 +1093,39 @@ mod tests {
                 "{name}: every row"
             );
         }
-        // Layout 2 decodes only the pages of the series: 10 rows, at most two pages of each column.
-        let (got, keys, decoded) = select(&layout2, "req", &[("dc", "d1"), ("host", "h7")]);
+        // Layout 3 has the directory: 9 row groups described without the footer; to any other
+        // Parquet reader it is the same file as layout 2.
+        let parsed =
+            |bytes: &[u8]| match Footer::parse(Bytes::copy_from_slice(bytes), bytes.len() as u64) {
+                Ok(Tail::Footer(f)) => f,
+                _ => panic!("a footer"),
+            };
+        let (f3, f2) = (parsed(&layout3), parsed(&layout2));
+        assert_eq!((f3.num_row_groups(), f3.rows()), (9, 9000));
+        assert_eq!((f2.num_row_groups(), f2.rows()), (9, 9000));
+        assert!((0..9).all(|rg| f3.group_range(rg).is_some() && f2.group_range(rg).is_none()));
+        let plain = parquet::file::serialized_reader::SerializedFileReader::new(Bytes::from(
+            layout3.clone(),
+        ))
+        .unwrap();
+        use parquet::file::reader::FileReader;
+        assert_eq!(plain.metadata().file_metadata().num_rows(), 9000);
+        assert_eq!(plain.get_row_iter(None).unwrap().count(), 9000);
+        let layout = plain
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap();
+        assert!(layout
+            .iter()
+            .any(|kv| kv.key == "thermo.layout" && kv.value.as_deref() == Some("3")));
+        // Layout 3 decodes only the pages of the series: 10 rows, at most two pages of each column.
+        let (got, keys, decoded) = select(&layout3, "req", &[("dc", "d1"), ("host", "h7")]);
         assert_eq!(got.len(), 10);
         assert!(keys <= 2 * KEY_PAGE_ROWS as u64, "{keys} keys decoded");
         assert!(decoded <= 2 * PAGE_ROWS as u64, "{decoded} rows decoded");
         // A filter on a later tag key scans the metric's keys, but decodes only the series' rows.
-        let (got, keys, decoded) = select(&layout2, "req", &[("host", "h7")]);
+        let (got, keys, decoded) = select(&layout3, "req", &[("host", "h7")]);
         assert_eq!(got.len(), 10);
         assert!(
             keys <= 3000 + 2 * KEY_PAGE_ROWS as u64,
@@ -988,6 +1133,6 @@ mod tests {
         );
         assert!(decoded <= 2 * PAGE_ROWS as u64, "{decoded} rows decoded");
         // Nothing of a metric the object does not hold is decoded.
-        assert_eq!(select(&layout2, "nope", &[]).1, 0);
+        assert_eq!(select(&layout3, "nope", &[]).1, 0);
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod catalog;
 pub mod cold;
+pub mod cold_directory;
 pub mod cold_format;
 pub mod cold_select;
 pub mod cold_suite;

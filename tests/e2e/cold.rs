@@ -1415,3 +1415,87 @@ impl Drop for Lease<'_> {
         }
     }
 }
+
+/// DuckDB reads an object of layout 3 (a footer per row group and the directory, in bytes no
+/// offset of the Parquet footer points at) exactly as the same rows in layout 2: many row groups,
+/// every column's totals.
+#[test]
+fn duckdb_reads_layout_3_as_layout_2() {
+    use thermo_core::aggregate::{Aggregate, Counter};
+    use thermo_core::codec::HotCell;
+    use thermo_core::key::MetricKey;
+    use thermo_core::window::Resolution;
+    use thermo_store::cold_format::{encode_tuned, ColdRow, Tuning};
+
+    let dir = TempDir::new("duckdb-layouts");
+    let rows: Vec<ColdRow> = (0..3_000u64)
+        .flat_map(|s| {
+            let series = MetricKey::new(
+                "acme",
+                if s % 2 == 0 { "req" } else { "err" },
+                vec![("host".into(), format!("h{s}"))],
+            )
+            .expect("key");
+            (0..20u64).map(move |m| ColdRow {
+                series: series.clone(),
+                window_start: 3_600 + 60 * m as i64,
+                cell: HotCell {
+                    contributors: vec![(s, m)],
+                    agg: Aggregate::Counter(Counter {
+                        sum: (s * 100 + m) as f64,
+                        samples: m + 1,
+                    }),
+                },
+            })
+        })
+        .collect();
+    for (name, directory) in [("layout3", true), ("layout2", false)] {
+        let tuning = Tuning {
+            row_group_rows: 4_096,
+            directory,
+            ..Tuning::default()
+        };
+        let bytes = encode_tuned(Resolution::OneMinute, rows.clone(), tuning).expect("encode");
+        std::fs::write(dir.path().join(format!("{name}.parquet")), bytes).expect("write");
+    }
+    let python = crate::support::s3::find_python_bin("python3", "apt-get install python3");
+    let sql = "select count(*), sum(count), sum(sum), count(distinct series_key), \
+               count(distinct metric), min(window_start), max(window_start), \
+               count(*) filter (where tags = 'host=h7'), sum(octet_length(state)) \
+               from read_parquet(?)";
+    let script = format!(
+        "import duckdb, json, sys\n\
+         out = {{}}\n\
+         for name in ['layout3', 'layout2']:\n\
+         \x20   path = sys.argv[1] + '/' + name + '.parquet'\n\
+         \x20   out[name] = [float(v) for v in duckdb.execute({sql:?}, [path]).fetchone()]\n\
+         \x20   out[name + '_row_groups'] = duckdb.execute('select count(distinct row_group_id) from parquet_metadata(?)', [path]).fetchone()[0]\n\
+         print(json.dumps(out))\n"
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script, &dir.path().display().to_string()])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "DuckDB failed (pip install duckdb):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let sum: u64 = (0..3_000u64).map(|s| 20 * s * 100 + 190).sum();
+    let want = serde_json::json!([
+        60_000.0,
+        (3_000 * 210) as f64,
+        sum as f64,
+        3_000.0,
+        2.0,
+        3_600.0,
+        4_740.0,
+        20.0,
+        v["layout2"][8].clone()
+    ]);
+    assert_eq!(v["layout2"], want, "layout 2 against the rows written");
+    assert_eq!(v["layout3"], v["layout2"], "layout 3 against layout 2");
+    assert_eq!(v["layout3_row_groups"], 15);
+    assert_eq!(v["layout2_row_groups"], 15);
+}
