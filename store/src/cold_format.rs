@@ -25,11 +25,14 @@
 //! - rows sorted by the `series_key` *string* (the tenant is constant, so by metric name, then
 //!   canonical tags: every metric's series are contiguous, `tenant/name{` … `tenant/name|`), then
 //!   by `window_start`;
-//! - row groups of at most [`ROW_GROUP_ROWS`] rows;
+//! - row groups of [`ROW_GROUP_ROWS`] rows, up to the end of the series there (layout 3: a series'
+//!   rows are in one row group);
 //! - `series_key`: DELTA_BYTE_ARRAY (a repeated key costs a few bits), no dictionary, pages of
 //!   [`KEY_PAGE_ROWS`] rows, min/max statistics per chunk and per page (the column index);
 //! - `window_start` (DELTA_BINARY_PACKED) and `state` (PLAIN): no dictionary, pages of
 //!   [`PAGE_ROWS`] rows, so a series' rows are read by a few small pages;
+//! - in layout 3, pages of these three columns end between series: a page is closed at the first
+//!   series boundary once it holds its row count, so a series that fits in one page lies in one;
 //! - the offset index of every column; chunk statistics for the plain columns, none for `state`,
 //!   `tenant` and `resolution` (constant in an object);
 //! - key-value metadata `thermo.tag_keys`: a line `name<TAB>k1,k2,...` for each metric whose
@@ -54,9 +57,9 @@ use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
-use parquet::schema::types::ColumnPath;
+use parquet::schema::types::{ColumnPath, SchemaDescPtr, SchemaDescriptor};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::HotCell;
 use thermo_core::key::MetricKey;
@@ -77,6 +80,18 @@ pub const META_LAYOUT: &str = "thermo.layout";
 pub const META_TAG_KEYS: &str = "thermo.tag_keys";
 /// The layout [`encode`] writes.
 pub const LAYOUT: u32 = 3;
+
+/// The schema of every layout, as its descriptor, parsed once (`None` if it did not parse, which
+/// would be a bug: then each footer's own schema is decoded).
+pub fn schema_descr() -> Option<SchemaDescPtr> {
+    static DESCR: OnceLock<Option<SchemaDescPtr>> = OnceLock::new();
+    DESCR
+        .get_or_init(|| {
+            let schema = parse_message_type(SCHEMA).ok()?;
+            Some(Arc::new(SchemaDescriptor::new(Arc::new(schema))))
+        })
+        .clone()
+}
 
 const SCHEMA: &str = "message thermo_cold {
   required binary tenant (UTF8);
@@ -313,7 +328,7 @@ pub(crate) fn encode_with(
     let mut buf = Vec::new();
     let mut w = SerializedFileWriter::new(&mut buf, schema, props).map_err(corrupt)?;
     let mut bounds = Vec::new();
-    for group in order.chunks(tuning.row_group_rows.max(1)) {
+    for group in row_groups(&order, tuning.row_group_rows.max(1)) {
         write_row_group(&mut w, group, &series, &resolution)?;
         if let (Some((first, _)), Some((last, _))) = (group.first(), group.last()) {
             let key = |s: usize| series[s].0.key.data().to_vec();
@@ -325,6 +340,27 @@ pub(crate) fn encode_with(
         return Ok(buf);
     }
     crate::cold_directory::insert(buf, &meta, &bounds, &tag_keys)
+}
+
+/// `order` cut into row groups of at least `rows` rows (but the last), each ending where a series
+/// does: one series' rows are in one row group.
+fn row_groups<'a>(
+    order: &'a [(usize, &ColdRow)],
+    rows: usize,
+) -> impl Iterator<Item = &'a [(usize, &'a ColdRow)]> {
+    let mut rest = order;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = rows.min(rest.len());
+        while end < rest.len() && rest[end].0 == rest[end - 1].0 {
+            end += 1;
+        }
+        let (group, tail) = rest.split_at(end);
+        rest = tail;
+        Some(group)
+    })
 }
 
 fn write_row_group(
@@ -352,6 +388,28 @@ fn write_row_group(
         })
         .collect();
     let stats: Vec<[Option<f64>; 7]> = rows.iter().map(|(_, r)| plain(&r.cell.agg)).collect();
+    // Each series' rows, written by one call each into the columns thermo reads: a page is closed
+    // only between calls, once it holds its row count, so a series that fits in a page is never
+    // split across two (a one-series read decodes one page of each column, not two).
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, (s, _)) in rows.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if rows[r.start].0 == *s => r.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+    }
+    fn by_series<T: parquet::data_type::DataType>(
+        col: &mut parquet::file::writer::SerializedColumnWriter<'_>,
+        values: &[T::T],
+        runs: &[std::ops::Range<usize>],
+    ) -> parquet::errors::Result<usize> {
+        let w = col.typed::<T>();
+        let mut written = 0;
+        for r in runs {
+            written += w.write_batch(&values[r.clone()], None, None)?;
+        }
+        Ok(written)
+    }
     let longs =
         |f: &dyn Fn(&ColdRow) -> i64| -> Vec<i64> { rows.iter().map(|(_, r)| f(r)).collect() };
     let mut col_idx = 0usize;
@@ -366,13 +424,9 @@ fn write_row_group(
             2 => col
                 .typed::<ByteArrayType>()
                 .write_batch(&text(&|t| &t.tags), None, None),
-            COL_SERIES_KEY => {
-                col.typed::<ByteArrayType>()
-                    .write_batch(&text(&|t| &t.key), None, None)
-            }
+            COL_SERIES_KEY => by_series::<ByteArrayType>(&mut col, &text(&|t| &t.key), &runs),
             COL_WINDOW_START => {
-                col.typed::<Int64Type>()
-                    .write_batch(&longs(&|r| r.window_start), None, None)
+                by_series::<Int64Type>(&mut col, &longs(&|r| r.window_start), &runs)
             }
             5 => col.typed::<ByteArrayType>().write_batch(
                 &vec![resolution.clone(); rows.len()],
@@ -397,7 +451,7 @@ fn write_row_group(
                     .iter()
                     .map(|(_, r)| ByteArray::from(r.cell.encode()))
                     .collect();
-                col.typed::<ByteArrayType>().write_batch(&v, None, None)
+                by_series::<ByteArrayType>(&mut col, &v, &runs)
             }
         };
         res.map_err(corrupt)?;

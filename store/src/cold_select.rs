@@ -27,7 +27,7 @@
 
 use crate::cold_directory::{self, Directory, Found};
 use crate::cold_format::{
-    corrupt, ColdRow, COL_SERIES_KEY, COL_STATE, COL_WINDOW_START, META_TAG_KEYS,
+    corrupt, schema_descr, ColdRow, COL_SERIES_KEY, COL_STATE, COL_WINDOW_START, META_TAG_KEYS,
 };
 use crate::StoreError;
 use bytes::Bytes;
@@ -207,7 +207,9 @@ impl Footer {
             )));
         }
         if footer_len > tail.len() as u64 {
-            return Ok(Tail::Need(footer_len));
+            // With room for a directory (about a sixteenth of the footer), so that one more read
+            // holds both.
+            return Ok(Tail::Need((footer_len + footer_len / 8 + 4096).min(size)));
         }
         let at = tail.len() - footer_len as usize;
         let (groups, tag_keys) = match cold_directory::find(&tail[..at], size - footer_len) {
@@ -348,7 +350,13 @@ impl Footer {
                 own_bytes: 0,
             }),
             (Groups::Directory(_), Some(bytes)) => {
-                let meta = cold_directory::decode_group(bytes, &decode_options())?;
+                // Every object with a directory has thermo's schema: its copy in the row group's
+                // footer is skipped, not decoded (a third of the decode).
+                let mut options = decode_options();
+                if let Some(schema) = schema_descr() {
+                    options.set_schema(schema);
+                }
+                let meta = cold_directory::decode_group(bytes, &options)?;
                 check_columns(&meta)?;
                 Ok(RowGroup {
                     meta: Arc::new(meta),
@@ -1051,7 +1059,7 @@ mod tests {
     fn selected_series_read_exactly_from_their_pages_in_every_layout() {
         let all = rows();
         let tuning = |key_bloom_filter, directory| Tuning {
-            row_group_rows: 1000,
+            row_group_rows: 995, // row groups end with a series: 9 of 1,000 rows
             key_bloom_filter,
             directory,
         };
@@ -1119,11 +1127,12 @@ mod tests {
         assert!(layout
             .iter()
             .any(|kv| kv.key == "thermo.layout" && kv.value.as_deref() == Some("3")));
-        // Layout 3 decodes only the pages of the series: 10 rows, at most two pages of each column.
+        // Layout 3 decodes only the pages of the series: its 10 rows lie in one page of each
+        // column (pages end between series), of fewer than the page's rows plus 10.
         let (got, keys, decoded) = select(&layout3, "req", &[("dc", "d1"), ("host", "h7")]);
         assert_eq!(got.len(), 10);
-        assert!(keys <= 2 * KEY_PAGE_ROWS as u64, "{keys} keys decoded");
-        assert!(decoded <= 2 * PAGE_ROWS as u64, "{decoded} rows decoded");
+        assert!(keys < KEY_PAGE_ROWS as u64 + 10, "{keys} keys decoded");
+        assert!(decoded < PAGE_ROWS as u64 + 10, "{decoded} rows decoded");
         // A filter on a later tag key scans the metric's keys, but decodes only the series' rows.
         let (got, keys, decoded) = select(&layout3, "req", &[("host", "h7")]);
         assert_eq!(got.len(), 10);
@@ -1131,7 +1140,7 @@ mod tests {
             keys <= 3000 + 2 * KEY_PAGE_ROWS as u64,
             "{keys} keys decoded"
         );
-        assert!(decoded <= 2 * PAGE_ROWS as u64, "{decoded} rows decoded");
+        assert!(decoded < PAGE_ROWS as u64 + 10, "{decoded} rows decoded");
         // Nothing of a metric the object does not hold is decoded.
         assert_eq!(select(&layout3, "nope", &[]).1, 0);
     }
