@@ -14,13 +14,15 @@
 //! pages, same rows selected); only the last chunk's rows fall in their chunk's time range, so
 //! that tenant's multi-chunk queries answer fewer points than they read.
 //!
-//! Then the choices of `thermo_store::cold_format`, measured on the 100,000-series hour: the row
-//! group size, and whether a bloom filter on `series_key` pays (a query of a series the object
-//! does not hold).
+//! The 100,000-series tenant is also written in layout 2 (without the row-group directory), so
+//! that each table compares the layouts in one run. Then the choices of
+//! `thermo_store::cold_format`, measured on the 100,000-series hour: the row group size, and
+//! whether a bloom filter on `series_key` pays (a query of a series the object does not hold).
 //!
-//! `cargo bench --workspace --bench cold_query` (about 8 minutes); `cargo bench --workspace
-//! --bench cold_query -- hour` measures only the one-series hour, in both tenants, in alternating
-//! rounds (about a minute): the ratio the target is about, each round's own.
+//! `cargo bench --workspace --bench cold_query` (about 10 minutes); `cargo bench --workspace
+//! --bench cold_query -- hour` measures only the one-series hour, in both tenants and both
+//! layouts, in interleaved rounds (about 4 minutes): the ratio the target is about, each
+//! round's own.
 
 use prometheus::{IntCounter, IntGauge};
 use std::path::{Path, PathBuf};
