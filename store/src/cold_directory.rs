@@ -115,7 +115,11 @@ pub fn insert(
             .with_write_path_in_schema(false)
             .finish()
             .map_err(corrupt)?;
-        out.truncate(out.len() - PARQUET_END);
+        // The writer ends a footer with its length and "PAR1": the group footer is what precedes.
+        let end = (out.len().checked_sub(PARQUET_END))
+            .filter(|&end| end > start)
+            .ok_or_else(|| corrupt("a row group's footer was not written"))?;
+        out.truncate(end);
         dir.extend_from_slice(&(start as u64).to_le_bytes());
         put_u32(&mut dir, out.len() - start);
         dir.extend_from_slice(&(rg.num_rows().max(0) as u64).to_le_bytes());

@@ -1144,4 +1144,106 @@ mod tests {
         // Nothing of a metric the object does not hold is decoded.
         assert_eq!(select(&layout3, "nope", &[]).1, 0);
     }
+
+    /// The rows of the page holding series `host` (which fits in one) in a column with pages of
+    /// `limit` rows, as layout 3 cuts them: row groups end at the first series end at or past
+    /// `row_group_rows`; a column receives each series' rows in calls of at most 128
+    /// (`PAGE_ROWS`, the write batch) and closes its page after a call that brings it to `limit`.
+    fn page_of(all: &[ColdRow], host: &str, row_group_rows: usize, limit: usize) -> u64 {
+        let mut series: Vec<(String, usize, bool)> = Vec::new();
+        for r in sorted(all.to_vec()) {
+            let key = r.series.encode();
+            match series.last_mut() {
+                Some((k, n, _)) if *k == key => *n += 1,
+                _ => series.push((key, 1, r.series.tag("host") == Some(host))),
+            }
+        }
+        let (mut rg, mut page, mut ours) = (0, 0, false);
+        for (_, n, is_ours) in series {
+            let mut left = n;
+            while left > 0 {
+                let call = left.min(PAGE_ROWS);
+                left -= call;
+                page += call;
+                ours |= is_ours;
+                if page >= limit && left > 0 {
+                    if ours {
+                        return page as u64;
+                    }
+                    page = 0;
+                }
+            }
+            rg += n;
+            if rg >= row_group_rows || page >= limit {
+                if ours {
+                    return page as u64;
+                }
+                page = 0;
+                if rg >= row_group_rows {
+                    rg = 0;
+                }
+            }
+        }
+        page as u64
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Any series counts, lengths and row group size: a one-series read in layout 3 returns
+        /// exactly the series' rows, and a series that fits in a page is read from one page of
+        /// each column.
+        #[test]
+        fn layout_3_reads_any_one_series_exactly(
+            lengths in proptest::collection::vec(1usize..=300, 1..40),
+            row_group_rows in 1usize..2_000,
+            pick in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut all = Vec::new();
+            for (s, &n) in lengths.iter().enumerate() {
+                let series = MetricKey::new(
+                    "acme",
+                    METRICS[s % 3],
+                    vec![("host".to_string(), format!("h{s}"))],
+                )
+                .unwrap();
+                for m in 0..n {
+                    all.push(ColdRow {
+                        series: series.clone(),
+                        window_start: 60 * m as i64,
+                        cell: HotCell {
+                            contributors: vec![(s as u64, m as u64)],
+                            agg: Aggregate::Counter(Counter {
+                                sum: (s * 1_000 + m) as f64,
+                                samples: 1,
+                            }),
+                        },
+                    });
+                }
+            }
+            let tuning = Tuning {
+                row_group_rows,
+                ..Tuning::default()
+            };
+            let bytes = encode_tuned(Resolution::OneMinute, all.clone(), tuning).unwrap();
+            let s = pick.index(lengths.len());
+            let host = format!("h{s}");
+            let filters = [("host", host.as_str())];
+            let (got, keys, decoded) = select(&bytes, METRICS[s % 3], &filters);
+            proptest::prop_assert_eq!(&got, &model(&all, METRICS[s % 3], &filters));
+            // Rows of the page of each column that holds the series, as the writer cuts them.
+            let (key_page, data_page) = (
+                page_of(&all, &host, row_group_rows, KEY_PAGE_ROWS),
+                page_of(&all, &host, row_group_rows, PAGE_ROWS),
+            );
+            if lengths[s] <= PAGE_ROWS {
+                proptest::prop_assert_eq!(decoded, data_page);
+                proptest::prop_assert_eq!(keys, key_page);
+            }
+            proptest::prop_assert_eq!(
+                sorted(decode_all(Bytes::from(bytes)).unwrap()),
+                sorted(all)
+            );
+        }
+    }
 }
