@@ -151,8 +151,8 @@ fn get(url: &str, params: &[(&str, String)]) -> Value {
 fn openmetrics(base: i64) -> String {
     let mut out = String::new();
     let end = |m: i64| base + 60 * (m + 1);
-    let families: [(&str, &dyn Fn(i64, i64) -> i64); 3] =
-        [("temp", &temp), ("load", &load), ("reqs", &reqs)];
+    let families: [(&str, fn(i64, i64) -> i64); 3] =
+        [("temp", temp), ("load", load), ("reqs", reqs)];
     for (name, f) in families {
         out.push_str(&format!("# TYPE {name} gauge\n"));
         for (r, (room, floor)) in ROOMS.iter().enumerate() {
