@@ -23,6 +23,9 @@ use std::time::Duration;
 const MINUTES: i64 = 50;
 const ROOMS: [(&str, &str); 4] = [("r0", "f0"), ("r1", "f0"), ("r2", "f1"), ("r3", "f1")];
 
+/// A series' value in minute `m` of room `r`.
+type Values = fn(i64, i64) -> i64;
+
 /// Never negative: in StatsD a signed gauge value is a change, not a value.
 fn temp(m: i64, r: i64) -> i64 {
     (m * 7 + r * 13) % 41
@@ -151,8 +154,7 @@ fn get(url: &str, params: &[(&str, String)]) -> Value {
 fn openmetrics(base: i64) -> String {
     let mut out = String::new();
     let end = |m: i64| base + 60 * (m + 1);
-    let families: [(&str, fn(i64, i64) -> i64); 3] =
-        [("temp", temp), ("load", load), ("reqs", reqs)];
+    let families: [(&str, Values); 3] = [("temp", temp), ("load", load), ("reqs", reqs)];
     for (name, f) in families {
         out.push_str(&format!("# TYPE {name} gauge\n"));
         for (r, (room, floor)) in ROOMS.iter().enumerate() {
