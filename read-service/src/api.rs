@@ -10,11 +10,13 @@
 use crate::cold::{ColdReader, ColdView};
 use crate::config::ReadConfig;
 use crate::error::ApiError;
+use crate::finality;
 use crate::limits::QueryLimits;
 use crate::query::{evaluate, parse_params, window_range, Cold, QueryParams, QueryResult};
 use crate::stitch::Bounds;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -186,15 +188,32 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
     evaluate(&st.hot, Some(cold), tenant, p, bounds).await
 }
 
+/// The native answer: the query's, and the end of the last final minute.
+#[derive(Serialize)]
+struct Answer {
+    #[serde(flatten)]
+    result: QueryResult,
+    final_until: i64,
+}
+
 async fn query<H: HotStore, K: Catalog, C: ColdStore>(
     State(st): State<Arc<AppState<H, K, C>>>,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
-) -> Result<Json<QueryResult>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     st.metrics.received.inc();
+    let now = now_s();
+    let final_until = finality::final_until(now, st.cfg.final_delay_secs);
     let result = async {
         let tenant = tenant(&st.cfg, &headers)?;
-        let p = parse_params(&raw, now_s(), st.cfg.max_points)?;
+        let mut p = parse_params(&raw, now, st.cfg.max_points)?;
+        let final_only = finality::final_only(raw.get("final_only").map(String::as_str), false)
+            .map_err(|e| ApiError::param("final_only", e))?;
+        if final_only {
+            // Only windows that end by `final_until`: the query's `to` is the end of its last
+            // window (at most `from`: no window at all).
+            p.to = p.to.min(p.resolution.start(final_until)).max(p.from);
+        }
         tokio::time::timeout(
             Duration::from_millis(st.cfg.query_timeout_ms),
             run_query(&st, &tenant, &p),
@@ -204,5 +223,9 @@ async fn query<H: HotStore, K: Catalog, C: ColdStore>(
     }
     .await;
     st.count_answer(result.as_ref().err().map(ApiError::status));
-    result.map(Json)
+    let answer = Answer {
+        result: result?,
+        final_until,
+    };
+    Ok(([(finality::HEADER, final_until.to_string())], Json(answer)))
 }

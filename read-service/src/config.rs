@@ -40,6 +40,9 @@ pub struct ReadConfig {
     /// series times the minutes of the range) plus cold rows merged (400; 422 in the Prometheus
     /// API).
     pub max_samples: u64,
+    /// Seconds after a minute ends until it counts as final (`read-service/src/finality.rs`): at
+    /// least the agents' `flush_delay_secs` plus the aggregators' usual lag.
+    pub final_delay_secs: i64,
     /// Queries running at once (both APIs).
     pub max_concurrent_queries: usize,
     /// Queries waiting for a slot, each at most `query_timeout_ms`; beyond it 503 at once.
@@ -72,6 +75,7 @@ impl Default for ReadConfig {
             cold_dir: String::new(),
             cold_cache_bytes: 256 << 20,
             max_samples: 10_000_000,
+            final_delay_secs: 15,
             max_concurrent_queries: 64,
             max_queued_queries: 256,
             query_rate_per_sec: 0,

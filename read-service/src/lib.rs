@@ -13,6 +13,7 @@ pub mod cold;
 pub mod config;
 pub mod dashboard;
 pub mod error;
+pub mod finality;
 pub mod limits;
 pub mod prom;
 pub mod query;

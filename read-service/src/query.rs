@@ -10,6 +10,8 @@
 //! - `resolution`: `1m`, `5m` or `1h`, the windows read; it must divide `step`. Default: the
 //!   coarsest that divides `step` ([`Resolution::for_step`]). Without cold storage every read is
 //!   of Redis's minutes, whatever the resolution.
+//! - `final_only`: `true` leaves out the windows that end after the last final minute
+//!   (`crate::finality`); default `false`. Every answer names that minute's end (`final_until`).
 //! - `stat`: see [`thermo_core::query`].
 //! - `where`: `k:v` pairs, all of which a series' tags must equal.
 //! - `group_by`: absent, every matching series is combined into one answer series with tags `{}`;
@@ -69,7 +71,7 @@ pub struct QueryParams {
     pub resolution: Resolution,
 }
 
-const PARAMS: [&str; 8] = [
+const PARAMS: [&str; 9] = [
     "metric",
     "from",
     "to",
@@ -78,6 +80,7 @@ const PARAMS: [&str; 8] = [
     "where",
     "group_by",
     "resolution",
+    "final_only", // read by the handler (`crate::finality`)
 ];
 
 fn parse_resolution(raw: Option<&String>, step: i64) -> Result<Resolution, ApiError> {

@@ -51,6 +51,8 @@ pub struct Eval<'a, H, K, C> {
     pub times: Vec<f64>,
     /// Their step (60 for an instant query): it picks the windows read.
     pub step: f64,
+    /// Windows that end after this are left out (`crate::finality`); `None`: none is.
+    pub final_until: Option<i64>,
     pub warnings: Vec<String>,
 }
 
@@ -72,19 +74,21 @@ fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
 }
 
 impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
-    /// Evaluates `e` at `times` (their step picks the windows read), with the warnings gathered.
+    /// Evaluates `e` at `times` (their step picks the windows read) on the windows that end by
+    /// `final_until` (all if `None`), with the warnings gathered.
     pub async fn run(
         st: &'a AppState<H, K, C>,
         tenant: &'a str,
         e: &Expr,
-        times: Vec<f64>,
-        step: f64,
+        (times, step): (Vec<f64>, f64),
+        final_until: Option<i64>,
     ) -> Result<(Val, Vec<String>), PromError> {
         let mut ev = Self {
             st,
             tenant,
             times,
             step,
+            final_until,
             warnings: Vec::new(),
         };
         let value = ev.eval(e).await?;
@@ -139,7 +143,11 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
             for (ts, _) in &mut s.samples {
                 *ts += res.seconds(); // the window's end
             }
+            if let Some(until) = self.final_until {
+                s.samples.retain(|(end, _)| *end <= until);
+            }
         }
+        series.retain(|s| !s.samples.is_empty());
         Ok((series, offset))
     }
 

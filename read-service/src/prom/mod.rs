@@ -16,6 +16,7 @@ pub mod select;
 
 use crate::api::{tenant, AppState};
 use crate::error::ApiError;
+use crate::finality;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -104,6 +105,27 @@ fn success(data: Value, warnings: Vec<String>) -> Response {
         body["warnings"] = json!(warnings);
     }
     Json(body).into_response()
+}
+
+/// A query's answer, with the end of the last final minute in its header.
+fn evaluated(data: Value, warnings: Vec<String>, final_until: i64) -> Response {
+    let mut r = success(data, warnings);
+    if let Ok(v) = header::HeaderValue::from_str(&final_until.to_string()) {
+        r.headers_mut().insert(finality::HEADER, v);
+    }
+    r
+}
+
+/// The end of the last final minute now, and the windows a query reads: those ending by then
+/// unless the request says `final_only=false` (`crate::finality`).
+fn finality_of<H, K, C>(
+    st: &AppState<H, K, C>,
+    params: &Params,
+) -> Result<(i64, Option<i64>), PromError> {
+    let until = finality::final_until(now_s(), st.cfg.final_delay_secs);
+    let only = finality::final_only(params.get("final_only"), true)
+        .map_err(|e| PromError::bad_data(format!("invalid parameter \"final_only\": {e}")))?;
+    Ok((until, only.then_some(until)))
 }
 
 /// A request's parameters: the URL's, then a form body's (`match[]` may repeat).
@@ -294,8 +316,9 @@ async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
         let params = Params::new(query, &headers, &body)?;
         let expr = parse_query(&params)?;
         let t = params.time("time")?.unwrap_or(now_s() as f64);
+        let (until, only) = finality_of(&st, &params)?;
         // An instant query reads 1m windows, looking back LOOKBACK_SECS.
-        let (value, warnings) = Eval::run(&st, &tenant, &expr, vec![t], 60.0).await?;
+        let (value, warnings) = Eval::run(&st, &tenant, &expr, (vec![t], 60.0), only).await?;
         let data = match value {
             Val::Scalar(v) => json!({"resultType": "scalar", "result": sample_json(t, v[0])}),
             Val::Vector(rows) => {
@@ -308,7 +331,7 @@ async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
                 json!({"resultType": "vector", "result": result})
             }
         };
-        Ok(success(data, warnings))
+        Ok(evaluated(data, warnings, until))
     })
     .await
 }
@@ -343,7 +366,9 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
             )));
         }
         let times: Vec<f64> = (0..points).map(|i| start + i as f64 * step).collect();
-        let (value, warnings) = Eval::run(&st, &tenant, &expr, times.clone(), step).await?;
+        let (until, only) = finality_of(&st, &params)?;
+        let grid = (times.clone(), step);
+        let (value, warnings) = Eval::run(&st, &tenant, &expr, grid, only).await?;
         let rows = match value {
             Val::Scalar(v) => vec![eval::Row {
                 labels: BTreeMap::new(),
@@ -362,9 +387,10 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
                 (!values.is_empty()).then(|| json!({"metric": r.labels, "values": values}))
             })
             .collect();
-        Ok(success(
+        Ok(evaluated(
             json!({"resultType": "matrix", "result": result}),
             warnings,
+            until,
         ))
     })
     .await

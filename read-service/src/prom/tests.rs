@@ -684,3 +684,96 @@ async fn hot_and_cold_minutes_are_each_counted_once() {
     assert_eq!(values, want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Windows that end after the last final minute are left out unless `final_only=false`, and both
+/// APIs name that minute's end (the header; the native API's `final_until` too).
+#[tokio::test]
+async fn only_final_minutes_are_answered_and_the_line_is_named() {
+    // A minute is final an hour less two minutes after its end: of the three minutes, the
+    // first only (or two, if a minute passes while the test runs).
+    let f = Fixture::with(
+        ReadConfig {
+            hot_retention_hours: 48,
+            final_delay_secs: 3600 - 120,
+            ..ReadConfig::default()
+        },
+        |_, _| (),
+    );
+    let get = |uri: String| async {
+        let resp = f
+            .router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let until: i64 = resp.headers()[finality::HEADER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (until, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let t = f.base + 180;
+    let q = |extra: &str| {
+        format!("/prometheus/api/v1/query?query=http_requests%7Bhost%3D%22a%22%7D&time={t}{extra}")
+    };
+    let (until, body) = get(q("")).await;
+    assert!(
+        until == f.base + 60 || until == f.base + 120,
+        "{until} against {}",
+        f.base
+    );
+    // Host a's minutes sum 1, 2, 3; the latest final one ends at `until`.
+    let final_minutes = (until - f.base) / 60;
+    assert_eq!(
+        body["data"]["result"][0]["value"][1],
+        json!(final_minutes.to_string()),
+        "{body}"
+    );
+    let (_, body) = get(q("&final_only=false")).await;
+    assert_eq!(body["data"]["result"][0]["value"][1], "3", "{body}");
+    // A range: each time sees the latest final window (within the lookback), never the others.
+    let r = format!(
+        "/prometheus/api/v1/query_range?query=http_requests%7Bhost%3D%22a%22%7D&start={}&end={t}&step=60",
+        f.base + 60
+    );
+    let (until, body) = get(r).await;
+    let values: Vec<&str> = body["data"]["result"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[1].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (1..=3)
+        .map(|m: i64| m.min((until - f.base) / 60).to_string())
+        .collect();
+    assert_eq!(values, want, "{body}");
+    // The native API: everything unless `final_only=true`, and the line in the answer too.
+    let n = |extra: &str| {
+        format!(
+            "/api/v1/query?metric=http.requests&from={}&to={}&step=60&where=host:a{extra}",
+            f.base,
+            f.base + 180
+        )
+    };
+    let (until, body) = get(n("")).await;
+    assert_eq!(body["final_until"], json!(until), "{body}");
+    assert_eq!(
+        body["series"][0]["points"].as_array().unwrap().len(),
+        3,
+        "{body}"
+    );
+    let (until, body) = get(n("&final_only=true")).await;
+    let points = body["series"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len() as i64, (until - f.base) / 60, "{body}");
+    let (status, body) = f
+        .call(
+            Carried::Get,
+            "query",
+            &[("query", "http_requests"), ("final_only", "maybe")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
