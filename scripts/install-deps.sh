@@ -22,8 +22,11 @@
 #   pyclients  the StatsD clients PyPI `statsd` and `datadog` (pip install statsd datadog):
 #          tests/e2e/intake.rs sends with them over TCP and a Unix datagram socket
 #   chromium  headless browser (Debian package chromium); tests/e2e/browser.rs loads the dashboard in it
-#   prometheus  promtool (Debian package prometheus); tests/e2e/prom.rs queries thermo's
-#          Prometheus API with it
+#   prometheus  promtool and prometheus (Debian package prometheus); tests/e2e/prom.rs queries
+#          thermo's Prometheus API with promtool, tests/e2e/prom_differential.rs compares its
+#          answers with a real Prometheus server's
+#   vmalert  vmalert (Debian package victoria-metrics); tests/e2e/vmalert.rs evaluates alert rules
+#          through thermo's Prometheus API with it
 set -euo pipefail
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -42,11 +45,11 @@ while [ $# -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --tansu-log) [ $# -ge 2 ] || die "--tansu-log needs a file"; tansu_log="$2"; shift 2 ;;
     --tansu-log=*) tansu_log="${1#*=}"; shift ;;
-    build|rust|redis|tansu|moto|duckdb|pyclients|chromium|prometheus) components+=("$1"); shift ;;
+    build|rust|redis|tansu|moto|duckdb|pyclients|chromium|prometheus|vmalert) components+=("$1"); shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb pyclients chromium prometheus tansu)
+[ ${#components[@]} -gt 0 ] || components=(build rust redis moto duckdb pyclients chromium prometheus vmalert tansu)
 
 want() { local c; for c in "${components[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 
@@ -275,13 +278,24 @@ install_chromium() {
 }
 
 install_prometheus() {
-  if command -v promtool >/dev/null 2>&1; then
-    log "prometheus: already installed ($(command -v promtool))"
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    log "prometheus: already installed ($(command -v promtool), $(command -v prometheus))"
     return 0
   fi
   apt_install prometheus
   command -v promtool >/dev/null 2>&1 || die "promtool still not on PATH after apt-get install prometheus"
+  command -v prometheus >/dev/null 2>&1 || die "prometheus still not on PATH after apt-get install prometheus"
   log "prometheus: installed $(promtool --version 2>&1 | head -n1)"
+}
+
+install_vmalert() {
+  if command -v vmalert >/dev/null 2>&1; then
+    log "vmalert: already installed ($(command -v vmalert))"
+    return 0
+  fi
+  apt_install victoria-metrics
+  command -v vmalert >/dev/null 2>&1 || die "vmalert still not on PATH after apt-get install victoria-metrics"
+  log "vmalert: installed $(vmalert -version 2>&1 | head -n1)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +318,7 @@ if [ -n "$tansu_log" ] && want tansu; then
   components=("${new[@]+"${new[@]}"}")
 fi
 
-for c in build rust redis moto duckdb pyclients chromium prometheus tansu; do
+for c in build rust redis moto duckdb pyclients chromium prometheus vmalert tansu; do
   if [ ${#components[@]} -gt 0 ] && want "$c"; then "install_$c"; fi
 done
 log "done"

@@ -4,7 +4,7 @@
 # On a fresh Debian machine with Rust installed it does everything:
 #   1. deps    installs what is missing (scripts/install-deps.sh): build tools, rustfmt/clippy,
 #              redis-server, moto_server, DuckDB for Python, the Python StatsD clients
-#              statsd and datadog, chromium, promtool in the
+#              statsd and datadog, chromium, promtool and prometheus, vmalert in the
 #              foreground; tansu
 #              (a ~20 min cargo install) in the background, logging to target/deps/tansu-install.log
 #   2. fmt     cargo fmt --all -- --check
@@ -17,7 +17,9 @@
 # The end-to-end tests in tests/ start and stop redis-server, tansu and moto_server themselves on
 # free loopback ports (found on PATH, which includes ~/.cargo/bin here), and read the cold Parquet
 # objects with DuckDB through python3; tests/e2e/browser.rs loads the dashboard in headless chromium;
-# tests/e2e/prom.rs queries the Prometheus API with promtool.
+# tests/e2e/prom.rs queries the Prometheus API with promtool, tests/e2e/prom_differential.rs
+# compares its answers with a real Prometheus server's, tests/e2e/vmalert.rs alerts through it with
+# vmalert.
 # So this script starts no services. `--locked` is passed to cargo when Cargo.lock exists.
 #
 # Environment: THERMO_SKIP_DEPS=1 skips phase 1 and 5 (the tools must already be on PATH).
@@ -100,7 +102,7 @@ if [ "${THERMO_SKIP_DEPS:-0}" != 1 ]; then
     scripts/install-deps.sh tansu >"$TANSU_LOG" 2>&1 </dev/null &
     TANSU_PID=$!
   fi
-  scripts/install-deps.sh build rust redis moto duckdb pyclients chromium prometheus
+  scripts/install-deps.sh build rust redis moto duckdb pyclients chromium prometheus vmalert
   end
 fi
 
@@ -133,7 +135,7 @@ if [ -n "$TANSU_PID" ]; then
   end
 fi
 missing=()
-for tool in redis-server tansu moto_server chromium promtool; do
+for tool in redis-server tansu moto_server chromium promtool prometheus vmalert; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 python3 -c 'import duckdb' >/dev/null 2>&1 || missing+=("python3 module duckdb")

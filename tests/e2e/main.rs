@@ -2,7 +2,7 @@
 //! area, in one test binary (one link after an edit instead of one per file).
 //!
 //! Run one area with a name filter: `cargo test --workspace --test e2e -- cold::` (or `agent_spool::`, `cold_store::`, `intake::`, `limits::`, `logs::`, `pipeline::`, `prom::`, `prom_differential::`,
-//! `series_registry::`, `standalone::`, `browser::`, `loadgen::`). `support` starts the services and holds the tests'
+//! `series_registry::`, `standalone::`, `browser::`, `loadgen::`, `vmalert::`). `support` starts the services and holds the tests'
 //! clock.
 
 mod support;
@@ -20,3 +20,4 @@ mod prom;
 mod prom_differential;
 mod series_registry;
 mod standalone;
+mod vmalert;

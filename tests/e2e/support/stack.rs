@@ -56,6 +56,20 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// Restarts every thermo role on the system clock instead of the tests' (for a client that
+    /// reads the clock itself, such as a rule engine); before any data is sent.
+    pub fn to_system_clock(&mut self) {
+        let roles = std::iter::once(&mut self.partitioner)
+            .chain(self.aggregators.iter_mut())
+            .chain(std::iter::once(&mut self.read))
+            .chain(self.agents.iter_mut());
+        for role in roles {
+            role.proc.kill();
+            role.proc.shifted_clock = false;
+            role.restart();
+        }
+    }
+
     /// Starts everything; `agg_batch` is the aggregators' `batch_max_records`.
     pub fn start(
         name: &str,
