@@ -129,7 +129,7 @@ fn vmalert_fires_on_statsd_errors_in_standalone_and_resolves_when_they_stop() {
 #[test]
 fn vmalert_fires_on_statsd_errors_in_the_distributed_stack_and_resolves_when_they_stop() {
     let mut stack = Stack::start("vmalert-stack", 2, 1, 1, 1000);
-    stack.to_system_clock();
+    stack.restart_on_system_clock();
     fires_and_resolves(stack.dir.path(), stack.read.http, stack.agents[0].udp);
 }
 

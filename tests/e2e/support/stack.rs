@@ -58,7 +58,7 @@ pub struct Stack {
 impl Stack {
     /// Restarts every thermo role on the system clock instead of the tests' (for a client that
     /// reads the clock itself, such as a rule engine); before any data is sent.
-    pub fn to_system_clock(&mut self) {
+    pub fn restart_on_system_clock(&mut self) {
         let roles = std::iter::once(&mut self.partitioner)
             .chain(self.aggregators.iter_mut())
             .chain(std::iter::once(&mut self.read))
