@@ -12,8 +12,10 @@ use crate::config::ReadConfig;
 use crate::error::ApiError;
 use crate::finality;
 use crate::limits::QueryLimits;
-use crate::query::{evaluate, parse_params, window_range, Cold, QueryParams, QueryResult};
-use crate::stitch::Bounds;
+use crate::query::{
+    answer, parse_params, read_buckets, window_range, Cold, QueryParams, QueryResult,
+};
+use crate::stitch::{Bounds, Buckets, Served};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -23,6 +25,7 @@ use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use thermo_core::aggregate::MetricType;
 use thermo_core::window::minute_start;
 use thermo_core::window::now_s;
 use thermo_runtime::rate::{Clock, RateLimits};
@@ -172,12 +175,28 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
     tenant: &str,
     p: &QueryParams,
 ) -> Result<QueryResult, ApiError> {
+    let (buckets, metric_type, served) = run_buckets(st, tenant, p).await?;
+    Ok(answer(
+        p,
+        buckets,
+        metric_type,
+        st.cold.is_some().then_some(served),
+    ))
+}
+
+/// Every matching series' step buckets of `p` (see [`read_buckets`]), with the catalog read
+/// first when cold storage is on.
+pub(crate) async fn run_buckets<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
+    tenant: &str,
+    p: &QueryParams,
+) -> Result<(Buckets, MetricType, Served), ApiError> {
     let bounds = Bounds {
         max_series: st.cfg.max_series,
         max_samples: st.cfg.max_samples,
     };
     let Some(cold) = &st.cold else {
-        return evaluate::<H, C>(&st.hot, None, tenant, p, bounds).await;
+        return read_buckets::<H, C>(&st.hot, None, tenant, p, bounds).await;
     };
     let (_, until) = window_range(p.resolution, p.from, p.to);
     let view = ColdView::load(&cold.catalog, p.resolution, until).await?;
@@ -185,7 +204,7 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
         reader: &cold.reader,
         view: &view,
     };
-    evaluate(&st.hot, Some(cold), tenant, p, bounds).await
+    read_buckets(&st.hot, Some(cold), tenant, p, bounds).await
 }
 
 /// The native answer: the query's, and the end of the last final minute.

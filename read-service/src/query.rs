@@ -38,7 +38,7 @@
 
 use crate::cold::{ColdReader, ColdView};
 use crate::error::ApiError;
-use crate::stitch::{plan, read, Bounds, Buckets, Selector};
+use crate::stitch::{plan, read, Bounds, Buckets, Selector, Served};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use thermo_core::aggregate::{Aggregate, MetricType};
@@ -266,6 +266,44 @@ pub async fn evaluate<H: HotStore, C: ColdStore>(
     bounds: Bounds,
 ) -> Result<QueryResult, ApiError> {
     let cold_enabled = cold.is_some();
+    let (buckets, metric_type, served) = read_buckets(hot, cold, tenant, p, bounds).await?;
+    Ok(answer(
+        p,
+        buckets,
+        metric_type,
+        cold_enabled.then_some(served),
+    ))
+}
+
+/// The answer of `p` from what [`read_buckets`] read; `served` with cold storage on.
+pub fn answer(
+    p: &QueryParams,
+    buckets: Buckets,
+    metric_type: MetricType,
+    served: Option<Served>,
+) -> QueryResult {
+    QueryResult {
+        metric: p.metric.clone(),
+        metric_type: metric_type.as_str(),
+        stat: p.stat.name(),
+        step: p.step,
+        from: p.from,
+        to: p.to,
+        sources: served.map_or(vec!["hot"], |s| s.sources()),
+        series: answer_series(buckets, p),
+    }
+}
+
+/// Every matching series' windows of `p`, merged into its step buckets (not combined across
+/// series), with the metric's type and which stores served them.
+pub async fn read_buckets<H: HotStore, C: ColdStore>(
+    hot: &H,
+    cold: Option<Cold<'_, C>>,
+    tenant: &str,
+    p: &QueryParams,
+    bounds: Bounds,
+) -> Result<(Buckets, MetricType, Served), ApiError> {
+    let cold_enabled = cold.is_some();
     let indexed = indexed_type(hot, tenant, &p.metric).await?;
     if indexed.is_none() && !cold_enabled {
         return Err(unknown(&p.metric));
@@ -295,21 +333,7 @@ pub async fn evaluate<H: HotStore, C: ColdStore>(
             t
         }
     };
-    let sources = if cold_enabled {
-        served.sources()
-    } else {
-        vec!["hot"]
-    };
-    Ok(QueryResult {
-        metric: p.metric.clone(),
-        metric_type: metric_type.as_str(),
-        stat: p.stat.name(),
-        step: p.step,
-        from: p.from,
-        to: p.to,
-        sources,
-        series: answer_series(buckets, p),
-    })
+    Ok((buckets, metric_type, served))
 }
 
 /// Combines the series of each group per bucket and reads the stat.

@@ -58,11 +58,11 @@ pub struct Eval<'a, H, K, C> {
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, PromError>> + Send + 'a>>;
 
-fn unsupported(what: impl std::fmt::Display) -> PromError {
+pub(super) fn unsupported(what: impl std::fmt::Display) -> PromError {
     PromError::bad_data(format!("unsupported: {what}"))
 }
 
-fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
+pub(super) fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
     if vs.at.is_some() {
         return Err(unsupported("the @ modifier"));
     }
@@ -334,6 +334,9 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
                     .collect();
                 Ok(Val::Vector(vec![Row { labels, values }]))
             }
+            "histogram_quantile" | "histogram_count" | "histogram_sum" | "histogram_avg" => {
+                self.histogram_fn(call).await
+            }
             other => Err(unsupported(format!("the function {other}()"))),
         }
     }
@@ -577,7 +580,7 @@ fn labels_where(labels: &Labels, keep: impl Fn(&str) -> bool) -> Labels {
 
 /// The labels that group or match series: those listed (`by`, `on`), or all but the listed ones
 /// and the name (`without`, `ignoring`, or no modifier).
-fn matching_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
+pub(super) fn matching_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
     match modifier {
         Some(LabelModifier::Include(on)) => {
             labels_where(labels, |k| on.labels.iter().any(|l| l == k))

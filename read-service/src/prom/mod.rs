@@ -12,6 +12,7 @@
 //! retention.
 
 pub mod eval;
+pub mod histogram;
 pub mod select;
 
 use crate::api::{tenant, AppState};

@@ -6,13 +6,13 @@
 //! window) and `<name>_sum` (their sum). One sample per stored window, stamped with the window's
 //! start: a counter's sum, a gauge's last value, a set's distinct count.
 
-use crate::api::{run_query, AppState};
+use crate::api::{run_buckets, run_query, AppState};
 use crate::error::ApiError;
 use crate::query::{GroupBy, QueryParams};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::VectorSelector;
 use std::collections::BTreeMap;
-use thermo_core::aggregate::MetricType;
+use thermo_core::aggregate::{Aggregate, MetricType};
 use thermo_core::query::Stat;
 use thermo_core::window::Resolution;
 use thermo_store::catalog::Catalog;
@@ -152,20 +152,7 @@ pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
     (from, to): (i64, i64),
     pick: Pick,
 ) -> Result<(Vec<Series>, Vec<String>), ApiError> {
-    if matchers.iter().all(|m| m.is_match("")) {
-        return Err(ApiError::param(
-            "query",
-            "vector selector must contain at least one non-empty matcher",
-        ));
-    }
-    let metrics = st.hot.metrics(tenant).await?;
-    let (hits, warnings) = matching_sources(&sources(&metrics), matchers);
-    // Equality matchers on tags narrow the read; the others are applied to what it returns.
-    let filters: Vec<(String, String)> = matchers
-        .iter()
-        .filter(|m| m.name != NAME && matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
-        .map(|m| (m.name.clone(), m.value.clone()))
-        .collect();
+    let (hits, filters, warnings) = selected(st, tenant, matchers, sources).await?;
     let mut out = Vec::new();
     for s in hits {
         let p = QueryParams {
@@ -193,17 +180,113 @@ pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
                 });
             }
         }
-        // The bound holds for the selector, whatever number of metrics it spans.
-        if out.len() > st.cfg.max_series {
-            return Err(ApiError::limit(
-                "query",
-                format!(
-                    "{} series match a selector; at most {} (max_series): narrow it",
-                    out.len(),
-                    st.cfg.max_series
-                ),
-            ));
+        within_max_series(st, out.len())?;
+    }
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok((out, warnings))
+}
+
+/// The sources of `all` (of the tenant's metrics) that a selector's `matchers` name, the tag
+/// filters that narrow their reads (equality matchers; the others are applied to what the reads
+/// return), and the warnings of names answered twice.
+async fn selected<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
+    tenant: &str,
+    matchers: &[Matcher],
+    all: fn(&[(String, MetricType)]) -> Vec<Source>,
+) -> Result<(Vec<Source>, Vec<(String, String)>, Vec<String>), ApiError> {
+    if matchers.iter().all(|m| m.is_match("")) {
+        return Err(ApiError::param(
+            "query",
+            "vector selector must contain at least one non-empty matcher",
+        ));
+    }
+    let metrics = st.hot.metrics(tenant).await?;
+    let (hits, warnings) = matching_sources(&all(&metrics), matchers);
+    let filters = matchers
+        .iter()
+        .filter(|m| m.name != NAME && matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
+        .map(|m| (m.name.clone(), m.value.clone()))
+        .collect();
+    Ok((hits, filters, warnings))
+}
+
+/// The bound on a selector's series, whatever number of metrics it spans.
+fn within_max_series<H, K, C>(st: &AppState<H, K, C>, n: usize) -> Result<(), ApiError> {
+    if n > st.cfg.max_series {
+        return Err(ApiError::limit(
+            "query",
+            format!(
+                "{n} series match a selector; at most {} (max_series): narrow it",
+                st.cfg.max_series
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The histogram-valued names: each thermo histogram under its Prometheus name itself (besides
+/// `_count` and `_sum`), read only by the `histogram_*` functions.
+pub fn histogram_sources(metrics: &[(String, MetricType)]) -> Vec<Source> {
+    let mut out: Vec<Source> = metrics
+        .iter()
+        .filter(|(_, t)| *t == MetricType::Histogram)
+        .map(|(name, t)| Source {
+            prom: prom_name(name),
+            thermo: name.clone(),
+            metric_type: *t,
+            stat: Stat::Count,
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.prom, &a.thermo).cmp(&(&b.prom, &b.thermo)));
+    out
+}
+
+/// One histogram series: its labels and `(window start, state)` in time order.
+#[derive(Debug, Clone)]
+pub struct HistSeries {
+    pub labels: BTreeMap<String, String>,
+    pub windows: Vec<(i64, Aggregate)>,
+}
+
+/// The HDR states of every window `[from, to)` of `res` of every histogram series matching
+/// `matchers`.
+pub async fn histograms<H: HotStore, K: Catalog, C: ColdStore>(
+    st: &AppState<H, K, C>,
+    tenant: &str,
+    matchers: &[Matcher],
+    res: Resolution,
+    (from, to): (i64, i64),
+) -> Result<(Vec<HistSeries>, Vec<String>), ApiError> {
+    let (hits, filters, warnings) = selected(st, tenant, matchers, histogram_sources).await?;
+    let mut out = Vec::new();
+    for s in hits {
+        let p = QueryParams {
+            metric: s.thermo.clone(),
+            from,
+            to,
+            step: res.seconds(),
+            stat: Stat::Count,
+            filters: filters.clone(),
+            group_by: GroupBy::Each,
+            resolution: res,
+        };
+        let buckets = match run_buckets(st, tenant, &p).await {
+            Ok((b, _, _)) => b,
+            Err(ApiError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        for (key, windows) in buckets.into_series() {
+            let mut labels: BTreeMap<String, String> = key.tags().iter().cloned().collect();
+            labels.insert(NAME.to_string(), s.prom.clone());
+            if labels_match(&labels, matchers) && !windows.is_empty() {
+                out.push(HistSeries {
+                    labels,
+                    windows: windows.into_iter().collect(),
+                });
+            }
         }
+        within_max_series(st, out.len())?;
     }
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok((out, warnings))

@@ -777,3 +777,106 @@ async fn only_final_minutes_are_answered_and_the_line_is_named() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// `histogram_quantile` and the other `histogram_*` functions read merged HDR states: of the
+/// minutes in a range, of the series in a group; quantiles within the HDR error of the raw values'.
+#[tokio::test]
+async fn histogram_functions_read_merged_hdr_states() {
+    use thermo_core::aggregate::HIST_RELATIVE_ERROR;
+    // rt{route="/a"}: minute m holds 100 values m*100+1 ..= m*100+100; rt{route="/b"}: 10 values
+    // 1000*(m+1)+1 ..= 1000*(m+1)+10; minutes 0 to 5.
+    let f = Fixture::with(
+        ReadConfig {
+            hot_retention_hours: 48,
+            ..ReadConfig::default()
+        },
+        |hot, base| {
+            for m in 0..6u64 {
+                let mut a = Hist::new();
+                for v in 1..=100 {
+                    a.record((m * 100 + v) as f64, 1);
+                }
+                let mut b = Hist::new();
+                for v in 1..=10 {
+                    b.record((1000 * (m + 1) + v) as f64, 1);
+                }
+                let at = base + 60 * m as i64;
+                hot.insert(
+                    key("rt", &[("route", "/a")]),
+                    at,
+                    cell(Aggregate::Histogram(a)),
+                );
+                hot.insert(
+                    key("rt", &[("route", "/b")]),
+                    at,
+                    cell(Aggregate::Histogram(b)),
+                );
+            }
+        },
+    );
+    let t = f.base + 360; // minutes 1 to 5 ended in (t - 5m, t]
+    let one = |r: Vec<(Value, String)>| -> f64 {
+        assert_eq!(r.len(), 1, "{r:?}");
+        r[0].1.parse().unwrap()
+    };
+    let near = |got: f64, want: f64| {
+        assert!(
+            (got - want).abs() <= want * HIST_RELATIVE_ERROR + 1.0,
+            "{got} against {want}"
+        )
+    };
+    // Exact counts and sums of the merged minutes; rate divides by the range.
+    let count = one(f
+        .instant("histogram_count(increase(rt{route=\"/a\"}[5m]))", t)
+        .await);
+    assert_eq!(count, 500.0);
+    let sum = one(f
+        .instant("histogram_sum(increase(rt{route=\"/a\"}[5m]))", t)
+        .await);
+    assert_eq!(sum, 175_250.0);
+    let rate = one(f
+        .instant("histogram_count(rate(rt{route=\"/a\"}[5m]))", t)
+        .await);
+    assert!((rate - 500.0 / 300.0).abs() < 1e-12, "{rate}");
+    let avg = one(f
+        .instant("histogram_avg(sum_over_time(rt{route=\"/a\"}[5m]))", t)
+        .await);
+    assert_eq!(avg, 350.5);
+    // p99 of both routes' 550 values of minutes 1 to 5: the 545th, 6005.
+    let p99 = one(f
+        .instant("histogram_quantile(0.99, sum(increase(rt[5m])))", t)
+        .await);
+    near(p99, 6005.0);
+    // Per route: medians 350 (101..600) and 4005 (50 values of /b), labels without the name.
+    let by_route = f
+        .instant("histogram_quantile(0.5, sum by (route) (rate(rt[5m])))", t)
+        .await;
+    assert_eq!(by_route.len(), 2, "{by_route:?}");
+    assert_eq!(by_route[0].0, labels(&[("route", "/a")]));
+    near(by_route[0].1.parse().unwrap(), 350.0);
+    assert_eq!(by_route[1].0, labels(&[("route", "/b")]));
+    near(by_route[1].1.parse().unwrap(), 4005.0);
+    // A histogram metric's name alone: its latest window (minute 5: 6001..6010).
+    let latest = f
+        .instant("histogram_quantile(0.5, rt{route=\"/b\"})", t)
+        .await;
+    assert_eq!(latest[0].0, labels(&[("route", "/b")]));
+    near(latest[0].1.parse().unwrap(), 6005.0);
+    assert_eq!(
+        f.instant("histogram_quantile(2, rt{route=\"/b\"})", t)
+            .await[0]
+            .1,
+        "+Inf"
+    );
+    // The name alone is not a float series, and other aggregations of histograms are refused.
+    assert!(f.instant("rt", t).await.is_empty());
+    let (status, body) = f
+        .call(
+            Carried::Get,
+            "query",
+            &[("query", "histogram_quantile(0.9, max(rt))")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errorType"], "bad_data", "{body}");
+}
