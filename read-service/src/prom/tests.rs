@@ -422,8 +422,12 @@ async fn errors_have_prometheus_shapes() {
                 "the aggregation stddev",
             ),
             (
-                vec![("query", "histogram_quantile(0.9, lat)")],
-                "the function histogram_quantile()",
+                vec![("query", "histogram_quantile(0.9, -lat)")],
+                "as a histogram",
+            ),
+            (
+                vec![("query", "histogram_fraction(0, 1, lat)")],
+                "the function histogram_fraction()",
             ),
             (vec![("query", "http_requests and mem")], "the operator and"),
             (vec![("query", "http_requests[5m]")], "range vector"),
