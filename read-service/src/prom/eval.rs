@@ -22,6 +22,7 @@ use promql_parser::parser::{
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use thermo_core::window::Resolution;
 use thermo_store::catalog::Catalog;
 use thermo_store::cold::ColdStore;
 use thermo_store::hot::HotStore;
@@ -57,6 +58,14 @@ pub struct Eval<'a, H, K, C> {
 }
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, PromError>> + Send + 'a>>;
+
+/// The samples of `samples` (in time order) stamped in `(end - range, end]`, found by binary
+/// search.
+pub(super) fn in_range<T>(samples: &[(i64, T)], end: f64, range: i64) -> &[(i64, T)] {
+    let lo = samples.partition_point(|(ts, _)| (*ts as f64) <= end - range as f64);
+    let hi = samples.partition_point(|(ts, _)| (*ts as f64) <= end);
+    &samples[lo..hi.max(lo)]
+}
 
 pub(super) fn unsupported(what: impl std::fmt::Display) -> PromError {
     PromError::bad_data(format!("unsupported: {what}"))
@@ -116,6 +125,29 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
         })
     }
 
+    /// The resolution read and the windows `[from, to)` that cover the grid widened by `range`
+    /// back, moved by `offset`.
+    pub(super) fn span(&self, offset: i64, range: i64) -> (Resolution, (i64, i64)) {
+        let res = resolution_for(self.step);
+        let first = self.times.first().copied().unwrap_or_default();
+        let last = self.times.last().copied().unwrap_or_default();
+        let from = res.start(first.floor() as i64 - offset - range) - res.seconds();
+        let to = res.start(last.floor() as i64 - offset) + res.seconds();
+        (res, (from, to))
+    }
+
+    /// Stamps windows of `res` (by start, in time order) with their ends, and leaves out those
+    /// that end after the last final minute; false if none is left.
+    pub(super) fn to_ends<T>(&self, res: Resolution, windows: &mut Vec<(i64, T)>) -> bool {
+        for (ts, _) in windows.iter_mut() {
+            *ts += res.seconds();
+        }
+        if let Some(until) = self.final_until {
+            windows.retain(|(end, _)| *end <= until);
+        }
+        !windows.is_empty()
+    }
+
     /// The end-stamped samples of a selector's series, over the grid widened by `range` back.
     async fn read(
         &mut self,
@@ -124,30 +156,11 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
         pick: Pick,
     ) -> Result<(Vec<Series>, i64), PromError> {
         let offset = offset_secs(vs)?;
-        let res = resolution_for(self.step);
-        let first = self.times.first().copied().unwrap_or_default();
-        let last = self.times.last().copied().unwrap_or_default();
-        let from = res.start(first.floor() as i64 - offset - range) - res.seconds();
-        let to = res.start(last.floor() as i64 - offset) + res.seconds();
-        let (mut series, warnings) = samples(
-            self.st,
-            self.tenant,
-            &all_matchers(vs),
-            res,
-            (from, to),
-            pick,
-        )
-        .await?;
+        let (res, span) = self.span(offset, range);
+        let (mut series, warnings) =
+            samples(self.st, self.tenant, &all_matchers(vs), res, span, pick).await?;
         self.warnings.extend(warnings);
-        for s in &mut series {
-            for (ts, _) in &mut s.samples {
-                *ts += res.seconds(); // the window's end
-            }
-            if let Some(until) = self.final_until {
-                s.samples.retain(|(end, _)| *end <= until);
-            }
-        }
-        series.retain(|s| !s.samples.is_empty());
+        series.retain_mut(|s| self.to_ends(res, &mut s.samples));
         Ok((series, offset))
     }
 
@@ -185,15 +198,10 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
                     .times
                     .iter()
                     .map(|&t| {
-                        let end = t - offset as f64;
-                        // The samples in (end - range, end]: found by binary search, as the
-                        // samples are in time order.
-                        let lo = s
-                            .samples
-                            .partition_point(|(ts, _)| (*ts as f64) <= end - range as f64);
-                        let hi = s.samples.partition_point(|(ts, _)| (*ts as f64) <= end);
-                        let inside: Vec<f64> =
-                            s.samples[lo..hi.max(lo)].iter().map(|(_, v)| *v).collect();
+                        let inside: Vec<f64> = in_range(&s.samples, t - offset as f64, range)
+                            .iter()
+                            .map(|(_, v)| *v)
+                            .collect();
                         (!inside.is_empty()).then(|| f(&inside, range as f64))
                     })
                     .collect();

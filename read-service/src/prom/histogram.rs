@@ -11,9 +11,9 @@
 //! quantiles (within `thermo_core::aggregate::HIST_RELATIVE_ERROR`). A histogram-valued result
 //! itself (without one of these functions) is not answered yet (400).
 
-use super::eval::{matching_labels, unsupported, Eval, Labels, Row, Val};
+use super::eval::{in_range, matching_labels, unsupported, Eval, Labels, Row, Val};
 use super::select::{all_matchers, histograms, HistSeries, NAME};
-use super::{lookback_for, resolution_for, PromError};
+use super::{lookback_for, PromError};
 use promql_parser::parser::token::T_SUM;
 use promql_parser::parser::{AggregateExpr, Call, Expr, MatrixSelector, VectorSelector};
 use std::collections::BTreeMap;
@@ -157,23 +157,11 @@ impl<H: HotStore, K: Catalog, C: ColdStore> Eval<'_, H, K, C> {
         range: i64,
     ) -> Result<(Vec<HistSeries>, i64), PromError> {
         let offset = super::eval::offset_secs(vs)?;
-        let res = resolution_for(self.step);
-        let first = self.times.first().copied().unwrap_or_default();
-        let last = self.times.last().copied().unwrap_or_default();
-        let from = res.start(first.floor() as i64 - offset - range) - res.seconds();
-        let to = res.start(last.floor() as i64 - offset) + res.seconds();
+        let (res, span) = self.span(offset, range);
         let (mut series, warnings) =
-            histograms(self.st, self.tenant, &all_matchers(vs), res, (from, to)).await?;
+            histograms(self.st, self.tenant, &all_matchers(vs), res, span).await?;
         self.warnings.extend(warnings);
-        for s in &mut series {
-            for (ts, _) in &mut s.windows {
-                *ts += res.seconds();
-            }
-            if let Some(until) = self.final_until {
-                s.windows.retain(|(end, _)| *end <= until);
-            }
-        }
-        series.retain(|s| !s.windows.is_empty());
+        series.retain_mut(|s| self.to_ends(res, &mut s.windows));
         Ok((series, offset))
     }
 
@@ -220,12 +208,7 @@ impl<H: HotStore, K: Catalog, C: ColdStore> Eval<'_, H, K, C> {
                     .times
                     .iter()
                     .map(|&t| {
-                        let end = t - offset as f64;
-                        let lo = s
-                            .windows
-                            .partition_point(|(ts, _)| (*ts as f64) <= end - range as f64);
-                        let hi = s.windows.partition_point(|(ts, _)| (*ts as f64) <= end);
-                        let mut inside = s.windows[lo..hi.max(lo)].iter();
+                        let mut inside = in_range(&s.windows, t - offset as f64, range).iter();
                         let (_, first) = inside.next()?;
                         let mut v = HistValue {
                             state: first.clone(),

@@ -155,16 +155,7 @@ pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
     let (hits, filters, warnings) = selected(st, tenant, matchers, sources).await?;
     let mut out = Vec::new();
     for s in hits {
-        let p = QueryParams {
-            metric: s.thermo.clone(),
-            from,
-            to,
-            step: res.seconds(),
-            stat: pick.stat(&s),
-            filters: filters.clone(),
-            group_by: GroupBy::Each,
-            resolution: res,
-        };
+        let p = window_params(&s, pick.stat(&s), &filters, res, (from, to));
         let answer = match run_query(st, tenant, &p).await {
             Ok(a) => a,
             Err(ApiError::NotFound(_)) => continue,
@@ -209,6 +200,26 @@ async fn selected<H: HotStore, K: Catalog, C: ColdStore>(
         .map(|m| (m.name.clone(), m.value.clone()))
         .collect();
     Ok((hits, filters, warnings))
+}
+
+/// A native query of `s`'s every series, one bucket per window `[from, to)` of `res`.
+fn window_params(
+    s: &Source,
+    stat: Stat,
+    filters: &[(String, String)],
+    res: Resolution,
+    (from, to): (i64, i64),
+) -> QueryParams {
+    QueryParams {
+        metric: s.thermo.clone(),
+        from,
+        to,
+        step: res.seconds(),
+        stat,
+        filters: filters.to_vec(),
+        group_by: GroupBy::Each,
+        resolution: res,
+    }
 }
 
 /// The bound on a selector's series, whatever number of metrics it spans.
@@ -261,16 +272,7 @@ pub async fn histograms<H: HotStore, K: Catalog, C: ColdStore>(
     let (hits, filters, warnings) = selected(st, tenant, matchers, histogram_sources).await?;
     let mut out = Vec::new();
     for s in hits {
-        let p = QueryParams {
-            metric: s.thermo.clone(),
-            from,
-            to,
-            step: res.seconds(),
-            stat: Stat::Count,
-            filters: filters.clone(),
-            group_by: GroupBy::Each,
-            resolution: res,
-        };
+        let p = window_params(&s, Stat::Count, &filters, res, (from, to));
         let buckets = match run_buckets(st, tenant, &p).await {
             Ok((b, _, _)) => b,
             Err(ApiError::NotFound(_)) => continue,
