@@ -599,20 +599,20 @@ async fn max_series_is_an_execution_error() {
     }
 }
 
-/// An hour in a cold object and the next in the hot store, with one minute in both (rolled up,
-/// not trimmed yet): every minute counted once, through the same stitching as the native API.
-#[tokio::test]
-async fn hot_and_cold_minutes_are_each_counted_once() {
+use thermo_store::cold_format::ColdRow;
+
+/// A router with cold storage on: `rows` in the 1m object of `hour` (marked cold in the catalog),
+/// `hot` cells in the hot store; and the cold directory, to remove.
+async fn with_cold(
+    tag: &str,
+    hour: i64,
+    rows: Vec<ColdRow>,
+    hot_cells: &[(MetricKey, i64, HotCell)],
+) -> (Fixture, std::path::PathBuf) {
     use thermo_store::catalog::{object_key, Catalog};
     use thermo_store::cold::ColdStore;
-    use thermo_store::cold_format::{encode, ColdRow};
-    let hour = (now_s() / 3600 - 3) * 3600;
-    let a = key("http.requests", &[("host", "a")]);
-    let counter = |sum: f64, seq: u64| HotCell {
-        contributors: vec![(7, seq)],
-        agg: Aggregate::Counter(Counter { sum, samples: 1 }),
-    };
-    let dir = std::env::temp_dir().join(format!("thermo-prom-cold-{}", std::process::id()));
+    use thermo_store::cold_format::encode;
+    let dir = std::env::temp_dir().join(format!("thermo-prom-cold-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = LocalDirCold::new(&dir);
     let cfg = ReadConfig {
@@ -620,13 +620,6 @@ async fn hot_and_cold_minutes_are_each_counted_once() {
         cold_enabled: true,
         ..ReadConfig::default()
     };
-    let rows: Vec<ColdRow> = (0..3)
-        .map(|m| ColdRow {
-            series: a.clone(),
-            window_start: hour + 60 * m,
-            cell: counter((m + 1) as f64, m as u64),
-        })
-        .collect();
     let object = object_key(&cfg.cold_prefix, "default", Resolution::OneMinute, hour);
     store
         .put(&object, encode(Resolution::OneMinute, rows).unwrap())
@@ -638,15 +631,41 @@ async fn hot_and_cold_minutes_are_each_counted_once() {
         .mark_cold(Resolution::OneMinute, hour)
         .await
         .unwrap();
-    hot.insert(a.clone(), hour + 120, counter(3.0, 2)); // also in the object
-    hot.insert(a.clone(), hour + 3600, counter(10.0, 10));
-    hot.insert(a.clone(), hour + 3660, counter(20.0, 11));
+    for (k, at, cell) in hot_cells {
+        hot.insert(k.clone(), *at, cell.clone());
+    }
     let metrics = SelfMetrics::new("read_service", "queries");
     let cold = crate::cold_side(&cfg, catalog, store, &metrics);
     let f = Fixture {
         router: app(AppState::new(cfg, hot, Some(cold), metrics)),
         base: hour,
     };
+    (f, dir)
+}
+
+/// An hour in a cold object and the next in the hot store, with one minute in both (rolled up,
+/// not trimmed yet): every minute counted once, through the same stitching as the native API.
+#[tokio::test]
+async fn hot_and_cold_minutes_are_each_counted_once() {
+    let hour = (now_s() / 3600 - 3) * 3600;
+    let a = key("http.requests", &[("host", "a")]);
+    let counter = |sum: f64, seq: u64| HotCell {
+        contributors: vec![(7, seq)],
+        agg: Aggregate::Counter(Counter { sum, samples: 1 }),
+    };
+    let rows: Vec<ColdRow> = (0..3)
+        .map(|m| ColdRow {
+            series: a.clone(),
+            window_start: hour + 60 * m,
+            cell: counter((m + 1) as f64, m as u64),
+        })
+        .collect();
+    let hot = [
+        (a.clone(), hour + 120, counter(3.0, 2)), // also in the object
+        (a.clone(), hour + 3600, counter(10.0, 10)),
+        (a.clone(), hour + 3660, counter(20.0, 11)),
+    ];
+    let (f, dir) = with_cold("counters", hour, rows, &hot).await;
     let t = hour + 3720;
     assert_eq!(
         f.instant("increase(http_requests[2h])", t).await,
@@ -883,4 +902,108 @@ async fn histogram_functions_read_merged_hdr_states() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errorType"], "bad_data", "{body}");
+}
+
+/// Histogram functions across the hot/cold boundary and at every resolution a step reads: an
+/// hour's minutes in a cold object (one also still in Redis), the next hour's in Redis; counts
+/// exact and each minute once, the quantile within the HDR error of the raw values'.
+#[tokio::test]
+async fn histogram_quantiles_stitch_hot_and_cold_at_every_resolution() {
+    use thermo_core::aggregate::HIST_RELATIVE_ERROR;
+    let hour = (now_s() / 3600 - 3) * 3600;
+    let k = key("rt", &[("route", "/a")]);
+    // Minute m holds the values 1000*m + 1 ..= 1000*m + 10*(m+1) (10*(m+1) values).
+    let minute = |m: i64, seq: u64| {
+        let mut h = Hist::new();
+        for v in 1..=10 * (m + 1) {
+            h.record((1000 * m + v) as f64, 1);
+        }
+        HotCell {
+            contributors: vec![(9, seq)],
+            agg: Aggregate::Histogram(h),
+        }
+    };
+    let rows: Vec<ColdRow> = (0..3)
+        .map(|m| ColdRow {
+            series: k.clone(),
+            window_start: hour + 60 * m,
+            cell: minute(m, m as u64),
+        })
+        .collect();
+    let hot = [
+        (k.clone(), hour + 120, minute(2, 2)), // also in the object
+        (k.clone(), hour + 3600, minute(60, 60)),
+        (k.clone(), hour + 3660, minute(61, 61)),
+    ];
+    let (f, dir) = with_cold("histograms", hour, rows, &hot).await;
+    let values: Vec<f64> = [0i64, 1, 2, 60, 61]
+        .iter()
+        .flat_map(|&m| (1..=10 * (m + 1)).map(move |v| (1000 * m + v) as f64))
+        .collect();
+    let t = hour + 3720;
+    let one = |r: Vec<(Value, String)>| -> f64 {
+        assert_eq!(r.len(), 1, "{r:?}");
+        r[0].1.parse().unwrap()
+    };
+    // Every minute once: 10 + 20 + 30 (cold) + 610 + 620 (hot) values.
+    let count = one(f.instant("histogram_count(increase(rt[2h]))", t).await);
+    assert_eq!(count, values.len() as f64);
+    assert_eq!(count, 1290.0);
+    let sum = one(f.instant("histogram_sum(increase(rt[2h]))", t).await);
+    assert_eq!(sum, values.iter().sum::<f64>());
+    for q in [0.5, 0.9, 0.99] {
+        let got = one(f
+            .instant(
+                &format!("histogram_quantile({q}, sum(increase(rt[2h])))"),
+                t,
+            )
+            .await);
+        let rank = ((q * values.len() as f64).ceil() as usize).max(1) - 1;
+        let want = values[rank];
+        assert!(
+            (got - want).abs() <= want * HIST_RELATIVE_ERROR + 1.0,
+            "p{q}: {got} against {want}"
+        );
+    }
+    // The 5m and 1h windows a coarser step reads: the same minutes, merged into their windows.
+    let range = |step: &str, at: &[i64]| {
+        let (start, end) = (at[0].to_string(), at[at.len() - 1].to_string());
+        let step = step.to_string();
+        let f = &f;
+        async move {
+            let q = format!("histogram_count(increase(rt[{step}s]))");
+            let data = f
+                .data(
+                    "query_range",
+                    &[
+                        ("query", &q),
+                        ("start", &start),
+                        ("end", &end),
+                        ("step", &step),
+                    ],
+                )
+                .await;
+            data["result"][0]["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_i64().unwrap(), p[1].as_str().unwrap().to_string()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        range("300", &[hour + 300, hour + 3900]).await,
+        [
+            (hour + 300, "60".to_string()),
+            (hour + 3900, "1230".to_string())
+        ]
+    );
+    assert_eq!(
+        range("3600", &[hour + 3600, hour + 7200]).await,
+        [
+            (hour + 3600, "60".to_string()),
+            (hour + 7200, "1230".to_string())
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
