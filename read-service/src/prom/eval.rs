@@ -59,14 +59,6 @@ pub struct Eval<'a, H, K, C> {
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, PromError>> + Send + 'a>>;
 
-/// The samples of `samples` (in time order) stamped in `(end - range, end]`, found by binary
-/// search.
-pub(super) fn in_range<T>(samples: &[(i64, T)], end: f64, range: i64) -> &[(i64, T)] {
-    let lo = samples.partition_point(|(ts, _)| (*ts as f64) <= end - range as f64);
-    let hi = samples.partition_point(|(ts, _)| (*ts as f64) <= end);
-    &samples[lo..hi.max(lo)]
-}
-
 pub(super) fn unsupported(what: impl std::fmt::Display) -> PromError {
     PromError::bad_data(format!("unsupported: {what}"))
 }
@@ -136,6 +128,26 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
         (res, (from, to))
     }
 
+    /// `f` at each time `t` of the grid of the samples (in time order) stamped in
+    /// `(t - offset - range, t - offset]`, found by binary search.
+    pub(super) fn over_grid<T, U>(
+        &self,
+        samples: &[(i64, T)],
+        offset: i64,
+        range: i64,
+        f: impl Fn(&[(i64, T)]) -> Option<U>,
+    ) -> Vec<Option<U>> {
+        self.times
+            .iter()
+            .map(|&t| {
+                let end = t - offset as f64;
+                let lo = samples.partition_point(|(ts, _)| (*ts as f64) <= end - range as f64);
+                let hi = samples.partition_point(|(ts, _)| (*ts as f64) <= end);
+                f(&samples[lo..hi.max(lo)])
+            })
+            .collect()
+    }
+
     /// Stamps windows of `res` (by start, in time order) with their ends, and leaves out those
     /// that end after the last final minute; false if none is left.
     pub(super) fn to_ends<T>(&self, res: Resolution, windows: &mut Vec<(i64, T)>) -> bool {
@@ -194,17 +206,10 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
         let rows = series
             .into_iter()
             .map(|s| {
-                let values = self
-                    .times
-                    .iter()
-                    .map(|&t| {
-                        let inside: Vec<f64> = in_range(&s.samples, t - offset as f64, range)
-                            .iter()
-                            .map(|(_, v)| *v)
-                            .collect();
-                        (!inside.is_empty()).then(|| f(&inside, range as f64))
-                    })
-                    .collect();
+                let values = self.over_grid(&s.samples, offset, range, |inside| {
+                    let inside: Vec<f64> = inside.iter().map(|(_, v)| *v).collect();
+                    (!inside.is_empty()).then(|| f(&inside, range as f64))
+                });
                 let mut labels = s.labels;
                 if !keep_name {
                     labels.remove(NAME);

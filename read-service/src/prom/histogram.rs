@@ -11,7 +11,7 @@
 //! quantiles (within `thermo_core::aggregate::HIST_RELATIVE_ERROR`). A histogram-valued result
 //! itself (without one of these functions) is not answered yet (400).
 
-use super::eval::{in_range, matching_labels, unsupported, Eval, Labels, Row, Val};
+use super::eval::{matching_labels, unsupported, Eval, Labels, Row, Val};
 use super::select::{all_matchers, histograms, HistSeries, NAME};
 use super::{lookback_for, PromError};
 use promql_parser::parser::token::T_SUM;
@@ -204,25 +204,21 @@ impl<H: HotStore, K: Catalog, C: ColdStore> Eval<'_, H, K, C> {
         Ok(series
             .into_iter()
             .map(|s| {
-                let values = self
-                    .times
-                    .iter()
-                    .map(|&t| {
-                        let mut inside = in_range(&s.windows, t - offset as f64, range).iter();
-                        let (_, first) = inside.next()?;
-                        let mut v = HistValue {
-                            state: first.clone(),
+                let values = self.over_grid(&s.windows, offset, range, |inside| {
+                    let mut inside = inside.iter();
+                    let (_, first) = inside.next()?;
+                    let mut v = HistValue {
+                        state: first.clone(),
+                        scale,
+                    };
+                    for (_, state) in inside {
+                        v.merge(&HistValue {
+                            state: state.clone(),
                             scale,
-                        };
-                        for (_, state) in inside {
-                            v.merge(&HistValue {
-                                state: state.clone(),
-                                scale,
-                            });
-                        }
-                        Some(v)
-                    })
-                    .collect();
+                        });
+                    }
+                    Some(v)
+                });
                 let mut labels = s.labels;
                 labels.remove(NAME);
                 HistRow { labels, values }
