@@ -175,7 +175,7 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
     tenant: &str,
     p: &QueryParams,
 ) -> Result<QueryResult, ApiError> {
-    let (buckets, metric_type, served) = run_buckets(st, tenant, p).await?;
+    let (buckets, metric_type, served) = run_buckets(st, tenant, p, 0).await?;
     Ok(answer(
         p,
         buckets,
@@ -185,15 +185,18 @@ pub(crate) async fn run_query<H: HotStore, K: Catalog, C: ColdStore>(
 }
 
 /// Every matching series' step buckets of `p` (see [`read_buckets`]), with the catalog read
-/// first when cold storage is on.
+/// first when cold storage is on; `max_samples` bounds this read's samples plus `touched_before`
+/// (a PromQL query's earlier reads).
 pub(crate) async fn run_buckets<H: HotStore, K: Catalog, C: ColdStore>(
     st: &AppState<H, K, C>,
     tenant: &str,
     p: &QueryParams,
+    touched_before: u64,
 ) -> Result<(Buckets, MetricType, Served), ApiError> {
     let bounds = Bounds {
         max_series: st.cfg.max_series,
         max_samples: st.cfg.max_samples,
+        touched_before,
     };
     let Some(cold) = &st.cold else {
         return read_buckets::<H, C>(&st.hot, None, tenant, p, bounds).await;

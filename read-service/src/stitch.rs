@@ -199,6 +199,8 @@ pub fn rebucket(
 pub struct Buckets {
     step: i64,
     series: BTreeMap<MetricKey, BTreeMap<i64, Aggregate>>,
+    /// Windows merged in so far (the samples touched, `max_samples`).
+    touched: u64,
 }
 
 impl Buckets {
@@ -206,11 +208,13 @@ impl Buckets {
         Self {
             step,
             series: BTreeMap::new(),
+            touched: 0,
         }
     }
 
     /// Merges `series`' window starting at `window` into its step bucket.
     pub fn add(&mut self, series: &MetricKey, window: i64, agg: &Aggregate) {
+        self.touched += 1;
         let bucket = window_start(window, self.step);
         let res = match self.series.get_mut(series) {
             Some(m) => merge_into(m, bucket, agg),
@@ -227,6 +231,11 @@ impl Buckets {
 
     pub fn len(&self) -> usize {
         self.series.len()
+    }
+
+    /// The windows merged in: the samples this read touched.
+    pub fn touched(&self) -> u64 {
+        self.touched
     }
 
     pub fn is_empty(&self) -> bool {
@@ -260,8 +269,12 @@ pub struct Bounds {
     /// Most series one read may return (`where` is named when more match).
     pub max_series: usize,
     /// Most samples: Redis cells (bounded before they are read by the matched series times the
-    /// minutes of the range) plus cold rows merged (`from` is named when more are touched).
+    /// minutes of the range) plus cold rows merged (`from` is named when more are touched),
+    /// counted from `touched_before`.
     pub max_samples: u64,
+    /// Samples the query touched in earlier reads (a PromQL query's other selectors): the bound
+    /// is on the whole query.
+    pub touched_before: u64,
 }
 
 impl Bounds {
@@ -270,6 +283,7 @@ impl Bounds {
         Self {
             max_series,
             max_samples: u64::MAX,
+            touched_before: 0,
         }
     }
 }
@@ -302,6 +316,7 @@ impl<'a> Selector<'a> {
     }
 
     fn check_samples(&self, n: u64) -> Result<(), ApiError> {
+        let n = n.saturating_add(self.bounds.touched_before);
         if n > self.bounds.max_samples {
             return Err(ApiError::limit(
                 "from",
@@ -377,15 +392,12 @@ struct Stitch<'a> {
     hot: HotCells,
     buckets: Buckets,
     served: Served,
-    /// States merged into the buckets so far (the samples touched, `max_samples`).
-    touched: u64,
 }
 
 impl Stitch<'_> {
     fn add(&mut self, series: &MetricKey, window: i64, agg: &Aggregate, by: Served) {
         self.buckets.add(series, window, agg);
         self.served.add(by);
-        self.touched += 1;
     }
 
     fn add_object_rows(&mut self, rows: &[ColdRow], from: i64, to: i64) {
@@ -486,7 +498,6 @@ pub async fn read<H: HotStore, C: ColdStore>(
         hot: hot_cells,
         buckets: Buckets::new(step),
         served: Served::default(),
-        touched: 0,
     };
     // The parts' objects are fetched up to COLD_FETCHES at a time, and added in order.
     let mut objects = futures_util::stream::iter(parts.iter().map(part_object))
@@ -495,7 +506,7 @@ pub async fn read<H: HotStore, C: ColdStore>(
     for p in parts {
         let object = objects.next().await.transpose()?.flatten();
         s.part(p, object.as_deref().map(Vec::as_slice));
-        sel.check_samples(s.touched)?;
+        sel.check_samples(s.buckets.touched())?;
     }
     sel.check_count(s.buckets.len())?;
     Ok((s.buckets, s.served))

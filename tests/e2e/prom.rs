@@ -49,6 +49,10 @@ fn promtool_queries_standalone_exactly() {
         }
         lines.push(format!("mem:{}|g|#host:a|T{t}", 5 + m));
     }
+    // A timer lat of host a in the third minute: 1 to 10 ms, and 100 ms twice.
+    for v in (1..=10).chain([100, 100]) {
+        lines.push(format!("lat:{v}|ms|#host:a|T{}", base + 121));
+    }
     let n = lines.len() as f64;
     send_udp(udp, &[lines.join("\n")]);
     wait_received_lines(http, n);
@@ -86,6 +90,15 @@ fn promtool_queries_standalone_exactly() {
         instant("topk(1, max_over_time(mem[5m]))"),
         json!([{"metric": {"host": "a"}, "value": [t, "7"]}])
     );
+    // The timer's exact count and sum, and the share of its values up to 10 ms: 10 of 12.
+    assert_eq!(
+        instant("histogram_count(lat) + histogram_sum(lat) * 1000"),
+        json!([{"metric": {"host": "a"}, "value": [t, "255012"]}])
+    );
+    assert_eq!(
+        instant("histogram_fraction(0, 10, lat)"),
+        json!([{"metric": {"host": "a"}, "value": [t, format!("{}", 10.0 / 12.0)]}])
+    );
     let (start, end) = ((base + 60).to_string(), (base + 180).to_string());
     let bf = base;
     assert_eq!(
@@ -120,6 +133,6 @@ fn promtool_queries_standalone_exactly() {
     );
     assert_eq!(
         promtool(&bin, &["labels", "-o", "json", &server, "__name__"]),
-        json!(["http_requests", "mem"])
+        json!(["http_requests", "lat_count", "lat_sum", "mem"])
     );
 }

@@ -7,6 +7,7 @@
 //! at 10:05 is the exact sum of the minutes 10:00 to 10:04, nothing extrapolated, nothing reset
 //! (thermo stores per-window increments), and `rate` is that over the range's seconds.
 
+use super::histogram::HistRow;
 use super::select::{all_matchers, at, samples, Pick, Series, NAME};
 use super::{lookback_for, resolution_for, PromError};
 use crate::api::AppState;
@@ -54,6 +55,16 @@ pub struct Eval<'a, H, K, C> {
     pub step: f64,
     /// Windows that end after this are left out (`crate::finality`); `None`: none is.
     pub final_until: Option<i64>,
+    /// Samples the query's reads touched so far (bounded by `max_samples` as a whole).
+    pub touched: u64,
+    pub warnings: Vec<String>,
+}
+
+/// A query's result: its value (float series or a scalar), its histogram series, and the
+/// warnings of its evaluation.
+pub struct Evaluated {
+    pub value: Val,
+    pub histograms: Vec<HistRow>,
     pub warnings: Vec<String>,
 }
 
@@ -76,24 +87,31 @@ pub(super) fn offset_secs(vs: &VectorSelector) -> Result<i64, PromError> {
 
 impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
     /// Evaluates `e` at `times` (their step picks the windows read) on the windows that end by
-    /// `final_until` (all if `None`), with the warnings gathered.
+    /// `final_until` (all if `None`): its value, its histogram series (see
+    /// [`Self::histogram_result`]) and the warnings gathered.
     pub async fn run(
         st: &'a AppState<H, K, C>,
         tenant: &'a str,
         e: &Expr,
         (times, step): (Vec<f64>, f64),
         final_until: Option<i64>,
-    ) -> Result<(Val, Vec<String>), PromError> {
+    ) -> Result<Evaluated, PromError> {
         let mut ev = Self {
             st,
             tenant,
             times,
             step,
             final_until,
+            touched: 0,
             warnings: Vec::new(),
         };
         let value = ev.eval(e).await?;
-        Ok((value, ev.warnings))
+        let histograms = ev.histogram_result(e, &value).await?;
+        Ok(Evaluated {
+            value,
+            histograms,
+            warnings: ev.warnings,
+        })
     }
 
     /// Evaluates `e` over the grid.
@@ -169,8 +187,15 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
     ) -> Result<(Vec<Series>, i64), PromError> {
         let offset = offset_secs(vs)?;
         let (res, span) = self.span(offset, range);
-        let (mut series, warnings) =
-            samples(self.st, self.tenant, &all_matchers(vs), res, span, pick).await?;
+        let (mut series, warnings) = samples(
+            self.st,
+            self.tenant,
+            &all_matchers(vs),
+            (res, span),
+            pick,
+            &mut self.touched,
+        )
+        .await?;
         self.warnings.extend(warnings);
         series.retain_mut(|s| self.to_ends(res, &mut s.samples));
         Ok((series, offset))
@@ -347,9 +372,8 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
                     .collect();
                 Ok(Val::Vector(vec![Row { labels, values }]))
             }
-            "histogram_quantile" | "histogram_count" | "histogram_sum" | "histogram_avg" => {
-                self.histogram_fn(call).await
-            }
+            "histogram_quantile" | "histogram_fraction" | "histogram_count" | "histogram_sum"
+            | "histogram_avg" => self.histogram_fn(call).await,
             other => Err(unsupported(format!("the function {other}()"))),
         }
     }

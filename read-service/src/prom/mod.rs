@@ -255,19 +255,22 @@ fn kind(e: &Expr) -> &'static str {
     }
 }
 
-/// A sample `[time, "value"]`, the time a whole number of seconds when it is one (as Prometheus
-/// writes it).
+/// A sample `[time, "value"]`.
 fn sample_json(t: f64, v: f64) -> Value {
-    let t = if t.fract() == 0.0 && t.abs() < 9.0e15 {
+    json!([time_json(t), format_value(v)])
+}
+
+/// A time: a whole number of seconds when it is one (as Prometheus writes it).
+fn time_json(t: f64) -> Value {
+    if t.fract() == 0.0 && t.abs() < 9.0e15 {
         json!(t as i64)
     } else {
         json!(t)
-    };
-    json!([t, format_value(v)])
+    }
 }
 
 /// A value as Prometheus writes it.
-fn format_value(v: f64) -> String {
+pub(crate) fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {
@@ -319,20 +322,22 @@ async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
         let t = params.time("time")?.unwrap_or(now_s() as f64);
         let (until, only) = finality_of(&st, &params)?;
         // An instant query reads 1m windows, looking back LOOKBACK_SECS.
-        let (value, warnings) = Eval::run(&st, &tenant, &expr, (vec![t], 60.0), only).await?;
-        let data = match value {
+        let answer = Eval::run(&st, &tenant, &expr, (vec![t], 60.0), only).await?;
+        let data = match answer.value {
             Val::Scalar(v) => json!({"resultType": "scalar", "result": sample_json(t, v[0])}),
             Val::Vector(rows) => {
-                let result: Vec<Value> = rows
-                    .into_iter()
-                    .filter_map(|r| {
-                        r.values[0].map(|v| json!({"metric": r.labels, "value": sample_json(t, v)}))
-                    })
-                    .collect();
+                let floats = rows.into_iter().filter_map(|r| {
+                    r.values[0].map(|v| json!({"metric": r.labels, "value": sample_json(t, v)}))
+                });
+                let histograms = answer.histograms.into_iter().filter_map(|r| {
+                    let h = r.values[0].as_ref()?.native_json()?;
+                    Some(json!({"metric": r.labels, "histogram": [time_json(t), h]}))
+                });
+                let result: Vec<Value> = floats.chain(histograms).collect();
                 json!({"resultType": "vector", "result": result})
             }
         };
-        Ok(evaluated(data, warnings, until))
+        Ok(evaluated(data, answer.warnings, until))
     })
     .await
 }
@@ -369,28 +374,34 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
         let times: Vec<f64> = (0..points).map(|i| start + i as f64 * step).collect();
         let (until, only) = finality_of(&st, &params)?;
         let grid = (times.clone(), step);
-        let (value, warnings) = Eval::run(&st, &tenant, &expr, grid, only).await?;
-        let rows = match value {
+        let answer = Eval::run(&st, &tenant, &expr, grid, only).await?;
+        let rows = match answer.value {
             Val::Scalar(v) => vec![eval::Row {
                 labels: BTreeMap::new(),
                 values: v.into_iter().map(Some).collect(),
             }],
             Val::Vector(rows) => rows,
         };
-        let result: Vec<Value> = rows
-            .into_iter()
-            .filter_map(|r| {
-                let values: Vec<Value> = times
-                    .iter()
-                    .zip(&r.values)
-                    .filter_map(|(&t, v)| v.map(|v| sample_json(t, v)))
-                    .collect();
-                (!values.is_empty()).then(|| json!({"metric": r.labels, "values": values}))
-            })
-            .collect();
+        let floats = rows.into_iter().filter_map(|r| {
+            let values: Vec<Value> = times
+                .iter()
+                .zip(&r.values)
+                .filter_map(|(&t, v)| v.map(|v| sample_json(t, v)))
+                .collect();
+            (!values.is_empty()).then(|| json!({"metric": r.labels, "values": values}))
+        });
+        let histograms = answer.histograms.into_iter().filter_map(|r| {
+            let values: Vec<Value> = times
+                .iter()
+                .zip(&r.values)
+                .filter_map(|(&t, v)| Some(json!([time_json(t), v.as_ref()?.native_json()?])))
+                .collect();
+            (!values.is_empty()).then(|| json!({"metric": r.labels, "histograms": values}))
+        });
+        let result: Vec<Value> = floats.chain(histograms).collect();
         Ok(evaluated(
             json!({"resultType": "matrix", "result": result}),
-            warnings,
+            answer.warnings,
             until,
         ))
     })

@@ -6,9 +6,9 @@
 //! window) and `<name>_sum` (their sum). One sample per stored window, stamped with the window's
 //! start: a counter's sum, a gauge's last value, a set's distinct count.
 
-use crate::api::{run_buckets, run_query, AppState};
+use crate::api::{run_buckets, AppState};
 use crate::error::ApiError;
-use crate::query::{GroupBy, QueryParams};
+use crate::query::{answer, GroupBy, QueryParams};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::VectorSelector;
 use std::collections::BTreeMap;
@@ -143,25 +143,27 @@ pub struct Series {
 }
 
 /// The samples (`pick` of each window) of every series matching `matchers` in windows
-/// `[from, to)` of `res`.
+/// `[from, to)` of `res`, adding the samples read to `touched` (the query's so far, bounded by
+/// `max_samples`).
 pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
     st: &AppState<H, K, C>,
     tenant: &str,
     matchers: &[Matcher],
-    res: Resolution,
-    (from, to): (i64, i64),
+    (res, (from, to)): (Resolution, (i64, i64)),
     pick: Pick,
+    touched: &mut u64,
 ) -> Result<(Vec<Series>, Vec<String>), ApiError> {
     let (hits, filters, warnings) = selected(st, tenant, matchers, sources).await?;
     let mut out = Vec::new();
     for s in hits {
         let p = window_params(&s, pick.stat(&s), &filters, res, (from, to));
-        let answer = match run_query(st, tenant, &p).await {
-            Ok(a) => a,
+        let (buckets, metric_type, _) = match run_buckets(st, tenant, &p, *touched).await {
+            Ok(read) => read,
             Err(ApiError::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        for series in answer.series {
+        *touched += buckets.touched();
+        for series in answer(&p, buckets, metric_type, None).series {
             let mut labels = series.tags;
             labels.insert(NAME.to_string(), s.prom.clone());
             if labels_match(&labels, matchers) && !series.points.is_empty() {
@@ -261,23 +263,24 @@ pub struct HistSeries {
 }
 
 /// The HDR states of every window `[from, to)` of `res` of every histogram series matching
-/// `matchers`.
+/// `matchers`, adding the samples read to `touched` (as [`samples`]).
 pub async fn histograms<H: HotStore, K: Catalog, C: ColdStore>(
     st: &AppState<H, K, C>,
     tenant: &str,
     matchers: &[Matcher],
-    res: Resolution,
-    (from, to): (i64, i64),
+    (res, (from, to)): (Resolution, (i64, i64)),
+    touched: &mut u64,
 ) -> Result<(Vec<HistSeries>, Vec<String>), ApiError> {
     let (hits, filters, warnings) = selected(st, tenant, matchers, histogram_sources).await?;
     let mut out = Vec::new();
     for s in hits {
         let p = window_params(&s, Stat::Count, &filters, res, (from, to));
-        let buckets = match run_buckets(st, tenant, &p).await {
+        let buckets = match run_buckets(st, tenant, &p, *touched).await {
             Ok((b, _, _)) => b,
             Err(ApiError::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
+        *touched += buckets.touched();
         for (key, windows) in buckets.into_series() {
             let mut labels: BTreeMap<String, String> = key.tags().iter().cloned().collect();
             labels.insert(NAME.to_string(), s.prom.clone());

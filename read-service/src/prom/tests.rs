@@ -410,6 +410,12 @@ async fn range_queries_and_scalars() {
         scalar,
         json!({"resultType": "scalar", "result": [b + 60, "42"]})
     );
+    // Grafana's "Save & test" asks for a constant expression.
+    let two = f.data("query", &[("query", "1+1"), ("time", &start)]).await;
+    assert_eq!(
+        two,
+        json!({"resultType": "scalar", "result": [b + 60, "2"]})
+    );
 }
 
 #[tokio::test]
@@ -426,8 +432,12 @@ async fn errors_have_prometheus_shapes() {
                 "as a histogram",
             ),
             (
-                vec![("query", "histogram_fraction(0, 1, lat)")],
-                "the function histogram_fraction()",
+                vec![("query", "histogram_fraction(0, lat, lat)")],
+                "expected type scalar",
+            ),
+            (
+                vec![("query", "histogram_stddev(lat)")],
+                "the function histogram_stddev()",
             ),
             (vec![("query", "http_requests and mem")], "the operator and"),
             (vec![("query", "http_requests[5m]")], "range vector"),
@@ -891,8 +901,35 @@ async fn histogram_functions_read_merged_hdr_states() {
             .1,
         "+Inf"
     );
-    // The name alone is not a float series, and other aggregations of histograms are refused.
-    assert!(f.instant("rt", t).await.is_empty());
+    // The fraction of the observations in [lower, upper] (bounds between values, further from
+    // each than the HDR's resolution): 450 of minutes 1 to 5's 500 values (101..=600) are below
+    // 550.5; 50 of the latest minute's 100 (501..=600).
+    let fraction = one(f
+        .instant(
+            "histogram_fraction(0, 550.5, increase(rt{route=\"/a\"}[5m]))",
+            t,
+        )
+        .await);
+    assert_eq!(fraction, 0.9);
+    let fraction = f
+        .instant("histogram_fraction(-Inf, 550.5, sum by (route) (rt))", t)
+        .await;
+    assert_eq!(fraction[0], (labels(&[("route", "/a")]), "0.5".to_string()));
+    assert_eq!(fraction[1], (labels(&[("route", "/b")]), "0".to_string()));
+    // The name alone is not a float series (its histograms: `native_histograms_*`), and other
+    // aggregations of histograms are refused.
+    let (_, body) = f
+        .call(
+            Carried::Get,
+            "query",
+            &[("query", "rt"), ("time", &t.to_string())],
+        )
+        .await;
+    assert!(body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s.get("value").is_none()));
     let (status, body) = f
         .call(
             Carried::Get,
@@ -1006,4 +1043,183 @@ async fn histogram_quantiles_stitch_hot_and_cold_at_every_resolution() {
         ]
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A native histogram bucket: boundary rule, lower, upper, count.
+type Bucket = (u8, f64, f64, f64);
+
+/// One histogram of a Prometheus JSON answer, read the way Grafana's Prometheus data source reads
+/// it (`[time, {count, sum, buckets: [[rule, "lower", "upper", "count"], ...]}]`): the time, count,
+/// sum and buckets.
+fn native(v: &Value) -> (i64, f64, f64, Vec<Bucket>) {
+    let num = |v: &Value| -> f64 { v.as_str().unwrap().parse().unwrap() };
+    let pair = v.as_array().unwrap();
+    assert_eq!(pair.len(), 2, "{v}");
+    let h = pair[1].as_object().unwrap();
+    assert_eq!(h.len(), 3, "count, sum and buckets only: {v}");
+    let buckets = h["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let b = b.as_array().unwrap();
+            assert_eq!(b.len(), 4, "{v}");
+            let rule = u8::try_from(b[0].as_u64().unwrap()).unwrap();
+            (rule, num(&b[1]), num(&b[2]), num(&b[3]))
+        })
+        .collect();
+    (
+        pair[0].as_i64().unwrap(),
+        num(&h["count"]),
+        num(&h["sum"]),
+        buckets,
+    )
+}
+
+/// Histogram-valued results answer as Prometheus's native histograms: exact count and sum, the
+/// HDR state's counts in the exponential buckets of schema 3 that hold the values, in a vector
+/// (`histogram`) and a matrix (`histograms`, rate scaled); floats and histograms side by side.
+#[tokio::test]
+async fn native_histograms_answer_like_prometheus() {
+    // rt{route="/a"}: minute m holds 100 values m*100+1 ..= m*100+100, minutes 0 to 2; and one
+    // value 0 in minute 2.
+    let f = Fixture::with(
+        ReadConfig {
+            hot_retention_hours: 48,
+            ..ReadConfig::default()
+        },
+        |hot, base| {
+            for m in 0..3u64 {
+                let mut a = Hist::new();
+                for v in 1..=100 {
+                    a.record((m * 100 + v) as f64, 1);
+                }
+                if m == 2 {
+                    a.record(0.0, 1);
+                }
+                hot.insert(
+                    key("rt", &[("route", "/a")]),
+                    base + 60 * m as i64,
+                    cell(Aggregate::Histogram(a)),
+                );
+            }
+        },
+    );
+    let bound = |i: i32| (f64::from(i) / 8.0).exp2();
+    // Minute 2 (201..=300 and 0) at its end: (2^(61/8), 2^(62/8)] = (197.4, 215.3] holds 201..=215,
+    // then 216..=234, 235..=256 (256 = 2^(64/8) is a bound, in the bucket it closes), 257..=279,
+    // 280..=300 (up to 2^(66/8) = 304.4); 0 in the zero bucket.
+    let t = f.base + 180;
+    let data = f
+        .data("query", &[("query", "rt"), ("time", &t.to_string())])
+        .await;
+    assert_eq!(data["resultType"], "vector");
+    let result = data["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{data}");
+    assert_eq!(
+        result[0]["metric"],
+        labels(&[("__name__", "rt"), ("route", "/a")])
+    );
+    let (at, count, sum, buckets) = native(&result[0]["histogram"]);
+    assert_eq!((at, count, sum), (t, 101.0, 25_050.0));
+    let mut want = vec![(3, -0.0005, 0.0005, 1.0)];
+    for (i, n) in [(62, 15.0), (63, 19.0), (64, 22.0), (65, 23.0), (66, 21.0)] {
+        want.push((0, bound(i - 1), bound(i), n));
+    }
+    assert_eq!(buckets, want);
+    // A range of rate: counts and sums per second of the two minutes in each (t - 2m, t].
+    let (start, end) = ((f.base + 120).to_string(), (f.base + 180).to_string());
+    let data = f
+        .data(
+            "query_range",
+            &[
+                ("query", "sum by (route) (rate(rt[2m]))"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(data["resultType"], "matrix");
+    let series = &data["result"][0];
+    assert_eq!(series["metric"], labels(&[("route", "/a")]));
+    assert!(series.get("values").is_none(), "{series}");
+    let points: Vec<_> = series["histograms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(native)
+        .collect();
+    assert_eq!(points.len(), 2);
+    for ((at, count, sum, buckets), (want_at, n, s)) in points.iter().zip([
+        (f.base + 120, 200.0, 20_100.0),
+        (f.base + 180, 201.0, 40_100.0),
+    ]) {
+        assert_eq!(*at, want_at);
+        assert!((count - n / 120.0).abs() < 1e-12, "{count}");
+        assert!((sum - s / 120.0).abs() < 1e-9, "{sum}");
+        let total: f64 = buckets.iter().map(|b| b.3).sum();
+        assert!((total - count).abs() < 1e-9, "{total} against {count}");
+        assert!(buckets.windows(2).all(|w| w[0].2 <= w[1].1), "{buckets:?}");
+    }
+    // Floats and histograms in one answer: each series as what it is.
+    let data = f
+        .data(
+            "query",
+            &[
+                ("query", "{__name__=~\"rt|mem\"}"),
+                ("time", &t.to_string()),
+            ],
+        )
+        .await;
+    let kinds: Vec<(&str, bool)> = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["__name__"].as_str().unwrap(),
+                s.get("histogram").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("mem", false), ("rt", true)]);
+}
+
+/// `max_samples` bounds a whole query: each selector alone is within it, both are not.
+#[tokio::test]
+async fn max_samples_bounds_the_samples_of_every_selector_together() {
+    // Each selector's read is bounded before it reads by its series times its span's minutes (an
+    // instant query's 5-minute lookback: 7), and then counts the windows it read (3).
+    let f = Fixture::with(
+        ReadConfig {
+            hot_retention_hours: 48,
+            max_samples: 9,
+            ..ReadConfig::default()
+        },
+        |_, _| (),
+    );
+    let t = (f.base + 180).to_string();
+    let both = "sum(http_requests{host=\"a\"}) + sum(http_requests{host=\"b\"})";
+    for form in FORMS {
+        for one in [
+            "sum(http_requests{host=\"a\"})",
+            "sum(http_requests{host=\"b\"})",
+        ] {
+            let (status, body) = f.call(form, "query", &[("query", one), ("time", &t)]).await;
+            assert_eq!(status, StatusCode::OK, "{one}: {body}");
+        }
+        let (status, body) = f
+            .call(form, "query", &[("query", both), ("time", &t)])
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errorType"], "execution", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("10 samples or more"),
+            "{body}"
+        );
+    }
 }
