@@ -55,9 +55,11 @@ struct Opts {
     demo: bool,
     /// Tags added to every series (`--tag host=web-1`, repeatable).
     tags: Vec<(String, String)>,
+    /// API keys with tenants and scopes (`thermo_runtime::auth`); none: authentication off.
+    api_key_file: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--tag k=v]... [--demo]";
+const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--tag k=v]... [--api-key-file PATH] [--demo]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
     let mut o = Opts {
@@ -68,6 +70,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
         http: "127.0.0.1:8129".into(),
         demo: false,
         tags: Vec::new(),
+        api_key_file: None,
     };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -78,6 +81,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
             "--uds" => o.uds = value("--uds")?,
             "--http" => o.http = value("--http")?,
             "--demo" => o.demo = true,
+            "--api-key-file" => o.api_key_file = Some(value("--api-key-file")?.into()),
             "--tag" => {
                 let t = value("--tag")?;
                 let (k, v) = t.split_once('=').context("--tag: expected key=value")?;
@@ -103,12 +107,23 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     let hot = Arc::new(MemHot::open(data.join("hot.log"), 256 << 20)?);
 
     // Partitioner: the ingest API, producing into the embedded log.
+    // With API keys, the embedded agent writes as tenant `default` with a key of its own, made
+    // up here and known to nothing else.
+    let agent_key = o.api_key_file.as_ref().map(|_| made_up_key());
     let pmetrics = SelfMetrics::new("partitioner", "series-minutes");
-    let ingest = thermo_partitioner::ingest::router(thermo_partitioner::ingest::AppState::new(
-        PartitionerConfig::default(),
+    let pstate = thermo_partitioner::ingest::AppState::new(
+        PartitionerConfig {
+            api_keys: agent_key
+                .iter()
+                .map(|k| (k.clone(), "default".to_string()))
+                .collect(),
+            ..PartitionerConfig::default()
+        },
         Arc::new(log.clone()),
         pmetrics.clone(),
-    ));
+    );
+    let mut rings = vec![pstate.keys().clone()];
+    let ingest = thermo_partitioner::ingest::router(pstate);
 
     // Aggregator: the same apply loop, from the embedded log into the embedded hot store, and the
     // same compactor, from the embedded catalog into the cold directory.
@@ -152,12 +167,17 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         LocalDirCold::new(&cold_dir),
         &rmetrics,
     );
-    let read = thermo_read_service::api::router(thermo_read_service::api::AppState::new(
-        rcfg,
-        hot.clone(),
-        Some(cold),
-        rmetrics.clone(),
-    ));
+    let rstate =
+        thermo_read_service::api::AppState::new(rcfg, hot.clone(), Some(cold), rmetrics.clone());
+    rings.push(rstate.keys().clone());
+    let read = thermo_read_service::api::router(rstate);
+    let mut keys_read = 0;
+    if let Some(file) = &o.api_key_file {
+        for ring in &rings {
+            keys_read = ring.use_file(file)?;
+        }
+        thermo_runtime::auth::reload_on_sighup(rings);
+    }
 
     // Agent: StatsD in, batches out to the ingest API on this same port.
     let agent = thermo_agent::start(&AgentConfig {
@@ -167,6 +187,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         http_addr: o.http.clone(),
         partitioner_url: format!("http://{}", o.http),
         agent_id: "standalone".into(),
+        api_key: agent_key.unwrap_or_default(),
         global_tags: o.tags.iter().cloned().collect(),
         ..AgentConfig::default()
     })
@@ -209,6 +230,12 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         o.http
     );
     println!("  dashboard:   http://{}/", o.http);
+    if let Some(file) = &o.api_key_file {
+        println!(
+            "  API keys:    {} ({keys_read} keys; read again on SIGHUP; StatsD writes as tenant default)",
+            file.display()
+        );
+    }
     println!(
         "  send one:    echo \"hits:1|c|#route:/home\" | nc -u -w1 {} {}",
         host(&o.udp),
@@ -311,4 +338,15 @@ fn demo(udp: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A key nobody can guess: 128 bits from the OS's randomness (std's hash seeds).
+fn made_up_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    format!("standalone-agent-{:016x}{:016x}", half(), half())
 }

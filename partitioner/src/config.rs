@@ -15,6 +15,9 @@ pub struct PartitionerConfig {
     pub topic: String,
     /// API key → tenant. Empty: no authentication, everything goes to tenant `default`.
     pub api_keys: BTreeMap<String, String>,
+    /// A file of API keys with their tenant and scope (`thermo_runtime::auth`), read at start and
+    /// on SIGHUP, besides `api_keys`. Empty: none.
+    pub api_key_file: String,
     /// Largest request body accepted, compressed as sent (413 above).
     pub max_body_bytes: usize,
     /// Largest body after gzip decompression (413 above).
@@ -80,6 +83,7 @@ impl Default for PartitionerConfig {
             kafka_brokers: "127.0.0.1:9092".into(),
             topic: "thermo-minutes".into(),
             api_keys: BTreeMap::new(),
+            api_key_file: String::new(),
             max_body_bytes: 8 << 20,
             max_decoded_bytes: 64 << 20,
             max_series_per_batch: 100_000,

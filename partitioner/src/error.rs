@@ -16,6 +16,9 @@ pub enum IngestError {
     Invalid { field: String, problem: String },
     #[error("missing or unknown API key")]
     Unauthorized,
+    /// A key without the `write` scope: 403, the sender does not retry.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("unsupported content type {0:?}; use application/x-thermo-batch or application/json")]
@@ -48,6 +51,15 @@ pub enum IngestError {
     Startup(String),
 }
 
+impl From<thermo_runtime::auth::AuthError> for IngestError {
+    fn from(e: thermo_runtime::auth::AuthError) -> Self {
+        match e {
+            thermo_runtime::auth::AuthError::Unauthenticated => Self::Unauthorized,
+            forbidden => Self::Forbidden(forbidden.to_string()),
+        }
+    }
+}
+
 impl IngestError {
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self::Invalid {
@@ -60,6 +72,7 @@ impl IngestError {
         match self {
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } | Self::SeriesLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -74,6 +87,7 @@ impl IngestError {
         match self {
             Self::Invalid { .. } => "invalid",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMedia(_) => "unsupported_media",
             Self::RateLimited { .. } => "rate_limited",

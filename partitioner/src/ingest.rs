@@ -28,6 +28,7 @@ use thermo_core::aggregate::Aggregate;
 use thermo_core::codec::{Batch, Item, Record};
 use thermo_core::json::JsonBatch;
 use thermo_core::key::MetricKey;
+use thermo_runtime::auth::{KeyRing, Scope};
 use thermo_runtime::rate::{RateLimits, Verdict};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::log::LogProducer;
@@ -49,6 +50,7 @@ pub struct AppState<P> {
     limits: RateLimits,
     admission: Admission,
     series: Option<SeriesGate>,
+    keys: KeyRing,
 }
 
 impl<P: LogProducer> AppState<P> {
@@ -95,6 +97,7 @@ impl<P: LogProducer> AppState<P> {
             ),
         );
         Arc::new(Self {
+            keys: KeyRing::new(&cfg.api_keys),
             cfg,
             producer,
             metrics,
@@ -103,6 +106,11 @@ impl<P: LogProducer> AppState<P> {
             admission,
             series,
         })
+    }
+
+    /// The API keys checked (to read a key file into: [`KeyRing::use_file`]).
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
     }
 }
 
@@ -149,14 +157,10 @@ async fn ingest<P: LogProducer>(
     result.map(|n| Json(serde_json::json!({ "accepted": n })))
 }
 
-fn tenant_of(cfg: &PartitionerConfig, headers: &HeaderMap) -> Result<String, IngestError> {
-    thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(IngestError::Unauthorized)
-}
-
 /// Admits the request (before its body is read): its tenant, and a ticket for the bytes of its
 /// body as sent (`Content-Length`, or `max_body_bytes` without one).
 fn admit<P>(st: &AppState<P>, headers: &HeaderMap) -> Result<(String, Ticket), IngestError> {
-    let tenant = tenant_of(&st.cfg, headers)?;
+    let tenant = st.keys.authorize(headers, Scope::Write)?;
     let limit = st.cfg.max_body_bytes as u64;
     let length = headers
         .get(header::CONTENT_LENGTH)

@@ -77,6 +77,14 @@ pub async fn run(
         ingest::system_clock(),
         registry,
     );
+    if !cfg.api_key_file.is_empty() {
+        let n = state
+            .keys()
+            .use_file(std::path::Path::new(&cfg.api_key_file))
+            .map_err(|e| IngestError::Startup(e.to_string()))?;
+        tracing::info!(keys = n, file = %cfg.api_key_file, "API keys read (again on SIGHUP)");
+        thermo_runtime::auth::reload_on_sighup(vec![state.keys().clone()]);
+    }
     let app = ingest::router(state).merge(telemetry::router(metrics, ready));
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await

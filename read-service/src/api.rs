@@ -28,6 +28,7 @@ use std::time::Duration;
 use thermo_core::aggregate::MetricType;
 use thermo_core::window::minute_start;
 use thermo_core::window::now_s;
+use thermo_runtime::auth::{KeyRing, Scope};
 use thermo_runtime::rate::{Clock, RateLimits};
 use thermo_runtime::telemetry::SelfMetrics;
 use thermo_store::catalog::Catalog;
@@ -46,6 +47,7 @@ pub struct AppState<H, K, C> {
     cold: Option<ColdSide<K, C>>,
     pub(crate) metrics: SelfMetrics,
     pub(crate) limits: QueryLimits,
+    keys: KeyRing,
 }
 
 impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
@@ -94,12 +96,25 @@ impl<H: HotStore, K: Catalog, C: ColdStore> AppState<H, K, C> {
             ),
         );
         Arc::new(Self {
+            keys: KeyRing::new(&cfg.api_keys),
             cfg,
             hot,
             cold,
             metrics,
             limits,
         })
+    }
+}
+
+impl<H, K, C> AppState<H, K, C> {
+    /// The API keys checked (to read a key file into: [`KeyRing::use_file`]).
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The tenant of a request, which every route here needs the `read` scope for.
+    pub(crate) fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        Ok(self.keys.authorize(headers, Scope::Read)?)
     }
 }
 
@@ -135,10 +150,6 @@ pub fn router<H: HotStore, K: Catalog, C: ColdStore>(state: Arc<AppState<H, K, C
         .merge(crate::dashboard::router())
 }
 
-pub(crate) fn tenant(cfg: &ReadConfig, headers: &HeaderMap) -> Result<String, ApiError> {
-    thermo_runtime::auth::tenant(&cfg.api_keys, headers).ok_or(ApiError::Unauthorized)
-}
-
 #[derive(Serialize)]
 struct MetricInfo {
     name: String,
@@ -151,7 +162,7 @@ async fn list_metrics<H: HotStore, K: Catalog, C: ColdStore>(
     State(st): State<Arc<AppState<H, K, C>>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant = tenant(&st.cfg, &headers)?;
+    let tenant = st.tenant(&headers)?;
     let since = minute_start(now_s() - st.cfg.hot_retention_hours * 3600);
     let mut out = Vec::new();
     for (name, t) in st.hot.metrics(&tenant).await? {
@@ -227,7 +238,7 @@ async fn query<H: HotStore, K: Catalog, C: ColdStore>(
     let now = now_s();
     let final_until = finality::final_until(now, st.cfg.final_delay_secs);
     let result = async {
-        let tenant = tenant(&st.cfg, &headers)?;
+        let tenant = st.tenant(&headers)?;
         let mut p = parse_params(&raw, now, st.cfg.max_points)?;
         let final_only = finality::final_only(raw.get("final_only").map(String::as_str), false)
             .map_err(|e| ApiError::param("final_only", e))?;

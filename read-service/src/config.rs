@@ -14,6 +14,9 @@ pub struct ReadConfig {
     pub hot_retention_hours: i64,
     /// API key → tenant. Empty: no authentication, every query reads tenant `default`.
     pub api_keys: BTreeMap<String, String>,
+    /// A file of API keys with their tenant and scope (`thermo_runtime::auth`), read at start and
+    /// on SIGHUP, besides `api_keys`. Empty: none.
+    pub api_key_file: String,
     /// Most points (buckets) one series of an answer may have (400 above).
     pub max_points: i64,
     /// Most series one query may read (400 above).
@@ -62,6 +65,7 @@ impl Default for ReadConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             hot_retention_hours: 48,
             api_keys: BTreeMap::new(),
+            api_key_file: String::new(),
             max_points: 11_000,
             max_series: 10_000,
             query_timeout_ms: 30_000,

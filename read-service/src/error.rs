@@ -40,6 +40,15 @@ pub enum ApiError {
     Startup(String),
 }
 
+impl From<thermo_runtime::auth::AuthError> for ApiError {
+    fn from(e: thermo_runtime::auth::AuthError) -> Self {
+        match e {
+            thermo_runtime::auth::AuthError::Unauthenticated => Self::Unauthorized,
+            forbidden => Self::Forbidden(forbidden.to_string()),
+        }
+    }
+}
+
 impl ApiError {
     pub fn param(param: impl Into<String>, problem: impl Into<String>) -> Self {
         Self::BadParam {

@@ -77,6 +77,14 @@ async fn serve<C: ColdStore>(
         .await
         .map_err(|e| ApiError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;
     let state = api::AppState::new(cfg.clone(), hot, cold, metrics.clone());
+    if !cfg.api_key_file.is_empty() {
+        let n = state
+            .keys()
+            .use_file(std::path::Path::new(&cfg.api_key_file))
+            .map_err(|e| ApiError::Startup(e.to_string()))?;
+        tracing::info!(keys = n, file = %cfg.api_key_file, "API keys read (again on SIGHUP)");
+        thermo_runtime::auth::reload_on_sighup(vec![state.keys().clone()]);
+    }
     let app = api::router(state).merge(telemetry::router(metrics, ready));
     tracing::info!(addr = %cfg.http_addr, redis = %cfg.redis_url, cold = cfg.cold_enabled, "read service listening");
     axum::serve(listener, app)

@@ -11,7 +11,7 @@
 //! The bound on the samples one query touches (`max_samples`) is checked where they are read
 //! ([`crate::stitch::Selector`]).
 
-use crate::api::{tenant, AppState};
+use crate::api::AppState;
 use crate::error::ApiError;
 use crate::prom::PromError;
 use axum::extract::{Request, State};
@@ -153,7 +153,7 @@ where
     K: Send + Sync + 'static,
     C: Send + Sync + 'static,
 {
-    let Ok(tenant) = tenant(&st.cfg, req.headers()) else {
+    let Ok(tenant) = st.tenant(req.headers()) else {
         return next.run(req).await;
     };
     match st.limits.enter(&tenant).await {

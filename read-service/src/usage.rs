@@ -4,7 +4,7 @@
 //!
 //! A key reads only its own tenant's usage (403 for another's); without keys, only `default`'s.
 
-use crate::api::{tenant, AppState};
+use crate::api::AppState;
 use crate::error::ApiError;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -41,7 +41,7 @@ pub async fn usage<H: HotStore, K, C>(
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let own = tenant(&st.cfg, &headers)?;
+    let own = st.tenant(&headers)?;
     if own != asked {
         return Err(ApiError::Forbidden(format!(
             "this key reads tenant {own:?}, not {asked:?}"

@@ -196,15 +196,22 @@ fn post_lines(stack: &Stack, agent: usize, lines: &[String]) {
     }
 }
 
-/// Tenants `flood` and `calm` each may send 200 series-minutes a second. `flood` sends ten times
+/// Tenants `flood` and `calm` (their keys in one key file, read by partitioner and read service)
+/// each may send 200 series-minutes a second. `flood` sends ten times
 /// that at once through its agent: its batches get 429 with `Retry-After`, the agent waits and
 /// sends them again, and everything it had sent reads back exactly, once. `calm` sends within its
 /// rate through another agent at the same time: every batch accepted at the first try.
 #[test]
 fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
+    // One key file for partitioner and read service.
+    let keys = TempDir::new("rate-keys");
+    let key_file = keys.path().join("keys");
+    std::fs::write(&key_file, "k-flood flood read,write\nk-calm calm read,write\n")
+        .expect("write key file");
+    let key_file = format!("api_key_file = {:?}\n", key_file.display().to_string());
     let extra = Extra {
-        partitioner: "rate_limit_per_sec = 200\nrate_limit_burst_secs = 1\n[api_keys]\nk-flood = \"flood\"\nk-calm = \"calm\"\n".into(),
-        read: "[api_keys]\nk-flood = \"flood\"\nk-calm = \"calm\"\n".into(),
+        partitioner: format!("rate_limit_per_sec = 200\nrate_limit_burst_secs = 1\n{key_file}"),
+        read: key_file,
         agents: vec![
             // A batch must fit the tenant's bucket (else 413).
             "api_key = \"k-flood\"\nbatch_max_items = 200\n".into(),

@@ -8,6 +8,7 @@
 mod support;
 
 mod agent_spool;
+mod auth;
 mod browser;
 mod cold;
 mod cold_store;

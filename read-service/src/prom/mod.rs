@@ -15,7 +15,7 @@ pub mod eval;
 pub mod histogram;
 pub mod select;
 
-use crate::api::{tenant, AppState};
+use crate::api::AppState;
 use crate::error::ApiError;
 use crate::finality;
 use axum::body::Bytes;
@@ -316,7 +316,7 @@ async fn instant<H: HotStore, K: Catalog, C: ColdStore>(
     body: Bytes,
 ) -> Result<Response, PromError> {
     timed(&st, async {
-        let tenant = tenant(&st.cfg, &headers)?;
+        let tenant = st.tenant(&headers)?;
         let params = Params::new(query, &headers, &body)?;
         let expr = parse_query(&params)?;
         let t = params.time("time")?.unwrap_or(now_s() as f64);
@@ -349,7 +349,7 @@ async fn range<H: HotStore, K: Catalog, C: ColdStore>(
     body: Bytes,
 ) -> Result<Response, PromError> {
     timed(&st, async {
-        let tenant = tenant(&st.cfg, &headers)?;
+        let tenant = st.tenant(&headers)?;
         let params = Params::new(query, &headers, &body)?;
         let expr = parse_query(&params)?;
         let start = params
@@ -459,7 +459,7 @@ async fn matched_series<H: HotStore, K: Catalog, C: ColdStore>(
     params: &Params,
     required: bool,
 ) -> Result<Vec<BTreeMap<String, String>>, PromError> {
-    let tenant = tenant(&st.cfg, headers)?;
+    let tenant = st.tenant(headers)?;
     let sel = selectors(params)?;
     if required && sel.is_empty() {
         return Err(PromError::bad_data("no match[] parameter provided"));
@@ -514,7 +514,7 @@ async fn metadata<H: HotStore, K: Catalog, C: ColdStore>(
     body: Bytes,
 ) -> Result<Response, PromError> {
     let params = Params::new(query, &headers, &body)?;
-    let tenant = tenant(&st.cfg, &headers)?;
+    let tenant = st.tenant(&headers)?;
     let metrics = st.hot.metrics(&tenant).await.map_err(ApiError::from)?;
     let wanted = params.get("metric").filter(|m| !m.is_empty());
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
