@@ -206,8 +206,11 @@ fn a_tenant_over_its_rate_is_slowed_and_the_other_is_not() {
     // One key file for partitioner and read service.
     let keys = TempDir::new("rate-keys");
     let key_file = keys.path().join("keys");
-    std::fs::write(&key_file, "k-flood flood read,write\nk-calm calm read,write\n")
-        .expect("write key file");
+    std::fs::write(
+        &key_file,
+        "k-flood flood read,write\nk-calm calm read,write\n",
+    )
+    .expect("write key file");
     let key_file = format!("api_key_file = {:?}\n", key_file.display().to_string());
     let extra = Extra {
         partitioner: format!("rate_limit_per_sec = 200\nrate_limit_burst_secs = 1\n{key_file}"),
