@@ -11,7 +11,7 @@
 #
 # Components:
 #   build  C toolchain and headers the Rust build needs (build-essential, pkg-config, zlib, openssl),
-#          curl and netcat (used by deploy/local), via apt-get
+#          curl and netcat (used by deploy/local), the openssl CLI (the TLS e2e test makes a pair), via apt-get
 #   rust   rustfmt and clippy components (rustup component add), needed by scripts/test.sh
 #   redis  redis-server and redis-cli (Debian package redis-server)
 #   tansu  Kafka-compatible broker: cargo install tansu --locked --features libsql (~20 min on 2 cores;
@@ -104,12 +104,12 @@ install_build() {
   local missing=()
   if command -v dpkg-query >/dev/null 2>&1; then
     local p
-    for p in build-essential pkg-config zlib1g-dev libssl-dev curl netcat-openbsd ca-certificates; do
+    for p in build-essential pkg-config zlib1g-dev libssl-dev openssl curl netcat-openbsd ca-certificates; do
       dpkg_installed "$p" || missing+=("$p")
     done
   else
     local c
-    for c in cc make pkg-config curl nc; do
+    for c in cc make pkg-config openssl curl nc; do
       command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
     [ ${#missing[@]} -eq 0 ] || die "not a Debian system and missing: ${missing[*]}; install them by hand"

@@ -57,9 +57,14 @@ struct Opts {
     tags: Vec<(String, String)>,
     /// API keys with tenants and scopes (`thermo_runtime::auth`); none: authentication off.
     api_key_file: Option<PathBuf>,
+    /// HTTPS: certificate chain and key (PEM); the CA the embedded agent trusts (default: the
+    /// certificate itself, right for a self-signed one).
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--tag k=v]... [--api-key-file PATH] [--demo]";
+const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--tag k=v]... [--api-key-file PATH] [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--demo]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
     let mut o = Opts {
@@ -71,6 +76,9 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
         demo: false,
         tags: Vec::new(),
         api_key_file: None,
+        tls_cert: None,
+        tls_key: None,
+        tls_ca: None,
     };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -82,6 +90,9 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
             "--http" => o.http = value("--http")?,
             "--demo" => o.demo = true,
             "--api-key-file" => o.api_key_file = Some(value("--api-key-file")?.into()),
+            "--tls-cert" => o.tls_cert = Some(value("--tls-cert")?.into()),
+            "--tls-key" => o.tls_key = Some(value("--tls-key")?.into()),
+            "--tls-ca" => o.tls_ca = Some(value("--tls-ca")?.into()),
             "--tag" => {
                 let t = value("--tag")?;
                 let (k, v) = t.split_once('=').context("--tag: expected key=value")?;
@@ -89,6 +100,9 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
             }
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
+    }
+    if o.tls_cert.is_some() != o.tls_key.is_some() {
+        bail!("--tls-cert and --tls-key go together; {USAGE}");
     }
     Ok(o)
 }
@@ -101,6 +115,11 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         return Ok(());
     }
     let o = parse(args.into_iter())?;
+    let tls = match (&o.tls_cert, &o.tls_key) {
+        (Some(cert), Some(key)) => Some(thermo_runtime::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     std::fs::create_dir_all(&o.data).with_context(|| format!("create {}", o.data.display()))?;
     let data = o.data.canonicalize().unwrap_or(o.data.clone());
     let log = LocalLog::open(data.join("log"), 4, 1_000_000)?;
@@ -185,7 +204,13 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         tcp_addr: o.tcp.clone(),
         uds_path: o.uds.clone(),
         http_addr: o.http.clone(),
-        partitioner_url: format!("http://{}", o.http),
+        partitioner_url: format!("{scheme}://{}", o.http),
+        ca_file: o
+            .tls_ca
+            .as_ref()
+            .or(o.tls_cert.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         agent_id: "standalone".into(),
         api_key: agent_key.unwrap_or_default(),
         global_tags: o.tags.iter().cloned().collect(),
@@ -226,10 +251,10 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         println!("  StatsD unix: {} (datagrams)", o.uds);
     }
     println!(
-        "  HTTP:        http://{} (query API, ingest API, /metrics)",
+        "  HTTP:        {scheme}://{} (query API, ingest API, /metrics)",
         o.http
     );
-    println!("  dashboard:   http://{}/", o.http);
+    println!("  dashboard:   {scheme}://{}/", o.http);
     if let Some(file) = &o.api_key_file {
         println!(
             "  API keys:    {} ({keys_read} keys; read again on SIGHUP; StatsD writes as tenant default)",
@@ -242,7 +267,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         port(&o.udp)
     );
     println!(
-        "  query:       curl 'http://{}/api/v1/query?metric=hits&stat=sum'",
+        "  query:       curl '{scheme}://{}/api/v1/query?metric=hits&stat=sum'",
         o.http
     );
     println!(
@@ -254,7 +279,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         }
     );
     println!(
-        "  a minute is flushed 5 s after it ends (or: curl -X POST http://{}/flush)",
+        "  a minute is flushed 5 s after it ends (or: curl -X POST {scheme}://{}/flush)",
         o.http
     );
     println!(
@@ -269,11 +294,10 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
 
     let (server_stop_tx, mut server_stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop_rx.wait_for(|s| *s).await;
-            })
-            .await
+        thermo_runtime::tls::serve(listener, tls, app, async move {
+            let _ = server_stop_rx.wait_for(|s| *s).await;
+        })
+        .await
     });
     thermo_runtime::shutdown::signal().await;
     // The agent delivers its open minutes through the ingest API, so it finishes first.

@@ -21,8 +21,11 @@ pub struct AgentConfig {
     pub max_tcp_connections: usize,
     /// HTTP listen address: `POST /api/v1/statsd`, `POST /flush`, `/metrics`, `/healthz`, `/readyz`.
     pub http_addr: String,
-    /// Base URL of the partitioner.
+    /// Base URL of the partitioner (`http://` or `https://`).
     pub partitioner_url: String,
+    /// With an `https://` partitioner URL: the CA certificates (PEM) its certificate is checked
+    /// against. Empty: the system's.
+    pub ca_file: String,
     /// This agent's id in idempotency keys (default: the host name).
     pub agent_id: String,
     /// API key sent as `Authorization: Bearer` (empty: none).
@@ -84,6 +87,7 @@ impl Default for AgentConfig {
             max_tcp_connections: 1024,
             http_addr: "127.0.0.1:8126".into(),
             partitioner_url: "http://127.0.0.1:8127".into(),
+            ca_file: String::new(),
             agent_id: default_agent_id(),
             api_key: String::new(),
             global_tags: BTreeMap::new(),

@@ -59,11 +59,40 @@ pub struct Sender {
     max_in_flight: usize,
 }
 
+/// An error and its sources, `: `-separated (reqwest's own text omits them: "error sending
+/// request" hides a refused connection or a certificate not trusted).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Why the sender could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] thermo_runtime::tls::TlsError),
+}
+
 impl Sender {
-    pub fn new(cfg: &AgentConfig, metrics: &SelfMetrics) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(cfg.request_timeout_ms))
-            .build()?;
+    pub fn new(cfg: &AgentConfig, metrics: &SelfMetrics) -> Result<Self, SenderError> {
+        thermo_runtime::tls::install_default_provider();
+        let mut client =
+            reqwest::Client::builder().timeout(Duration::from_millis(cfg.request_timeout_ms));
+        if cfg.partitioner_url.starts_with("https://") {
+            let ca = (!cfg.ca_file.is_empty()).then(|| std::path::Path::new(&cfg.ca_file));
+            client = client.use_preconfigured_tls(thermo_runtime::tls::client_config(ca)?);
+        } else if !cfg.ca_file.is_empty() {
+            tracing::warn!("ca_file is set but partitioner_url is not https: it is not used");
+        }
+        let client = client.build()?;
         Ok(Self {
             client,
             url: format!(
@@ -137,7 +166,7 @@ impl Sender {
         match req.send().await {
             Err(e) => Attempt::Retry {
                 after: None,
-                why: e.to_string(),
+                why: with_sources(&e),
                 failed: true,
             },
             Ok(resp) => {

@@ -18,6 +18,10 @@ pub struct PartitionerConfig {
     /// A file of API keys with their tenant and scope (`thermo_runtime::auth`), read at start and
     /// on SIGHUP, besides `api_keys`. Empty: none.
     pub api_key_file: String,
+    /// HTTPS: the certificate chain (PEM, leaf first) and its private key (PEM); both or neither.
+    /// Empty: plain HTTP.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     /// Largest request body accepted, compressed as sent (413 above).
     pub max_body_bytes: usize,
     /// Largest body after gzip decompression (413 above).
@@ -84,6 +88,8 @@ impl Default for PartitionerConfig {
             topic: "thermo-minutes".into(),
             api_keys: BTreeMap::new(),
             api_key_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             max_body_bytes: 8 << 20,
             max_decoded_bytes: 64 << 20,
             max_series_per_batch: 100_000,

@@ -85,13 +85,14 @@ pub async fn run(
         tracing::info!(keys = n, file = %cfg.api_key_file, "API keys read (again on SIGHUP)");
         thermo_runtime::auth::reload_on_sighup(vec![state.keys().clone()]);
     }
+    let tls = thermo_runtime::tls::from_files(&cfg.tls_cert_file, &cfg.tls_key_file)
+        .map_err(IngestError::Startup)?;
     let app = ingest::router(state).merge(telemetry::router(metrics, ready));
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|e| IngestError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;
-    tracing::info!(addr = %cfg.http_addr, brokers = %cfg.kafka_brokers, topic = %cfg.topic, "partitioner listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    tracing::info!(addr = %cfg.http_addr, https = tls.is_some(), brokers = %cfg.kafka_brokers, topic = %cfg.topic, "partitioner listening");
+    thermo_runtime::tls::serve(listener, tls, app, shutdown)
         .await
         .map_err(|e| IngestError::Startup(e.to_string()))?;
     let p = producer.clone();

@@ -17,6 +17,10 @@ pub struct ReadConfig {
     /// A file of API keys with their tenant and scope (`thermo_runtime::auth`), read at start and
     /// on SIGHUP, besides `api_keys`. Empty: none.
     pub api_key_file: String,
+    /// HTTPS: the certificate chain (PEM, leaf first) and its private key (PEM); both or neither.
+    /// Empty: plain HTTP.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
     /// Most points (buckets) one series of an answer may have (400 above).
     pub max_points: i64,
     /// Most series one query may read (400 above).
@@ -66,6 +70,8 @@ impl Default for ReadConfig {
             hot_retention_hours: 48,
             api_keys: BTreeMap::new(),
             api_key_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             max_points: 11_000,
             max_series: 10_000,
             query_timeout_ms: 30_000,

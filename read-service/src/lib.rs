@@ -85,10 +85,11 @@ async fn serve<C: ColdStore>(
         tracing::info!(keys = n, file = %cfg.api_key_file, "API keys read (again on SIGHUP)");
         thermo_runtime::auth::reload_on_sighup(vec![state.keys().clone()]);
     }
+    let tls = thermo_runtime::tls::from_files(&cfg.tls_cert_file, &cfg.tls_key_file)
+        .map_err(ApiError::Startup)?;
     let app = api::router(state).merge(telemetry::router(metrics, ready));
-    tracing::info!(addr = %cfg.http_addr, redis = %cfg.redis_url, cold = cfg.cold_enabled, "read service listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    tracing::info!(addr = %cfg.http_addr, https = tls.is_some(), redis = %cfg.redis_url, cold = cfg.cold_enabled, "read service listening");
+    thermo_runtime::tls::serve(listener, tls, app, shutdown)
         .await
         .map_err(|e| ApiError::Startup(e.to_string()))?;
     tracing::info!("read service stopped");

@@ -195,6 +195,7 @@ fn a_sigkill_loses_at_most_the_lines_since_the_last_checkpoint() {
     let first_minute = window_start(now_s(), 60);
     let url = stack.agents[0].url("/api/v1/statsd");
     let sender = std::thread::spawn(move || {
+        thermo_runtime::tls::install_default_provider();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()

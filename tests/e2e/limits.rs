@@ -45,7 +45,8 @@ fn overload_is_shed_with_503_and_nothing_acknowledged_is_lost() {
             let url = url.clone();
             let refused = refused.clone();
             std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder()
+                thermo_runtime::tls::install_default_provider();
+        let client = reqwest::blocking::Client::builder()
                     .timeout(Duration::from_secs(30))
                     .build()
                     .unwrap();

@@ -21,4 +21,5 @@ mod prom;
 mod prom_differential;
 mod series_registry;
 mod standalone;
+mod tls;
 mod vmalert;

@@ -393,6 +393,7 @@ pub fn wait_healthy(p: &Proc, http_port: u16) {
 }
 
 pub fn http() -> reqwest::blocking::Client {
+    thermo_runtime::tls::install_default_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

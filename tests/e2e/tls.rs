@@ -1,0 +1,175 @@
+//! TLS end to end: a self-signed pair made with the README's `openssl req` one-liner; standalone
+//! serving HTTPS with it; a separate agent process sending to its ingest API over HTTPS (trusting
+//! the pair through `ca_file`), and standalone's own agent too; curl reading the query API over
+//! HTTPS with exact totals; plain HTTP to the TLS port refused with a 400 that says so.
+
+use crate::support::stack::{free_udp_port, single, Role};
+use crate::support::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The README's one-liner (an EC key; `CA:FALSE`, as rustls refuses a CA certificate used as a
+/// server's).
+fn self_signed_pair(openssl: &Path, dir: &Path) {
+    let out = Command::new(openssl)
+        .current_dir(dir)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `curl <args>`: its status line's code and its body.
+fn curl(bin: &Path, args: &[&str]) -> (u16, String) {
+    let out = Command::new(bin)
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn agents_send_over_https_and_curl_reads_it() {
+    let openssl = find_bin("openssl", "the Debian package openssl");
+    let curl_bin = find_bin("curl", "the Debian package curl");
+    let dir = TempDir::new("tls");
+    self_signed_pair(&openssl, dir.path());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+
+    // Standalone on HTTPS: its own agent trusts the certificate itself (the default --tls-ca).
+    let (http, udp) = (free_port(), free_udp_port());
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
+    let args: Vec<String> = [
+        "standalone",
+        "--data",
+        &dir.path().join("data").display().to_string(),
+        "--udp",
+        &format!("127.0.0.1:{udp}"),
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let sa = Proc::spawn(
+        "standalone",
+        &bin,
+        &args,
+        dir.path(),
+        dir.path().join("standalone.log"),
+    );
+    let base = format!("https://127.0.0.1:{http}");
+    let with_ca = ["--cacert", cert_s.as_str()];
+    let started = Instant::now();
+    while curl(
+        &curl_bin,
+        &[&with_ca[..], &[&format!("{base}/healthz")]].concat(),
+    )
+    .0 != 200
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "standalone did not answer over HTTPS; log:\n{}",
+            sa.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Plain HTTP to the TLS port: refused, and told why.
+    let (status, body) = curl(&curl_bin, &[&format!("http://127.0.0.1:{http}/healthz")]);
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "this port speaks HTTPS: use https:// URLs")
+    );
+    // A client that does not trust the certificate does not connect.
+    let (status, _) = curl(&curl_bin, &[&format!("{base}/healthz")]);
+    assert_eq!(status, 0, "curl without the CA must fail the handshake");
+
+    // A separate agent process sends to standalone's ingest API over HTTPS.
+    let agent_udp = free_udp_port();
+    let agent = Role::start(
+        dir.path(),
+        "agent",
+        "agent",
+        &format!(
+            "udp_addr = \"127.0.0.1:{agent_udp}\"\npartitioner_url = \"{base}\"\nca_file = \"{cert_s}\"\nagent_id = \"tls-agent\"\nflush_interval_ms = 200\n[global_tags]\nhost = \"remote\"\n"
+        ),
+    );
+    let minute = thermo_core::window::minute_start(now_s()) - 300;
+    let lines = |n: usize, value: u32| -> Vec<String> {
+        (0..n)
+            .map(|_| format!("orders:{value}|c|T{}", minute + 7))
+            .collect()
+    };
+    send_udp(agent_udp, &lines(300, 2));
+    send_udp(udp, &lines(200, 5));
+    wait_received_lines(agent.http, 300.0);
+    let (status, flushed) = post_json(&agent.url("/flush?wait_ms=30000"));
+    assert_eq!(
+        status, 200,
+        "the agent's batches acknowledged over HTTPS: {flushed}"
+    );
+    assert_eq!(flushed["pending_batches"], 0, "{flushed}");
+    let flush = curl(
+        &curl_bin,
+        &[
+            &with_ca[..],
+            &["-X", "POST", &format!("{base}/flush?wait_ms=30000")],
+        ]
+        .concat(),
+    );
+    assert_eq!(flush.0, 200, "{}", flush.1);
+
+    // curl reads the totals over HTTPS: 300 × 2 from the remote agent, 200 × 5 from standalone's.
+    let url = format!(
+        "{base}/api/v1/query?metric=orders&from={minute}&to={}&group_by=host",
+        minute + 60
+    );
+    let started = Instant::now();
+    let last = loop {
+        let (status, body) = curl(&curl_bin, &[&with_ca[..], &[url.as_str()]].concat());
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).expect("json");
+        let series = answer["series"].as_array().map_or(0, Vec::len);
+        if series == 2 || started.elapsed() > Duration::from_secs(60) {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(single(&last, &[("host", "remote")]), 600.0, "{last}");
+    assert_eq!(single(&last, &[]), 1000.0, "{last}");
+}
