@@ -77,14 +77,10 @@ async fn serve<C: ColdStore>(
         .await
         .map_err(|e| ApiError::Startup(format!("bind {}: {e}", cfg.http_addr)))?;
     let state = api::AppState::new(cfg.clone(), hot, cold, metrics.clone());
-    if !cfg.api_key_file.is_empty() {
-        let n = state
-            .keys()
-            .use_file(std::path::Path::new(&cfg.api_key_file))
-            .map_err(|e| ApiError::Startup(e.to_string()))?;
-        tracing::info!(keys = n, file = %cfg.api_key_file, "API keys read (again on SIGHUP)");
-        thermo_runtime::auth::reload_on_sighup(vec![state.keys().clone()]);
-    }
+    state
+        .keys()
+        .watch_file(&cfg.api_key_file)
+        .map_err(|e| ApiError::Startup(e.to_string()))?;
     let tls = thermo_runtime::tls::from_files(&cfg.tls_cert_file, &cfg.tls_key_file)
         .map_err(ApiError::Startup)?;
     let app = api::router(state).merge(telemetry::router(metrics, ready));

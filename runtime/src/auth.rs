@@ -254,6 +254,18 @@ impl KeyRing {
         Ok(n)
     }
 
+    /// A role's `api_key_file` (nothing when empty): read now, logged, and read again on every
+    /// SIGHUP.
+    pub fn watch_file(&self, path: &str) -> Result<(), KeyFileError> {
+        if path.is_empty() {
+            return Ok(());
+        }
+        let n = self.use_file(Path::new(path))?;
+        tracing::info!(keys = n, file = %path, "API keys read (again on SIGHUP)");
+        reload_on_sighup(vec![self.clone()]);
+        Ok(())
+    }
+
     /// Reads the key file again (nothing without one); on an error the keys in use stay.
     pub fn reload(&self) -> Result<Option<usize>, KeyFileError> {
         let path = self.file.read().unwrap_or_else(|e| e.into_inner()).clone();
