@@ -13,13 +13,14 @@
 //! (`queue.buffering.max.*`); when it is full `send_all` fails at once. Consumer: a group member with `enable.auto.commit=false`; offsets are committed by the
 //! aggregator only after the hot store holds the data.
 
-use crate::log::{LogConsumer, LogProducer, LogRecord};
+use crate::log::{partition_of, LogConsumer, LogProducer, LogRecord};
 use crate::StoreError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -28,6 +29,8 @@ pub struct KafkaProducer {
     producer: FutureProducer,
     topic: String,
     ack_timeout: Duration,
+    /// The topic's partition count as last read (`check`); 0 until then.
+    partitions: AtomicU32,
 }
 
 fn kafka_err(e: KafkaError) -> StoreError {
@@ -55,10 +58,13 @@ impl KafkaProducer {
             producer,
             topic: topic.to_string(),
             ack_timeout,
+            partitions: AtomicU32::new(0),
         })
     }
 
     /// Whether a broker answers metadata for the topic within `timeout` (readiness).
+    /// The topic's partition count, read from the broker and kept for placing records (every
+    /// [`LogProducer::send_all`] needs one read first).
     pub fn check(&self, timeout: Duration) -> Result<usize, StoreError> {
         let md = self
             .producer
@@ -76,6 +82,16 @@ impl KafkaProducer {
                 self.topic
             )));
         }
+        let n = u32::try_from(parts).unwrap_or(u32::MAX);
+        let before = self.partitions.swap(n, Ordering::Relaxed);
+        if before != 0 && before != n {
+            tracing::warn!(
+                topic = %self.topic,
+                before,
+                now = n,
+                "the topic's partition count changed: series move to other partitions from now on"
+            );
+        }
         Ok(parts)
     }
 
@@ -87,12 +103,20 @@ impl KafkaProducer {
 
 impl LogProducer for KafkaProducer {
     async fn send_all(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        let partitions = self.partitions.load(Ordering::Relaxed);
+        if partitions == 0 {
+            return Err(StoreError::Unavailable {
+                backend: "kafka",
+                detail: format!("topic {}'s partitions not read yet", self.topic),
+            });
+        }
         let mut pending = Vec::with_capacity(records.len());
         // thermo's clock, not librdkafka's: the aggregator compares it with when an hour was
         // rolled up (the lateness rule), which thermo's clock recorded.
         let now_ms = thermo_core::window::now_ms();
         for (key, value) in &records {
             let rec = FutureRecord::to(&self.topic)
+                .partition(partition_of(key.as_bytes(), partitions))
                 .key(key)
                 .payload(value)
                 .timestamp(now_ms);

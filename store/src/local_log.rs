@@ -6,14 +6,14 @@
 //! contiguous per partition. Committed positions live in `<dir>/committed` (text, one
 //! `partition offset` per line), written atomically (temp file + rename).
 //!
-//! Guarantees, as for Kafka: a key always maps to one partition (`fnv1a(key) % partitions`);
+//! Guarantees, as for Kafka: a key always maps to one partition (`crate::log::partition_of`);
 //! `send_all` returns `Ok` only after the records are written and `fsync`ed; a consumer sees a
 //! partition's records in offset order. A torn tail (crash mid-append) is detected by its
 //! length/checksum and cut off at open. Bounded: a partition holds at most `max_records`
 //! uncommitted records; beyond that `send_all` fails (the sender retries later), and records below
 //! the committed position are dropped from memory and from disk when the file is compacted.
 
-use crate::log::{LogConsumer, LogProducer, LogRecord};
+use crate::log::{partition_of, LogConsumer, LogProducer, LogRecord};
 use crate::StoreError;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -216,11 +216,11 @@ impl LogProducer for LocalLog {
         let log = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut g = log.lock();
-            let n = g.parts.len() as u64;
+            let n = u32::try_from(g.parts.len()).unwrap_or(u32::MAX);
             let max = g.max_records;
             let mut by_part: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); g.parts.len()];
             for (k, v) in records {
-                let p = (fnv1a(k.as_bytes()) % n) as usize;
+                let p = partition_of(k.as_bytes(), n) as usize;
                 by_part[p].push((k.into_bytes(), v));
             }
             for (p, recs) in by_part.into_iter().enumerate() {

@@ -13,6 +13,7 @@ mod browser;
 mod cold;
 mod cold_store;
 mod intake;
+mod kafka_partitions;
 mod limits;
 mod loadgen;
 mod logs;
