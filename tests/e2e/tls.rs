@@ -1,7 +1,8 @@
 //! TLS end to end: a self-signed pair made with the README's `openssl req` one-liner; standalone
 //! serving HTTPS with it; a separate agent process sending to its ingest API over HTTPS (trusting
 //! the pair through `ca_file`), and standalone's own agent too; curl reading the query API over
-//! HTTPS with exact totals; plain HTTP to the TLS port refused with a 400 that says so.
+//! HTTPS with exact totals; plain HTTP to the TLS port refused with a 400 that says so. And the
+//! distributed partitioner and read service on HTTPS.
 
 use crate::support::stack::{free_udp_port, single, Role};
 use crate::support::*;
@@ -57,6 +58,121 @@ fn curl(bin: &Path, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Waits (bounded) until `base`'s `/healthz` answers 200 over HTTPS, trusting `ca`.
+fn wait_https(curl_bin: &Path, ca: &str, base: &str, p: &Proc) {
+    let started = Instant::now();
+    while curl(curl_bin, &["--cacert", ca, &format!("{base}/healthz")]).0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} did not answer over HTTPS; log:\n{}",
+            p.name,
+            p.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `thermo <role> --config <dir>/<name>.toml` with `toml` (HTTPS on `http`), answering over HTTPS.
+fn start_https_role(
+    dir: &Path,
+    (curl_bin, ca): (&Path, &str),
+    (name, role): (&str, &str),
+    http: u16,
+    toml: &str,
+) -> Proc {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, toml).expect("write config");
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
+    let args = vec![
+        role.to_string(),
+        "--config".to_string(),
+        cfg.display().to_string(),
+    ];
+    let p = Proc::spawn(name, &bin, &args, dir, dir.join(format!("{name}.log")));
+    wait_https(curl_bin, ca, &format!("https://127.0.0.1:{http}"), &p);
+    p
+}
+
+/// The distributed partitioner and read service on HTTPS (`tls_cert_file`, `tls_key_file`): an
+/// ingest over HTTPS acknowledged by the broker, the read service's API over HTTPS, plain HTTP
+/// refused by both.
+#[test]
+fn the_partitioner_and_the_read_service_serve_https() {
+    let openssl = find_bin("openssl", "the Debian package openssl");
+    let curl_bin = find_bin("curl", "the Debian package curl");
+    let dir = TempDir::new("tls-roles");
+    self_signed_pair(&openssl, dir.path());
+    let cert = dir.path().join("cert.pem").display().to_string();
+    let key = dir.path().join("key.pem").display().to_string();
+    let tls = format!("tls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n");
+    let redis = Redis::start(dir.path());
+    let broker = Broker::start(dir.path());
+    broker.create_topic("thermo-minutes", 2);
+
+    let (p_http, r_http) = (free_port(), free_port());
+    let _partitioner = start_https_role(
+        dir.path(),
+        (&curl_bin, &cert),
+        ("partitioner", "partitioner"),
+        p_http,
+        &format!(
+            "http_addr = \"127.0.0.1:{p_http}\"\nkafka_brokers = \"{}\"\n{tls}",
+            broker.addr()
+        ),
+    );
+    let _read = start_https_role(
+        dir.path(),
+        (&curl_bin, &cert),
+        ("read", "read-service"),
+        r_http,
+        &format!(
+            "http_addr = \"127.0.0.1:{r_http}\"\nredis_url = \"{}\"\n{tls}",
+            redis.url()
+        ),
+    );
+
+    // Ingest over HTTPS: 200 once the partitioner has read the topic (503 before).
+    let minute = thermo_core::window::minute_start(now_s()) - 120;
+    let body = format!(
+        r#"{{"series":[{{"metric":"orders","time":{minute},"type":"counter","value":4}}]}}"#
+    );
+    let ingest = format!("https://127.0.0.1:{p_http}/api/v1/ingest");
+    let mut last = (0, String::new());
+    wait_until("an ingest over HTTPS", Duration::from_secs(30), || {
+        last = curl(
+            &curl_bin,
+            &[
+                "--cacert",
+                &cert,
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+                &ingest,
+            ],
+        );
+        last.0 == 200
+    });
+    assert_eq!(last.1, r#"{"accepted":1}"#);
+    let (status, body) = curl(
+        &curl_bin,
+        &[
+            "--cacert",
+            &cert,
+            &format!("https://127.0.0.1:{r_http}/api/v1/metrics"),
+        ],
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"metrics":[]}"#));
+    for port in [p_http, r_http] {
+        let (status, body) = curl(&curl_bin, &[&format!("http://127.0.0.1:{port}/healthz")]);
+        assert_eq!(
+            (status, body.as_str()),
+            (400, "this port speaks HTTPS: use https:// URLs"),
+            "port {port}"
+        );
+    }
+}
+
 #[test]
 fn agents_send_over_https_and_curl_reads_it() {
     let openssl = find_bin("openssl", "the Debian package openssl");
@@ -94,20 +210,7 @@ fn agents_send_over_https_and_curl_reads_it() {
     );
     let base = format!("https://127.0.0.1:{http}");
     let with_ca = ["--cacert", cert_s.as_str()];
-    let started = Instant::now();
-    while curl(
-        &curl_bin,
-        &[&with_ca[..], &[&format!("{base}/healthz")]].concat(),
-    )
-    .0 != 200
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "standalone did not answer over HTTPS; log:\n{}",
-            sa.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_https(&curl_bin, &cert_s, &base, &sa);
 
     // Plain HTTP to the TLS port: refused, and told why.
     let (status, body) = curl(&curl_bin, &[&format!("http://127.0.0.1:{http}/healthz")]);
