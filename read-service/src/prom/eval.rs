@@ -8,7 +8,7 @@
 //! (thermo stores per-window increments), and `rate` is that over the range's seconds.
 
 use super::histogram::HistRow;
-use super::select::{all_matchers, at, samples, Pick, Series, NAME};
+use super::select::{all_matchers, at, Pick, Reads, Series, NAME};
 use super::{lookback_for, resolution_for, PromError};
 use crate::api::AppState;
 use promql_parser::label::MatchOp;
@@ -47,16 +47,14 @@ pub enum Val {
 
 /// One query's evaluation: where to read, the grid, and the warnings gathered.
 pub struct Eval<'a, H, K, C> {
-    pub st: &'a AppState<H, K, C>,
-    pub tenant: &'a str,
+    /// Where the selectors read.
+    pub reads: Reads<'a, H, K, C>,
     /// The evaluation times.
     pub times: Vec<f64>,
     /// Their step (60 for an instant query): it picks the windows read.
     pub step: f64,
     /// Windows that end after this are left out (`crate::finality`); `None`: none is.
     pub final_until: Option<i64>,
-    /// Samples the query's reads touched so far (bounded by `max_samples` as a whole).
-    pub touched: u64,
     pub warnings: Vec<String>,
 }
 
@@ -97,12 +95,10 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
         final_until: Option<i64>,
     ) -> Result<Evaluated, PromError> {
         let mut ev = Self {
-            st,
-            tenant,
+            reads: Reads::new(st, tenant),
             times,
             step,
             final_until,
-            touched: 0,
             warnings: Vec::new(),
         };
         let value = ev.eval(e).await?;
@@ -187,15 +183,10 @@ impl<'a, H: HotStore, K: Catalog, C: ColdStore> Eval<'a, H, K, C> {
     ) -> Result<(Vec<Series>, i64), PromError> {
         let offset = offset_secs(vs)?;
         let (res, span) = self.span(offset, range);
-        let (mut series, warnings) = samples(
-            self.st,
-            self.tenant,
-            &all_matchers(vs),
-            (res, span),
-            pick,
-            &mut self.touched,
-        )
-        .await?;
+        let (mut series, warnings) = self
+            .reads
+            .samples(&all_matchers(vs), (res, span), pick)
+            .await?;
         self.warnings.extend(warnings);
         series.retain_mut(|s| self.to_ends(res, &mut s.samples));
         Ok((series, offset))

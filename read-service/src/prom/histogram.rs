@@ -21,7 +21,7 @@
 //! `0.5 / HIST_SCALE`, negative ones included) is Prometheus's zero bucket.
 
 use super::eval::{matching_labels, unsupported, Eval, Labels, Row, Val};
-use super::select::{all_matchers, histograms, HistSeries, NAME};
+use super::select::{all_matchers, HistSeries, NAME};
 use super::{lookback_for, PromError};
 use promql_parser::parser::token::T_SUM;
 use promql_parser::parser::{AggregateExpr, Call, Expr, MatrixSelector, VectorSelector};
@@ -291,14 +291,10 @@ impl<H: HotStore, K: Catalog, C: ColdStore> Eval<'_, H, K, C> {
     ) -> Result<(Vec<HistSeries>, i64), PromError> {
         let offset = super::eval::offset_secs(vs)?;
         let (res, span) = self.span(offset, range);
-        let (mut series, warnings) = histograms(
-            self.st,
-            self.tenant,
-            &all_matchers(vs),
-            (res, span),
-            &mut self.touched,
-        )
-        .await?;
+        let (mut series, warnings) = self
+            .reads
+            .histograms(&all_matchers(vs), (res, span))
+            .await?;
         self.warnings.extend(warnings);
         series.retain_mut(|s| self.to_ends(res, &mut s.windows));
         Ok((series, offset))

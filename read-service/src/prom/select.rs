@@ -9,6 +9,7 @@
 use crate::api::{run_buckets, AppState};
 use crate::error::ApiError;
 use crate::query::{answer, GroupBy, QueryParams};
+use crate::stitch::Buckets;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::VectorSelector;
 use std::collections::BTreeMap;
@@ -142,66 +143,125 @@ pub struct Series {
     pub samples: Vec<(i64, f64)>,
 }
 
-/// The samples (`pick` of each window) of every series matching `matchers` in windows
-/// `[from, to)` of `res`, adding the samples read to `touched` (the query's so far, bounded by
-/// `max_samples`).
-pub async fn samples<H: HotStore, K: Catalog, C: ColdStore>(
-    st: &AppState<H, K, C>,
-    tenant: &str,
-    matchers: &[Matcher],
-    (res, (from, to)): (Resolution, (i64, i64)),
-    pick: Pick,
-    touched: &mut u64,
-) -> Result<(Vec<Series>, Vec<String>), ApiError> {
-    let (hits, filters, warnings) = selected(st, tenant, matchers, sources).await?;
-    let mut out = Vec::new();
-    for s in hits {
-        let p = window_params(&s, pick.stat(&s), &filters, res, (from, to));
-        let (buckets, metric_type, _) = match run_buckets(st, tenant, &p, *touched).await {
-            Ok(read) => read,
-            Err(ApiError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        *touched += buckets.touched();
-        for series in answer(&p, buckets, metric_type, None).series {
-            let mut labels = series.tags;
-            labels.insert(NAME.to_string(), s.prom.clone());
-            if labels_match(&labels, matchers) && !series.points.is_empty() {
-                out.push(Series {
-                    labels,
-                    samples: series.points,
-                });
-            }
-        }
-        within_max_series(st, out.len())?;
-    }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok((out, warnings))
+/// What the selectors of one query read through: the service, the tenant, the tenant's metrics
+/// (read from the hot store once per query, at the first selector) and the samples the reads
+/// touched so far (bounded by `max_samples` as a whole).
+pub struct Reads<'a, H, K, C> {
+    pub st: &'a AppState<H, K, C>,
+    pub tenant: &'a str,
+    metrics: Option<Vec<(String, MetricType)>>,
+    pub touched: u64,
 }
 
-/// The sources of `all` (of the tenant's metrics) that a selector's `matchers` name, the tag
-/// filters that narrow their reads (equality matchers; the others are applied to what the reads
-/// return), and the warnings of names answered twice.
-async fn selected<H: HotStore, K: Catalog, C: ColdStore>(
-    st: &AppState<H, K, C>,
-    tenant: &str,
-    matchers: &[Matcher],
-    all: fn(&[(String, MetricType)]) -> Vec<Source>,
-) -> Result<(Vec<Source>, Vec<(String, String)>, Vec<String>), ApiError> {
-    if matchers.iter().all(|m| m.is_match("")) {
-        return Err(ApiError::param(
-            "query",
-            "vector selector must contain at least one non-empty matcher",
-        ));
+impl<'a, H: HotStore, K: Catalog, C: ColdStore> Reads<'a, H, K, C> {
+    pub fn new(st: &'a AppState<H, K, C>, tenant: &'a str) -> Self {
+        Self {
+            st,
+            tenant,
+            metrics: None,
+            touched: 0,
+        }
     }
-    let metrics = st.hot.metrics(tenant).await?;
-    let (hits, warnings) = matching_sources(&all(&metrics), matchers);
-    let filters = matchers
-        .iter()
-        .filter(|m| m.name != NAME && matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
-        .map(|m| (m.name.clone(), m.value.clone()))
-        .collect();
-    Ok((hits, filters, warnings))
+
+    /// The samples (`pick` of each window) of every series matching `matchers` in windows
+    /// `[from, to)` of `res`.
+    pub async fn samples(
+        &mut self,
+        matchers: &[Matcher],
+        (res, (from, to)): (Resolution, (i64, i64)),
+        pick: Pick,
+    ) -> Result<(Vec<Series>, Vec<String>), ApiError> {
+        let (hits, filters, warnings) = self.selected(matchers, sources).await?;
+        let mut out = Vec::new();
+        for s in hits {
+            let p = window_params(&s, pick.stat(&s), &filters, res, (from, to));
+            let Some((buckets, metric_type)) = self.read(&p).await? else {
+                continue;
+            };
+            for series in answer(&p, buckets, metric_type, None).series {
+                let mut labels = series.tags;
+                labels.insert(NAME.to_string(), s.prom.clone());
+                if labels_match(&labels, matchers) && !series.points.is_empty() {
+                    out.push(Series {
+                        labels,
+                        samples: series.points,
+                    });
+                }
+            }
+            within_max_series(self.st, out.len())?;
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok((out, warnings))
+    }
+
+    /// The HDR states of every window `[from, to)` of `res` of every histogram series matching
+    /// `matchers`.
+    pub async fn histograms(
+        &mut self,
+        matchers: &[Matcher],
+        (res, (from, to)): (Resolution, (i64, i64)),
+    ) -> Result<(Vec<HistSeries>, Vec<String>), ApiError> {
+        let (hits, filters, warnings) = self.selected(matchers, histogram_sources).await?;
+        let mut out = Vec::new();
+        for s in hits {
+            let p = window_params(&s, Stat::Count, &filters, res, (from, to));
+            let Some((buckets, _)) = self.read(&p).await? else {
+                continue;
+            };
+            for (key, windows) in buckets.into_series() {
+                let mut labels: BTreeMap<String, String> = key.tags().iter().cloned().collect();
+                labels.insert(NAME.to_string(), s.prom.clone());
+                if labels_match(&labels, matchers) && !windows.is_empty() {
+                    out.push(HistSeries {
+                        labels,
+                        windows: windows.into_iter().collect(),
+                    });
+                }
+            }
+            within_max_series(self.st, out.len())?;
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok((out, warnings))
+    }
+
+    /// One source's step buckets, its samples counted (`None`: a metric nothing holds).
+    async fn read(&mut self, p: &QueryParams) -> Result<Option<(Buckets, MetricType)>, ApiError> {
+        match run_buckets(self.st, self.tenant, p, self.touched).await {
+            Ok((buckets, metric_type, _)) => {
+                self.touched += buckets.touched();
+                Ok(Some((buckets, metric_type)))
+            }
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The sources of `all` (of the tenant's metrics) that a selector's `matchers` name, the tag
+    /// filters that narrow their reads (equality matchers; the others are applied to what the
+    /// reads return), and the warnings of names answered twice.
+    async fn selected(
+        &mut self,
+        matchers: &[Matcher],
+        all: fn(&[(String, MetricType)]) -> Vec<Source>,
+    ) -> Result<(Vec<Source>, Vec<(String, String)>, Vec<String>), ApiError> {
+        if matchers.iter().all(|m| m.is_match("")) {
+            return Err(ApiError::param(
+                "query",
+                "vector selector must contain at least one non-empty matcher",
+            ));
+        }
+        let metrics = match &mut self.metrics {
+            Some(m) => m,
+            none => none.insert(self.st.hot.metrics(self.tenant).await?),
+        };
+        let (hits, warnings) = matching_sources(&all(metrics), matchers);
+        let filters = matchers
+            .iter()
+            .filter(|m| m.name != NAME && matches!(m.op, MatchOp::Equal) && !m.value.is_empty())
+            .map(|m| (m.name.clone(), m.value.clone()))
+            .collect();
+        Ok((hits, filters, warnings))
+    }
 }
 
 /// A native query of `s`'s every series, one bucket per window `[from, to)` of `res`.
@@ -260,41 +320,6 @@ pub fn histogram_sources(metrics: &[(String, MetricType)]) -> Vec<Source> {
 pub struct HistSeries {
     pub labels: BTreeMap<String, String>,
     pub windows: Vec<(i64, Aggregate)>,
-}
-
-/// The HDR states of every window `[from, to)` of `res` of every histogram series matching
-/// `matchers`, adding the samples read to `touched` (as [`samples`]).
-pub async fn histograms<H: HotStore, K: Catalog, C: ColdStore>(
-    st: &AppState<H, K, C>,
-    tenant: &str,
-    matchers: &[Matcher],
-    (res, (from, to)): (Resolution, (i64, i64)),
-    touched: &mut u64,
-) -> Result<(Vec<HistSeries>, Vec<String>), ApiError> {
-    let (hits, filters, warnings) = selected(st, tenant, matchers, histogram_sources).await?;
-    let mut out = Vec::new();
-    for s in hits {
-        let p = window_params(&s, Stat::Count, &filters, res, (from, to));
-        let buckets = match run_buckets(st, tenant, &p, *touched).await {
-            Ok((b, _, _)) => b,
-            Err(ApiError::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        *touched += buckets.touched();
-        for (key, windows) in buckets.into_series() {
-            let mut labels: BTreeMap<String, String> = key.tags().iter().cloned().collect();
-            labels.insert(NAME.to_string(), s.prom.clone());
-            if labels_match(&labels, matchers) && !windows.is_empty() {
-                out.push(HistSeries {
-                    labels,
-                    windows: windows.into_iter().collect(),
-                });
-            }
-        }
-        within_max_series(st, out.len())?;
-    }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok((out, warnings))
 }
 
 /// The value at evaluation time `t` of a series sampled at `samples`: its latest sample at or
