@@ -7,15 +7,19 @@
 use crate::support::stack::{free_udp_port, single, Role};
 use crate::support::*;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The README's one-liner (an EC key; `CA:FALSE`, as rustls refuses a CA certificate used as a
-/// server's).
-fn self_signed_pair(openssl: &Path, dir: &Path) {
+/// A test's directory with a self-signed pair made by the README's one-liner (an EC key;
+/// `CA:FALSE`, as rustls refuses a CA certificate used as a server's): the directory, curl, and
+/// the certificate's and key's paths.
+fn with_pair(name: &str) -> (TempDir, PathBuf, String, String) {
+    let openssl = find_bin("openssl", "the Debian package openssl");
+    let curl_bin = find_bin("curl", "the Debian package curl");
+    let dir = TempDir::new(name);
     let out = Command::new(openssl)
-        .current_dir(dir)
+        .current_dir(dir.path())
         .args([
             "req",
             "-x509",
@@ -44,6 +48,9 @@ fn self_signed_pair(openssl: &Path, dir: &Path) {
         "openssl req: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let path = |f: &str| dir.path().join(f).display().to_string();
+    let (cert, key) = (path("cert.pem"), path("key.pem"));
+    (dir, curl_bin, cert, key)
 }
 
 /// `curl <args>`: its status line's code and its body.
@@ -98,12 +105,7 @@ fn start_https_role(
 /// refused by both.
 #[test]
 fn the_partitioner_and_the_read_service_serve_https() {
-    let openssl = find_bin("openssl", "the Debian package openssl");
-    let curl_bin = find_bin("curl", "the Debian package curl");
-    let dir = TempDir::new("tls-roles");
-    self_signed_pair(&openssl, dir.path());
-    let cert = dir.path().join("cert.pem").display().to_string();
-    let key = dir.path().join("key.pem").display().to_string();
+    let (dir, curl_bin, cert, key) = with_pair("tls-roles");
     let tls = format!("tls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n");
     let redis = Redis::start(dir.path());
     let broker = Broker::start(dir.path());
@@ -175,12 +177,7 @@ fn the_partitioner_and_the_read_service_serve_https() {
 
 #[test]
 fn agents_send_over_https_and_curl_reads_it() {
-    let openssl = find_bin("openssl", "the Debian package openssl");
-    let curl_bin = find_bin("curl", "the Debian package curl");
-    let dir = TempDir::new("tls");
-    self_signed_pair(&openssl, dir.path());
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let (dir, curl_bin, cert_s, key_s) = with_pair("tls");
 
     // Standalone on HTTPS: its own agent trusts the certificate itself (the default --tls-ca).
     let (http, udp) = (free_port(), free_udp_port());
