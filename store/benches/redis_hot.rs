@@ -1,0 +1,166 @@
+//! The Redis hot store on a `redis-server` of its own (127.0.0.1, no persistence): what an
+//! aggregator's step and a dashboard's read cost. A program that prints its figures.
+//!
+//! - `write`: one aggregator step of 2,000 series-minutes of one partition (1,500 counters, 500
+//!   histograms of 20 values): `cells` (the stored states, one pipelined `HGET` each) and then
+//!   `write` (the fenced script: cells, series index, metric types, offset, cold-storage
+//!   bookkeeping). Each step writes the next minute, so the store grows as it does in service.
+//! - `read`: the 1,500 counter series of that partition listed (`series`) and read over the 60
+//!   minutes written (`read_range`), as a dashboard's hot read does.
+//!
+//! The series are those of a 6-partition topic that land in partition 0, so the batch is what one
+//! aggregator writes in one step. Figures: the median of the rounds, in series-minutes a second.
+//!
+//! Run: `cargo bench --workspace --bench redis_hot` (needs `redis-server` on the PATH).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use thermo_core::aggregate::{Aggregate, Counter, Hist};
+use thermo_core::codec::HotCell;
+use thermo_core::key::MetricKey;
+use thermo_store::hot::{HotStore, HotWrite, PartitionId};
+use thermo_store::log::partition_of;
+use thermo_store::redis_hot::RedisHot;
+
+const SERIES: usize = 2000;
+const PARTITIONS: u32 = 6;
+const ROUNDS: i64 = 60;
+
+/// The redis-server this program started; killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> (Server, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on the PATH (apt-get install redis-server)");
+    let server = Server(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (server, format!("redis://127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("redis-server did not listen on {port}");
+}
+
+/// 2,000 series of partition 0: every fourth a histogram.
+fn keys() -> Vec<MetricKey> {
+    let mut out = Vec::with_capacity(SERIES);
+    let mut i = 0usize;
+    while out.len() < SERIES {
+        let name = if out.len() % 4 == 3 {
+            "http.latency"
+        } else {
+            "http.requests"
+        };
+        let key = MetricKey::new("acme", name, vec![("route".into(), format!("/r{i}"))])
+            .expect("a valid key");
+        if partition_of(key.encode().as_bytes(), PARTITIONS) == 0 {
+            out.push(key);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn cell(i: usize, histogram: bool) -> HotCell {
+    let agg = if histogram {
+        let mut h = Hist::default();
+        for v in 1..=20 {
+            h.record((v * (i % 97 + 1)) as f64, 1);
+        }
+        Aggregate::Histogram(h)
+    } else {
+        Aggregate::Counter(Counter {
+            sum: i as f64,
+            samples: 1,
+        })
+    };
+    HotCell {
+        contributors: vec![(7, i as u64)],
+        agg,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let (_server, url) = start_redis();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let hot = rt
+        .block_on(RedisHot::connect(&url, 48 * 3600))
+        .expect("connect")
+        .with_cold(3600);
+    let keys = keys();
+    let partition = PartitionId {
+        topic: "metrics".into(),
+        partition: 0,
+    };
+    let now = thermo_core::window::now_s();
+    let first = now - now.rem_euclid(3600) - 3600;
+
+    let mut write_rates = Vec::new();
+    for round in 0..ROUNDS {
+        let minute = first + round * 60;
+        let wanted: Vec<(MetricKey, i64)> = keys.iter().map(|k| (k.clone(), minute)).collect();
+        let cells: Vec<(MetricKey, i64, HotCell)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), minute, cell(i, i % 4 == 3)))
+            .collect();
+        let started = Instant::now();
+        let stored = rt.block_on(hot.cells(&wanted)).expect("cells");
+        assert_eq!(stored.len(), SERIES);
+        let applied = rt
+            .block_on(hot.write(HotWrite {
+                partition: partition.clone(),
+                expected_offset: round - 1,
+                new_offset: round,
+                cells,
+            }))
+            .expect("write");
+        assert!(applied, "not fenced");
+        write_rates.push(SERIES as f64 / started.elapsed().as_secs_f64());
+    }
+
+    let mut read_rates = Vec::new();
+    for _ in 0..15 {
+        let started = Instant::now();
+        let series = rt
+            .block_on(hot.series("acme", "http.requests", first))
+            .expect("series");
+        let cells = rt
+            .block_on(hot.read_range(&series, first, first + ROUNDS * 60))
+            .expect("read");
+        let n: usize = cells.iter().map(Vec::len).sum();
+        assert_eq!(n, SERIES / 4 * 3 * ROUNDS as usize, "every minute read");
+        read_rates.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+
+    println!(
+        "write: {:.0} series-minutes/s (median of {ROUNDS} steps of {SERIES})",
+        median(write_rates)
+    );
+    println!(
+        "read: {:.0} series-minutes/s (median of 15 reads of {} series x {ROUNDS} minutes)",
+        median(read_rates),
+        SERIES / 4 * 3
+    );
+}
