@@ -7,6 +7,7 @@
 //! Configuration: defaults ← `--config` TOML ← `THERMO_<ROLE>_<KEY>` env ← `--set` flags.
 
 mod loadgen;
+mod migrate;
 mod standalone;
 
 use anyhow::{bail, Context, Result};
@@ -23,6 +24,8 @@ roles:
                  thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--demo]
   loadgen        sends realistic StatsD traffic to an agent:
                  thermo loadgen [--agent 127.0.0.1:8125] [--rate 500] [--seconds 10] [--seed 1]
+  migrate        moves a Redis written before Redis Cluster support into the current keys:
+                 thermo migrate --redis-url URL --partitions N (aggregators stopped)
 
 Every key of a role's TOML file can also be set with THERMO_<ROLE>_<KEY> (for example
 THERMO_AGENT_UDP_ADDR=0.0.0.0:8125, THERMO_READ_SERVICE_HTTP_ADDR=...) or --set key=value.
@@ -76,6 +79,9 @@ fn load<T: serde::de::DeserializeOwned>(args: &Args) -> Result<T> {
 fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("loadgen") {
         return loadgen::run(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        return migrate::run(std::env::args().skip(2));
     }
     let standalone = std::env::args().nth(1).as_deref() == Some("standalone");
     let args = if standalone {

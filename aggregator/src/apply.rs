@@ -10,7 +10,7 @@ use thermo_core::window::now_s;
 use thermo_core::window::window_start;
 use thermo_runtime::telemetry::{Readiness, SelfMetrics};
 use thermo_store::hot::{HotStore, HotWrite, PartitionId};
-use thermo_store::log::{LogConsumer, LogRecord};
+use thermo_store::log::{partition_of, LogConsumer, LogRecord};
 use thermo_store::StoreError;
 
 /// A decoded record and when it was produced (unix ms), if known.
@@ -81,6 +81,7 @@ pub struct Applied {
 pub async fn apply_partition<H: HotStore>(
     hot: &H,
     partition: &PartitionId,
+    partitions: u32,
     records: &[LogRecord],
     lateness: Lateness,
     now_s: i64,
@@ -170,7 +171,7 @@ pub async fn apply_partition<H: HotStore>(
             return Ok(out);
         }
         let wanted: Vec<(MetricKey, i64)> = groups.keys().cloned().collect();
-        let existing = hot.cells(&wanted).await?;
+        let existing = hot.cells(partition, &wanted).await?;
         let mut cells = Vec::with_capacity(groups.len());
         for (((key, minute), recs), cell) in groups.into_iter().zip(existing) {
             let mut cell = cell;
@@ -209,6 +210,7 @@ pub async fn apply_partition<H: HotStore>(
             partition: partition.clone(),
             expected_offset: expected,
             new_offset: last.offset,
+            partitions,
             cells,
         };
         if hot.write(write).await? {
@@ -270,15 +272,37 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
             "assigned_partitions",
             "log partitions assigned to this aggregator",
         );
+        let misplaced = self.metrics.counter(
+            "records_misplaced_total",
+            "records in another partition than their key's (written before thermo placed \
+             records itself, or before the partition count changed): readers look for their \
+             series in the key's partition",
+        );
         tokio::pin!(shutdown);
         let mut last_assignment: Option<Vec<i32>> = None;
+        // The topic's partition count: read again whenever the assignment changes (adding
+        // partitions rebalances the group).
+        let mut partitions = 0u32;
         loop {
             let assignment = self.consumer.assignment();
             assigned.set(assignment.len() as i64);
-            if last_assignment.as_ref() != Some(&assignment) {
+            if last_assignment.as_ref() != Some(&assignment) || partitions == 0 {
                 // Every change of the group's assignment, for post-mortems of rebalances.
                 tracing::info!(partitions = ?assignment, "log partitions assigned");
                 last_assignment = Some(assignment);
+                match self.consumer.partition_count() {
+                    Ok(n) => partitions = n,
+                    Err(e) => {
+                        // Nothing is applied before the count is known: readers need it.
+                        self.metrics.errors.with_label_values(&["log"]).inc();
+                        tracing::warn!("the topic's partition count could not be read: {e}");
+                        partitions = 0;
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                }
             }
             let polled = tokio::select! {
                 _ = &mut shutdown => break,
@@ -299,6 +323,9 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
             self.metrics.received.inc_by(records.len() as u64);
             let mut by_partition: BTreeMap<i32, Vec<LogRecord>> = BTreeMap::new();
             for r in records {
+                if partition_of(&r.key, partitions) != r.partition {
+                    misplaced.inc();
+                }
                 by_partition.entry(r.partition).or_default().push(r);
             }
             let mut commits = Vec::new();
@@ -313,6 +340,7 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                     match apply_partition(
                         &self.hot,
                         &pid,
+                        partitions,
                         &recs,
                         self.settings.lateness,
                         now_s(),

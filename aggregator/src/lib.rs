@@ -56,6 +56,11 @@ pub async fn run(
     let hot = loop {
         match RedisHot::connect(&cfg.redis_url, cfg.hot_retention_hours * 3600).await {
             Ok(h) => break h,
+            Err(e) if !e.retryable() => {
+                let _ = stop_tx.send(true);
+                let _ = server.await;
+                return Err(AggregatorError::Startup(e.to_string()));
+            }
             Err(e) => {
                 tracing::warn!("redis at {} not reachable yet: {e}", cfg.redis_url);
                 ready.set_not_ready(format!("redis: {e}"));

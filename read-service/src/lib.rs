@@ -102,6 +102,7 @@ pub async fn run(
     let hot = loop {
         match RedisHot::connect(&cfg.redis_url, cfg.hot_retention_hours * 3600).await {
             Ok(h) => break h,
+            Err(e) if !e.retryable() => return Err(ApiError::Startup(e.to_string())),
             Err(e) => {
                 tracing::warn!("redis at {} not reachable yet: {e}", cfg.redis_url);
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;

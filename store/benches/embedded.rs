@@ -116,6 +116,7 @@ fn bench(c: &mut Criterion) {
                     partition: partition.clone(),
                     expected_offset: offset,
                     new_offset: offset + 1,
+                    partitions: 4,
                     cells,
                 };
                 assert!(rt.block_on(hot.write(w)).expect("write"));

@@ -126,13 +126,14 @@ fn main() {
             .map(|(i, k)| (k.clone(), minute, cell(i, i % 4 == 3)))
             .collect();
         let started = Instant::now();
-        let stored = rt.block_on(hot.cells(&wanted)).expect("cells");
+        let stored = rt.block_on(hot.cells(&partition, &wanted)).expect("cells");
         assert_eq!(stored.len(), SERIES);
         let applied = rt
             .block_on(hot.write(HotWrite {
                 partition: partition.clone(),
                 expected_offset: round - 1,
                 new_offset: round,
+                partitions: PARTITIONS,
                 cells,
             }))
             .expect("write");

@@ -26,6 +26,10 @@ pub struct HotWrite {
     pub expected_offset: i64,
     /// The last offset this write applies.
     pub new_offset: i64,
+    /// The topic's partition count, which places every series (`crate::log::partition_of`):
+    /// stored for readers that find a series' partition from its key (0: not known, nothing
+    /// stored).
+    pub partitions: u32,
     /// `(series, minute, new state, type)`.
     pub cells: Vec<(MetricKey, i64, HotCell)>,
 }
@@ -38,9 +42,11 @@ pub trait HotStore: Send + Sync + 'static {
         partition: &PartitionId,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// The current cells for `(series, minute)` pairs, in order (`None` where there is none).
+    /// The current cells of `partition` for `(series, minute)` pairs, in order (`None` where
+    /// there is none).
     fn cells(
         &self,
+        partition: &PartitionId,
         wanted: &[(MetricKey, i64)],
     ) -> impl Future<Output = Result<Vec<Option<HotCell>>, StoreError>> + Send;
 
@@ -90,8 +96,12 @@ impl<T: HotStore> HotStore for std::sync::Arc<T> {
     async fn offset(&self, partition: &PartitionId) -> Result<i64, StoreError> {
         (**self).offset(partition).await
     }
-    async fn cells(&self, wanted: &[(MetricKey, i64)]) -> Result<Vec<Option<HotCell>>, StoreError> {
-        (**self).cells(wanted).await
+    async fn cells(
+        &self,
+        partition: &PartitionId,
+        wanted: &[(MetricKey, i64)],
+    ) -> Result<Vec<Option<HotCell>>, StoreError> {
+        (**self).cells(partition, wanted).await
     }
     async fn write(&self, write: HotWrite) -> Result<bool, StoreError> {
         (**self).write(write).await

@@ -1,8 +1,8 @@
 //! Kafka backend of the log, through rdkafka (bundled librdkafka).
 //!
-//! Producer: `enable.idempotence=true`, `acks=all`; the partition is chosen by librdkafka's default
-//! partitioner from the message key (the canonical metric key), so one series always lands in one
-//! partition. Each record carries thermo's clock as its timestamp (the aggregator's lateness rule
+//! Producer: `enable.idempotence=true`, `acks=all`; thermo chooses each record's partition from
+//! its key (the canonical metric key) with `crate::log::partition_of`, so one series always lands
+//! in one partition. Each record carries thermo's clock as its timestamp (the aggregator's lateness rule
 //! compares it with when the hour was rolled up). Records never expire inside librdkafka (`message.timeout.ms=0`): `send_all` gives up
 //! waiting after its own timeout (the caller answers 503 and the sender retries), while librdkafka
 //! keeps the queued records and delivers them when the broker is back. This matters: a record that
@@ -251,6 +251,31 @@ impl LogConsumer for KafkaConsumer {
             .assignment()
             .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default()
+    }
+
+    fn partition_count(&mut self) -> Result<u32, StoreError> {
+        let fetch = || {
+            self.consumer
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
+                .map_err(kafka_err)
+        };
+        // A network round trip: off the async thread when on a multi-threaded runtime.
+        let meta = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(fetch),
+            _ => fetch(),
+        }?;
+        let n = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map_or(0, |t| t.partitions().len());
+        match u32::try_from(n) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(StoreError::Unavailable {
+                backend: "kafka",
+                detail: format!("topic {} has no partitions yet", self.topic),
+            }),
+        }
     }
 
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), StoreError> {

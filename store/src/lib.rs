@@ -27,6 +27,7 @@ pub mod mem_catalog;
 pub mod mem_hot;
 pub mod redis_catalog;
 pub mod redis_hot;
+pub mod redis_migrate;
 pub mod redis_series;
 pub mod s3;
 pub mod series_registry;

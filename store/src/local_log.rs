@@ -336,6 +336,10 @@ impl LogConsumer for LocalConsumer {
         (0..self.positions.len() as i32).collect()
     }
 
+    fn partition_count(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::try_from(self.positions.len()).unwrap_or(u32::MAX))
+    }
+
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), StoreError> {
         if let Some(p) = self.positions.get_mut(partition as usize) {
             *p = offset.max(0);

@@ -61,6 +61,9 @@ pub trait LogConsumer: Send + 'static {
     /// Partitions currently assigned to this member.
     fn assignment(&self) -> Vec<i32>;
 
+    /// The topic's partition count (Kafka: read from the broker, waiting up to 5 s).
+    fn partition_count(&mut self) -> Result<u32, StoreError>;
+
     /// Makes the next records of `partition` start at `offset` (`-1`: the earliest retained).
     fn seek(&mut self, partition: i32, offset: i64) -> Result<(), StoreError>;
 }

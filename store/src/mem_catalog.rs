@@ -395,6 +395,7 @@ mod tests {
             },
             expected_offset: offset - 1,
             new_offset: offset,
+            partitions: 1,
             cells: vec![(
                 MetricKey::new("acme", "req", vec![]).unwrap(),
                 minute,

@@ -462,7 +462,11 @@ impl HotStore for MemHot {
         Ok(self.lock().offsets.get(partition).copied().unwrap_or(-1))
     }
 
-    async fn cells(&self, wanted: &[(MetricKey, i64)]) -> Result<Vec<Option<HotCell>>, StoreError> {
+    async fn cells(
+        &self,
+        _partition: &PartitionId,
+        wanted: &[(MetricKey, i64)],
+    ) -> Result<Vec<Option<HotCell>>, StoreError> {
         let g = self.lock();
         Ok(wanted
             .iter()
@@ -572,6 +576,7 @@ mod tests {
                     partition: p.clone(),
                     expected_offset: i - 1,
                     new_offset: i,
+                    partitions: 1,
                     cells: vec![(k.clone(), 60 * i, cell(i as f64))],
                 };
                 assert!(h.write(w).await.unwrap());
@@ -593,6 +598,7 @@ mod tests {
             partition: p.clone(),
             expected_offset: 4,
             new_offset: 5,
+            partitions: 1,
             cells: vec![(k.clone(), 600, cell(9.0))],
         };
         assert!(h.write(w).await.unwrap());
@@ -682,6 +688,7 @@ mod tests {
             partition: p.clone(),
             expected_offset: expected,
             new_offset: new,
+            partitions: 1,
             cells: vec![(k.clone(), 60, cell.clone())],
         };
         assert!(h.write(w(-1, 5)).await.unwrap());

@@ -1,29 +1,43 @@
-//! The Redis hot store.
+//! The Redis hot store, on one Redis or on a Redis Cluster.
 //!
-//! Key schema (single Redis instance; every key starts with `thermo:`):
+//! Key schema. Every key an aggregator's write touches carries its log partition's hash tag
+//! `{p<partition>}` (Redis Cluster hashes only what is between the braces), so one partition's
+//! keys live in one hash slot, and the write (cells, index entries, cold-storage bookkeeping and
+//! the partition's offset) stays one atomic, fenced script on a cluster too:
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `thermo:d:<metric key>:<hour start>` | hash | field `<minute start>` (unix s) → `HotCell` bytes; `EXPIREAT` max(hour end + retention, now) + margin (margin 0 without cold storage) |
-//! | `thermo:s:<tenant>:<metric name>` | sorted set | member `<metric key>`, score = latest max(minute, write time); members whose data cannot be in Redis any more (score < now − retention − margin − 2 h) are trimmed on write |
-//! | `thermo:m:<tenant>` | hash | field `<metric name>` → type (`counter`, `gauge`, `histogram`, `set`) |
-//! | `thermo:o:<topic>:<partition>` | string | last log offset applied from that partition |
-//! | `thermo:tenants` | set | every tenant that wrote |
-//! | `thermo:pending` | sorted set | hour starts with hot cells not yet rolled up to cold storage (cold storage on only) |
-//! | `thermo:hv` | hash | hour start → write version (bumped by every write into that hour; cold storage on only) |
-//! | `thermo:rolled_at` | hash | hour start → when it was first rolled up (see `catalog.rs`) |
+//! | `thermo:{p<P>}:d:<metric key>:<hour start>` | hash | field `<minute start>` (unix s) → `HotCell` bytes; `EXPIREAT` max(hour end + retention, now) + margin (margin 0 without cold storage) |
+//! | `thermo:{p<P>}:s:<tenant>:<metric name>` | sorted set | the partition's series of that metric: member `<metric key>`, score = latest max(minute, write time); members whose data cannot be in Redis any more (score < now − retention − margin − 2 h) are trimmed on write |
+//! | `thermo:{p<P>}:m:<tenant>` | hash | field `<metric name>` → type (`counter`, `gauge`, `histogram`, `set`), for the partition's series |
+//! | `thermo:{p<P>}:tenants` | set | every tenant that wrote into the partition |
+//! | `thermo:{p<P>}:o:<topic>` | string | last log offset applied from partition `P` of `topic` |
+//! | `thermo:{p<P>}:pending` | sorted set | hour starts with hot cells of the partition not yet rolled up to cold storage (cold storage on only) |
+//! | `thermo:{p<P>}:hv` | hash | hour start → the partition's write version of that hour (bumped by every write into it; cold storage on only) |
+//! | `thermo:partitions` | string | the topic's partition count, set by the aggregators before every write |
+//! | `thermo:rolled_at` | hash | hour start → when it was first rolled up (see `redis_catalog.rs`) |
 //!
-//! The cold-storage catalog keys are described in `catalog.rs`.
+//! `<metric key>` is the canonical encoding `tenant/name{k=v,...}` (see `thermo_core::key`); a key
+//! is read with the first `{` and `}` (the partition's tag) before any brace of the metric key.
 //!
-//! `<metric key>` is the canonical encoding `tenant/name{k=v,...}` (see `thermo_core::key`).
-//! A write (cells, index entries and the partition offset) is one Lua script, so it is atomic and
-//! fenced: it applies only if the stored offset equals the writer's expected offset.
+//! A series lives in the partition the partitioners put its records in,
+//! `thermo_store::log::partition_of(metric key, partitions)`, so a reader finds its cells with the
+//! partition count alone, without scanning. Listing a metric's series reads the index of every
+//! partition (one pipelined command each). The cold-storage catalog keys are described in
+//! `redis_catalog.rs`.
+//!
+//! The key schema before the hash tags (`thermo:d:<metric key>:<hour>`, one global index,
+//! `thermo:tenants`, ...) is refused at connect with the advice to run `thermo migrate`
+//! ([`crate::redis_migrate`]).
 
 use crate::hot::{HotStore, HotWrite, PartitionId};
+use crate::log::partition_of;
 use crate::StoreError;
 use redis::aio::ConnectionManager;
 use redis::Script;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use thermo_core::aggregate::MetricType;
 use thermo_core::codec::HotCell;
 use thermo_core::key::MetricKey;
@@ -31,23 +45,35 @@ use thermo_core::window::{window_start, MINUTE};
 
 const HOUR: i64 = 3600;
 
-const WRITE_SCRIPT: &str = r#"
+/// The partition count, as the aggregators set it.
+pub(crate) const PARTITIONS_KEY: &str = "thermo:partitions";
+
+/// How long the partition count read (or set) is trusted before it is read (or set) again.
+const PARTITIONS_TTL: Duration = Duration::from_secs(5);
+
+/// A key only the schema before the hash tags has: its presence means `thermo migrate` is due.
+pub(crate) const OLD_SCHEMA_KEY: &str = "thermo:tenants";
+
+const WRITE_SCRIPT: &str = r#"#!lua
+-- KEYS: the partition's offset, tenants, pending hours, hour versions; then per cell its data,
+-- series index and metric types keys. ARGV: expected offset, new offset, cold ('1' or '0'), then
+-- 10 per cell.
 local cur = redis.call('GET', KEYS[1])
 if cur == false then cur = '-1' end
 if cur ~= ARGV[1] then return 0 end
-local n = (#KEYS - 1) / 3
+local n = (#KEYS - 4) / 3
 for i = 0, n - 1 do
-  local k = 2 + i * 3
+  local k = 5 + i * 3
   local a = 4 + i * 10
   redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1])
   redis.call('EXPIREAT', KEYS[k], ARGV[a + 2])
   redis.call('ZADD', KEYS[k + 1], 'GT', ARGV[a + 4], ARGV[a + 3])
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', '(' .. ARGV[a + 7])
   redis.call('HSET', KEYS[k + 2], ARGV[a + 5], ARGV[a + 6])
-  redis.call('SADD', 'thermo:tenants', ARGV[a + 8])
+  redis.call('SADD', KEYS[2], ARGV[a + 8])
   if ARGV[3] == '1' then
-    redis.call('ZADD', 'thermo:pending', ARGV[a + 9], ARGV[a + 9])
-    redis.call('HINCRBY', 'thermo:hv', ARGV[a + 9], 1)
+    redis.call('ZADD', KEYS[3], ARGV[a + 9], ARGV[a + 9])
+    redis.call('HINCRBY', KEYS[4], ARGV[a + 9], 1)
   end
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -63,25 +89,44 @@ pub struct RedisHot {
     /// compactor trims hours once S3 holds them, and this margin only bounds memory if the
     /// compactor cannot run for that long (the documented bound of an S3 outage).
     expiry_margin_secs: i64,
-    /// Cold storage is on: writes also maintain `thermo:pending` and `thermo:hv`.
+    /// Cold storage is on: writes also maintain each partition's `pending` and `hv`.
     cold: bool,
     script: Script,
+    /// The partition count last read or set, and when.
+    partitions: Arc<Mutex<Option<(Instant, u32)>>>,
 }
 
-pub(crate) fn data_key(series: &MetricKey, hour: i64) -> String {
-    format!("thermo:d:{series}:{hour}")
+/// The hash tag of log partition `p`: its keys share one Redis Cluster slot.
+pub(crate) fn tag(p: i32) -> String {
+    format!("thermo:{{p{p}}}")
 }
 
-fn series_key(tenant: &str, name: &str) -> String {
-    format!("thermo:s:{tenant}:{name}")
+pub(crate) fn data_key(p: i32, series: &MetricKey, hour: i64) -> String {
+    format!("{}:d:{series}:{hour}", tag(p))
 }
 
-fn metrics_key(tenant: &str) -> String {
-    format!("thermo:m:{tenant}")
+pub(crate) fn series_key(p: i32, tenant: &str, name: &str) -> String {
+    format!("{}:s:{tenant}:{name}", tag(p))
 }
 
-fn offset_key(p: &PartitionId) -> String {
-    format!("thermo:o:{}:{}", p.topic, p.partition)
+pub(crate) fn metrics_key(p: i32, tenant: &str) -> String {
+    format!("{}:m:{tenant}", tag(p))
+}
+
+pub(crate) fn tenants_key(p: i32) -> String {
+    format!("{}:tenants", tag(p))
+}
+
+pub(crate) fn pending_key(p: i32) -> String {
+    format!("{}:pending", tag(p))
+}
+
+pub(crate) fn versions_key(p: i32) -> String {
+    format!("{}:hv", tag(p))
+}
+
+pub(crate) fn offset_key(p: &PartitionId) -> String {
+    format!("{}:o:{}", tag(p.partition), p.topic)
 }
 
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
@@ -122,14 +167,27 @@ pub(crate) async fn connect_manager(
 
 impl RedisHot {
     /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
+    /// Refuses (not retryable) a Redis that holds data in the key schema before the hash tags.
     pub async fn connect(url: &str, retention_secs: i64) -> Result<Self, StoreError> {
-        let conn = connect_manager(url, std::time::Duration::from_secs(10), 2).await?;
+        let mut conn = connect_manager(url, std::time::Duration::from_secs(10), 2).await?;
+        let old: bool = redis::cmd("EXISTS")
+            .arg(OLD_SCHEMA_KEY)
+            .query_async(&mut conn)
+            .await?;
+        if old {
+            return Err(StoreError::Invalid(format!(
+                "the Redis at {url} holds thermo data in the key schema before Redis Cluster \
+                 support: stop the aggregators and run `thermo migrate --redis-url {url} \
+                 --partitions <the topic's partition count>` (docs/storage.md, \"Migration\")"
+            )));
+        }
         Ok(Self {
             conn,
             retention_secs,
             expiry_margin_secs: 0,
             cold: false,
             script: Script::new(WRITE_SCRIPT),
+            partitions: Arc::default(),
         })
     }
 
@@ -157,6 +215,109 @@ impl RedisHot {
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
+
+    fn cached_partitions(&self) -> Option<u32> {
+        let cached = *self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .filter(|(at, _)| at.elapsed() < PARTITIONS_TTL)
+            .map(|(_, n)| n)
+    }
+
+    fn cache_partitions(&self, n: u32) {
+        *self.partitions.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), n));
+    }
+
+    /// The topic's partition count as the aggregators set it (read again after 5 s); 0 before
+    /// any aggregator wrote, when there is no data either.
+    pub async fn partitions(&self) -> Result<u32, StoreError> {
+        if let Some(n) = self.cached_partitions() {
+            return Ok(n);
+        }
+        let mut c = self.conn.clone();
+        let n: Option<u32> = redis::cmd("GET")
+            .arg(PARTITIONS_KEY)
+            .query_async(&mut c)
+            .await?;
+        let n = n.unwrap_or(0);
+        if n > 0 {
+            self.cache_partitions(n);
+        }
+        Ok(n)
+    }
+
+    /// Records the topic's partition count for readers (at most every 5 s, and when it changes).
+    async fn set_partitions(&self, n: u32) -> Result<(), StoreError> {
+        if n == 0 || self.cached_partitions() == Some(n) {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let before: Option<u32> = redis::cmd("SET")
+            .arg(PARTITIONS_KEY)
+            .arg(n)
+            .arg("GET")
+            .query_async(&mut c)
+            .await?;
+        if before.is_some_and(|b| b != n) {
+            tracing::warn!(
+                before,
+                now = n,
+                "the topic's partition count changed: series written before the change are \
+                 read from their new partition (docs/storage.md, \"Partitions\")"
+            );
+        }
+        self.cache_partitions(n);
+        Ok(())
+    }
+
+    /// Every partition `0..partitions`, as read by [`Self::partitions`].
+    pub(crate) async fn all_partitions(&self) -> Result<std::ops::Range<i32>, StoreError> {
+        let n = self.partitions().await?;
+        Ok(0..i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
+    /// The tenants that wrote into any partition, sorted.
+    pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in self.all_partitions().await? {
+            pipe.cmd("SMEMBERS").arg(tenants_key(p));
+        }
+        let mut c = self.conn.clone();
+        let sets: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        let all: BTreeSet<String> = sets.into_iter().flatten().collect();
+        Ok(all.into_iter().collect())
+    }
+
+    /// Every series of partition `p` that has data at or after `since_minute`.
+    pub(crate) async fn partition_series(
+        &self,
+        p: i32,
+        since_minute: i64,
+    ) -> Result<Vec<MetricKey>, StoreError> {
+        let mut c = self.conn.clone();
+        let tenants: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(tenants_key(p))
+            .query_async(&mut c)
+            .await?;
+        let mut out = Vec::new();
+        for tenant in tenants {
+            let names: Vec<String> = redis::cmd("HKEYS")
+                .arg(metrics_key(p, &tenant))
+                .query_async(&mut c)
+                .await?;
+            let mut pipe = redis::pipe();
+            for name in &names {
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(series_key(p, &tenant, name))
+                    .arg(since_minute)
+                    .arg("+inf");
+            }
+            let members: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+            for m in members.into_iter().flatten() {
+                out.push(MetricKey::parse(&m).map_err(|e| corrupt("series index", e))?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl HotStore for RedisHot {
@@ -169,14 +330,22 @@ impl HotStore for RedisHot {
         Ok(v.unwrap_or(-1))
     }
 
-    async fn cells(&self, wanted: &[(MetricKey, i64)]) -> Result<Vec<Option<HotCell>>, StoreError> {
+    async fn cells(
+        &self,
+        partition: &PartitionId,
+        wanted: &[(MetricKey, i64)],
+    ) -> Result<Vec<Option<HotCell>>, StoreError> {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for (k, minute) in wanted {
             pipe.cmd("HGET")
-                .arg(data_key(k, window_start(*minute, HOUR)))
+                .arg(data_key(
+                    partition.partition,
+                    k,
+                    window_start(*minute, HOUR),
+                ))
                 .arg(minute);
         }
         let mut c = self.conn.clone();
@@ -189,17 +358,22 @@ impl HotStore for RedisHot {
     }
 
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
+        self.set_partitions(w.partitions).await?;
+        let p = w.partition.partition;
         let mut inv = self.script.prepare_invoke();
-        inv.key(offset_key(&w.partition));
+        inv.key(offset_key(&w.partition))
+            .key(tenants_key(p))
+            .key(pending_key(p))
+            .key(versions_key(p));
         let now = thermo_core::window::now_s();
         inv.arg(w.expected_offset.to_string());
         inv.arg(w.new_offset.to_string());
         inv.arg(if self.cold { "1" } else { "0" });
         for (k, minute, cell) in &w.cells {
             let hour = window_start(*minute, HOUR);
-            inv.key(data_key(k, hour));
-            inv.key(series_key(k.tenant(), k.name()));
-            inv.key(metrics_key(k.tenant()));
+            inv.key(data_key(p, k, hour));
+            inv.key(series_key(p, k.tenant(), k.name()));
+            inv.key(metrics_key(p, k.tenant()));
             inv.arg(minute.to_string());
             inv.arg(cell.encode());
             // Never in the past: a backfilled hour lives until the compactor (or the margin) ends it.
@@ -222,12 +396,15 @@ impl HotStore for RedisHot {
     }
 
     async fn metrics(&self, tenant: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in self.all_partitions().await? {
+            pipe.cmd("HGETALL").arg(metrics_key(p, tenant));
+        }
         let mut c = self.conn.clone();
-        let m: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(metrics_key(tenant))
-            .query_async(&mut c)
-            .await?;
-        Ok(m.into_iter()
+        let maps: Vec<BTreeMap<String, String>> = pipe.query_async(&mut c).await?;
+        let all: BTreeMap<String, String> = maps.into_iter().flatten().collect();
+        Ok(all
+            .into_iter()
             .filter_map(|(name, t)| MetricType::parse(&t).map(|t| (name, t)))
             .collect())
     }
@@ -238,18 +415,21 @@ impl HotStore for RedisHot {
         name: &str,
         since_minute: i64,
     ) -> Result<Vec<MetricKey>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in self.all_partitions().await? {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(series_key(p, tenant, name))
+                .arg(since_minute)
+                .arg("+inf");
+        }
         let mut c = self.conn.clone();
-        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(series_key(tenant, name))
-            .arg(since_minute)
-            .arg("+inf")
-            .query_async(&mut c)
-            .await?;
-        let mut out = Vec::with_capacity(members.len());
-        for m in members {
+        let members: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        let mut out = Vec::with_capacity(members.iter().map(Vec::len).sum());
+        for m in members.into_iter().flatten() {
             out.push(MetricKey::parse(&m).map_err(|e| corrupt("series index", e))?);
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -264,21 +444,25 @@ impl HotStore for RedisHot {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        if names.is_empty() {
+        let partitions = self.all_partitions().await?;
+        if names.is_empty() || partitions.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for name in &names {
-            pipe.cmd("ZCOUNT")
-                .arg(series_key(tenant, name))
-                .arg(since_minute)
-                .arg("+inf");
+            for p in partitions.clone() {
+                pipe.cmd("ZCOUNT")
+                    .arg(series_key(p, tenant, name))
+                    .arg(since_minute)
+                    .arg("+inf");
+            }
         }
         let mut c = self.conn.clone();
         let counts: Vec<u64> = pipe.query_async(&mut c).await?;
         Ok(names
             .into_iter()
-            .zip(counts)
+            .zip(counts.chunks(partitions.len()))
+            .map(|(name, per_partition)| (name, per_partition.iter().sum::<u64>()))
             .filter(|(_, n)| *n > 0)
             .collect())
     }
@@ -304,6 +488,7 @@ impl HotStore for RedisHot {
         if series.is_empty() || to_minute <= from_minute {
             return Ok(vec![Vec::new(); series.len()]);
         }
+        let partitions = self.partitions().await?;
         let first_hour = window_start(from_minute, HOUR);
         let hours: Vec<i64> = (0..)
             .map(|i| first_hour + i * HOUR)
@@ -311,8 +496,9 @@ impl HotStore for RedisHot {
             .collect();
         let mut pipe = redis::pipe();
         for k in series {
+            let p = partition_of(k.encode().as_bytes(), partitions);
             for h in &hours {
-                pipe.cmd("HGETALL").arg(data_key(k, *h));
+                pipe.cmd("HGETALL").arg(data_key(p, k, *h));
             }
         }
         let mut c = self.conn.clone();

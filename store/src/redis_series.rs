@@ -19,7 +19,7 @@ use redis::Script;
 /// Series checked by one script call (about 2 µs each in Redis).
 pub const CHUNK: usize = 2_000;
 
-const ADMIT_SCRIPT: &str = r#"
+const ADMIT_SCRIPT: &str = r#"#!lua
 -- ARGV: now, cutoff, max_active, max_new, window_secs, series...
 local now = tonumber(ARGV[1])
 local max_active = tonumber(ARGV[3])

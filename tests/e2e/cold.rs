@@ -144,11 +144,20 @@ impl Cold {
             .collect()
     }
 
+    /// Hours pending in any partition (store/src/redis_catalog.rs).
+    fn pending_hours(&self) -> BTreeSet<i64> {
+        let keys = self
+            .stack
+            .redis
+            .cli(&["--scan", "--pattern", "thermo:{p*}:pending"]);
+        keys.lines().flat_map(|k| self.zset(k.trim())).collect()
+    }
+
     /// Hours that still have data keys in Redis.
     fn redis_hours(&self) -> BTreeSet<i64> {
         self.stack
             .redis
-            .cli(&["--scan", "--pattern", "thermo:d:*"])
+            .cli(&["--scan", "--pattern", "thermo:{p*}:d:*"])
             .lines()
             .filter_map(|k| k.trim().rsplit(':').next()?.parse().ok())
             .collect()
@@ -373,7 +382,7 @@ fn wait_ingested(c: &Cold, model: &Model) {
 /// What the compactor still has to do at `now` (from the catalog keys of store/src/redis_catalog.rs).
 fn unsettled(c: &Cold, now: i64) -> Vec<String> {
     let mut out = Vec::new();
-    for h in c.zset("thermo:pending") {
+    for h in c.pending_hours() {
         if h + HOUR + LAG <= now {
             out.push(format!("hour {h} pending"));
         }

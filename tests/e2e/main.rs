@@ -12,6 +12,7 @@ mod auth;
 mod browser;
 mod cold;
 mod cold_store;
+mod hot_store;
 mod intake;
 mod kafka_partitions;
 mod limits;

@@ -233,6 +233,27 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// One Redis Cluster node that owns every hash slot: it runs scripts and commands as a
+    /// cluster does (a script touching keys of two slots fails), without a cluster client.
+    pub fn start_cluster_node(dir: &Path) -> Self {
+        let conf = dir.join("nodes.conf").display().to_string();
+        let redis = Self::start_with(
+            dir,
+            &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+        );
+        redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        wait_until(
+            "the cluster node to own its slots",
+            Duration::from_secs(20),
+            || redis.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"),
+        );
+        redis
+    }
+
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let bin = find_bin("redis-server", "apt-get install redis-server");
         let port = free_port();
         let args: Vec<String> = [
@@ -248,6 +269,7 @@ impl Redis {
             &dir.display().to_string(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let proc = Proc::spawn("redis", &bin, &args, dir, dir.join("redis.log"));
