@@ -26,6 +26,7 @@ pub mod log;
 pub mod mem_catalog;
 pub mod mem_hot;
 pub mod redis_catalog;
+pub mod redis_conn;
 pub mod redis_hot;
 pub mod redis_migrate;
 pub mod redis_series;

@@ -159,24 +159,25 @@ impl Catalog for RedisCatalog {
 
     async fn pending_hours(&self, until: i64) -> Result<Vec<(i64, String)>, StoreError> {
         let partitions = self.hot.all_partitions().await?;
-        let mut pipe = redis::pipe();
-        for p in partitions.clone() {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(pending_key(p))
-                .arg("-inf")
-                .arg(until);
-        }
-        let mut c = self.hot.connection();
-        let hours: Vec<Vec<i64>> = pipe.query_async(&mut c).await?;
+        let c = self.hot.connection();
+        let cmds = partitions
+            .clone()
+            .map(|p| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(pending_key(p)).arg("-inf").arg(until);
+                (p, cmd)
+            })
+            .collect();
+        let hours: Vec<Vec<i64>> = c.grouped(cmds).await?;
         let pending: Vec<(i32, i64)> = partitions
             .zip(hours)
             .flat_map(|(p, hours)| hours.into_iter().map(move |h| (p, h)))
             .collect();
-        let mut pipe = redis::pipe();
-        for (p, h) in &pending {
-            pipe.cmd("HGET").arg(versions_key(*p)).arg(h);
-        }
-        let versions: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+        let cmds = pending
+            .iter()
+            .map(|(p, h)| (*p, redis::cmd("HGET").arg(versions_key(*p)).arg(h).clone()))
+            .collect();
+        let versions: Vec<Option<String>> = c.grouped(cmds).await?;
         let mut by_hour: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for ((p, h), v) in pending.into_iter().zip(versions) {
             let v = v.unwrap_or_else(|| "0".into());
@@ -189,15 +190,17 @@ impl Catalog for RedisCatalog {
     }
 
     async fn any_pending(&self, from: i64, to: i64) -> Result<bool, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in self.hot.all_partitions().await? {
-            pipe.cmd("ZCOUNT")
-                .arg(pending_key(p))
-                .arg(from)
-                .arg(format!("({to}"));
-        }
-        let mut c = self.hot.connection();
-        let counts: Vec<i64> = pipe.query_async(&mut c).await?;
+        let cmds = self
+            .hot
+            .all_partitions()
+            .await?
+            .map(|p| {
+                let mut cmd = redis::cmd("ZCOUNT");
+                cmd.arg(pending_key(p)).arg(from).arg(format!("({to}"));
+                (p, cmd)
+            })
+            .collect();
+        let counts: Vec<i64> = self.hot.connection().grouped(cmds).await?;
         Ok(counts.iter().any(|n| *n > 0))
     }
 

@@ -32,9 +32,9 @@
 
 use crate::hot::{HotStore, HotWrite, PartitionId};
 use crate::log::partition_of;
+use crate::redis_conn::RedisConn;
 use crate::StoreError;
-use redis::aio::ConnectionManager;
-use redis::Script;
+use redis::{Cmd, Script};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,7 +83,7 @@ return 1
 /// Hot store on Redis.
 #[derive(Clone)]
 pub struct RedisHot {
-    conn: ConnectionManager,
+    conn: RedisConn,
     retention_secs: i64,
     /// Extra time before Redis expires an hour by itself. 0 without cold storage; with it, the
     /// compactor trims hours once S3 holds them, and this margin only bounds memory if the
@@ -129,6 +129,13 @@ pub(crate) fn offset_key(p: &PartitionId) -> String {
     format!("{}:o:{}", tag(p.partition), p.topic)
 }
 
+/// The members of index `key` with a score at or after `since_minute`.
+fn since(key: &str, since_minute: i64) -> Cmd {
+    let mut cmd = redis::cmd("ZRANGEBYSCORE");
+    cmd.arg(key).arg(since_minute).arg("+inf");
+    cmd
+}
+
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what,
@@ -149,27 +156,12 @@ fn decode_or_log(bytes: &[u8], series: &MetricKey, minute: i64) -> Option<HotCel
     }
 }
 
-/// A connection to the Redis at `url` (`redis://host:port[/db]`) that reconnects by itself:
-/// 2 s to connect, `response` to answer, `retries` reconnection attempts per command.
-pub(crate) async fn connect_manager(
-    url: &str,
-    response: std::time::Duration,
-    retries: usize,
-) -> Result<ConnectionManager, StoreError> {
-    let client = redis::Client::open(url)
-        .map_err(|e| StoreError::Invalid(format!("redis_url {url:?}: {e}")))?;
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(std::time::Duration::from_secs(2))
-        .set_response_timeout(response)
-        .set_number_of_retries(retries);
-    Ok(ConnectionManager::new_with_config(client, cfg).await?)
-}
-
 impl RedisHot {
-    /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
+    /// Connects to `url`: one Redis (`redis://host:port[/db]`) or a Redis Cluster (its nodes'
+    /// URLs separated by commas; see [`crate::redis_conn`]). Reconnects by itself after failures.
     /// Refuses (not retryable) a Redis that holds data in the key schema before the hash tags.
     pub async fn connect(url: &str, retention_secs: i64) -> Result<Self, StoreError> {
-        let mut conn = connect_manager(url, std::time::Duration::from_secs(10), 2).await?;
+        let mut conn = crate::redis_conn::connect(url, Duration::from_secs(10), 2).await?;
         let old: bool = redis::cmd("EXISTS")
             .arg(OLD_SCHEMA_KEY)
             .query_async(&mut conn)
@@ -200,7 +192,7 @@ impl RedisHot {
     }
 
     /// The connection, for the cold-storage catalog.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -277,12 +269,12 @@ impl RedisHot {
 
     /// The tenants that wrote into any partition, sorted.
     pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in self.all_partitions().await? {
-            pipe.cmd("SMEMBERS").arg(tenants_key(p));
-        }
-        let mut c = self.conn.clone();
-        let sets: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        let cmds = self
+            .all_partitions()
+            .await?
+            .map(|p| (p, redis::cmd("SMEMBERS").arg(tenants_key(p)).clone()))
+            .collect();
+        let sets: Vec<Vec<String>> = self.conn.grouped(cmds).await?;
         let all: BTreeSet<String> = sets.into_iter().flatten().collect();
         Ok(all.into_iter().collect())
     }
@@ -304,14 +296,11 @@ impl RedisHot {
                 .arg(metrics_key(p, &tenant))
                 .query_async(&mut c)
                 .await?;
-            let mut pipe = redis::pipe();
-            for name in &names {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(series_key(p, &tenant, name))
-                    .arg(since_minute)
-                    .arg("+inf");
-            }
-            let members: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+            let cmds = names
+                .iter()
+                .map(|name| (p, since(&series_key(p, &tenant, name), since_minute)))
+                .collect();
+            let members: Vec<Vec<String>> = self.conn.grouped(cmds).await?;
             for m in members.into_iter().flatten() {
                 out.push(MetricKey::parse(&m).map_err(|e| corrupt("series index", e))?);
             }
@@ -396,12 +385,12 @@ impl HotStore for RedisHot {
     }
 
     async fn metrics(&self, tenant: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in self.all_partitions().await? {
-            pipe.cmd("HGETALL").arg(metrics_key(p, tenant));
-        }
-        let mut c = self.conn.clone();
-        let maps: Vec<BTreeMap<String, String>> = pipe.query_async(&mut c).await?;
+        let cmds = self
+            .all_partitions()
+            .await?
+            .map(|p| (p, redis::cmd("HGETALL").arg(metrics_key(p, tenant)).clone()))
+            .collect();
+        let maps: Vec<BTreeMap<String, String>> = self.conn.grouped(cmds).await?;
         let all: BTreeMap<String, String> = maps.into_iter().flatten().collect();
         Ok(all
             .into_iter()
@@ -415,15 +404,12 @@ impl HotStore for RedisHot {
         name: &str,
         since_minute: i64,
     ) -> Result<Vec<MetricKey>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in self.all_partitions().await? {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(series_key(p, tenant, name))
-                .arg(since_minute)
-                .arg("+inf");
-        }
-        let mut c = self.conn.clone();
-        let members: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        let cmds = self
+            .all_partitions()
+            .await?
+            .map(|p| (p, since(&series_key(p, tenant, name), since_minute)))
+            .collect();
+        let members: Vec<Vec<String>> = self.conn.grouped(cmds).await?;
         let mut out = Vec::with_capacity(members.iter().map(Vec::len).sum());
         for m in members.into_iter().flatten() {
             out.push(MetricKey::parse(&m).map_err(|e| corrupt("series index", e))?);
@@ -448,17 +434,18 @@ impl HotStore for RedisHot {
         if names.is_empty() || partitions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(names.len() * partitions.len());
         for name in &names {
             for p in partitions.clone() {
-                pipe.cmd("ZCOUNT")
+                let mut count = redis::cmd("ZCOUNT");
+                count
                     .arg(series_key(p, tenant, name))
                     .arg(since_minute)
                     .arg("+inf");
+                cmds.push((p, count));
             }
         }
-        let mut c = self.conn.clone();
-        let counts: Vec<u64> = pipe.query_async(&mut c).await?;
+        let counts: Vec<u64> = self.conn.grouped(cmds).await?;
         Ok(names
             .into_iter()
             .zip(counts.chunks(partitions.len()))
@@ -494,15 +481,14 @@ impl HotStore for RedisHot {
             .map(|i| first_hour + i * HOUR)
             .take_while(|h| *h < to_minute)
             .collect();
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(series.len() * hours.len());
         for k in series {
             let p = partition_of(k.encode().as_bytes(), partitions);
             for h in &hours {
-                pipe.cmd("HGETALL").arg(data_key(p, k, *h));
+                cmds.push((p, redis::cmd("HGETALL").arg(data_key(p, k, *h)).clone()));
             }
         }
-        let mut c = self.conn.clone();
-        let raw: Vec<BTreeMap<i64, Vec<u8>>> = pipe.query_async(&mut c).await?;
+        let raw: Vec<BTreeMap<i64, Vec<u8>>> = self.conn.grouped(cmds).await?;
         let mut out = Vec::with_capacity(series.len());
         for chunk in raw.chunks(hours.len()) {
             let mut cells = Vec::new();

@@ -22,12 +22,12 @@
 
 use crate::hot::PartitionId;
 use crate::log::partition_of;
+use crate::redis_conn::RedisConn;
 use crate::redis_hot::{
-    connect_manager, data_key, metrics_key, offset_key, pending_key, series_key, tenants_key,
-    versions_key, OLD_SCHEMA_KEY, PARTITIONS_KEY,
+    data_key, metrics_key, offset_key, pending_key, series_key, tenants_key, versions_key,
+    OLD_SCHEMA_KEY, PARTITIONS_KEY,
 };
 use crate::StoreError;
-use redis::aio::ConnectionManager;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use thermo_core::key::MetricKey;
@@ -50,7 +50,7 @@ fn invalid(what: &str, key: &str) -> StoreError {
 
 /// Every key matching `pattern` (one `SCAN`; keys written meanwhile may be missed, which a
 /// migration with the aggregators stopped has none of).
-async fn scan(c: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>, StoreError> {
+async fn scan(c: &mut RedisConn, pattern: &str) -> Result<Vec<String>, StoreError> {
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {
@@ -85,7 +85,12 @@ pub async fn migrate(
             "--partitions: the topic's partition count, at least 1".into(),
         ));
     }
-    let conn = connect_manager(url, Duration::from_secs(60), 2).await?;
+    let conn = crate::redis_conn::connect(url, Duration::from_secs(60), 2).await?;
+    if conn.is_cluster() {
+        return Err(StoreError::Invalid(format!(
+            "{url} is a Redis Cluster: the key schema before the hash tags was only ever on one Redis"
+        )));
+    }
     let mut c = conn.clone();
     let set: Option<u32> = redis::cmd("GET")
         .arg(PARTITIONS_KEY)
@@ -139,7 +144,7 @@ pub async fn migrate(
 }
 
 /// `thermo:o:<topic>:<P>` → `thermo:{p<P>}:o:<topic>`.
-async fn move_offsets(conn: &ConnectionManager) -> Result<u64, StoreError> {
+async fn move_offsets(conn: &RedisConn) -> Result<u64, StoreError> {
     let mut n = 0;
     let mut c = conn.clone();
     for key in scan(&mut c, "thermo:o:*").await? {
@@ -173,7 +178,7 @@ async fn move_offsets(conn: &ConnectionManager) -> Result<u64, StoreError> {
 
 /// `thermo:d:<metric key>:<hour>` → under the key's partition, with its fields and expiry.
 async fn move_data(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     partitions: u32,
     progress: &impl Fn(&str),
 ) -> Result<u64, StoreError> {
@@ -219,7 +224,7 @@ async fn move_data(
 
 /// `thermo:s:<tenant>:<name>` → each member into its partition's index, with the metric's type
 /// and the tenant.
-async fn move_index(conn: &ConnectionManager, partitions: u32) -> Result<u64, StoreError> {
+async fn move_index(conn: &RedisConn, partitions: u32) -> Result<u64, StoreError> {
     let mut c = conn.clone();
     let keys = scan(&mut c, "thermo:s:*").await?;
     let mut types: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -273,7 +278,7 @@ async fn move_index(conn: &ConnectionManager, partitions: u32) -> Result<u64, St
 }
 
 /// `thermo:pending` and `thermo:hv` → partition 0's.
-async fn move_pending(conn: &ConnectionManager) -> Result<u64, StoreError> {
+async fn move_pending(conn: &RedisConn) -> Result<u64, StoreError> {
     let mut c = conn.clone();
     let hours: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg("thermo:pending")

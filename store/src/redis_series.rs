@@ -11,9 +11,9 @@
 //! admitting at once never exceed a limit between them. A request of more than [`CHUNK`] series
 //! runs as several scripts, each atomic, so Redis is never blocked long.
 
+use crate::redis_conn::RedisConn;
 use crate::series_registry::{hour_of, Admitted, SeriesLimit, SeriesLimits, SeriesRegistry};
 use crate::StoreError;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 /// Series checked by one script call (about 2 µs each in Redis).
@@ -64,7 +64,7 @@ return {active, new, limit, refused}
 /// The registry in Redis.
 #[derive(Clone)]
 pub struct RedisSeriesRegistry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
 }
 
@@ -77,10 +77,10 @@ fn new_key(tenant: &str, hour: i64) -> String {
 }
 
 impl RedisSeriesRegistry {
-    /// Connects to `url` (`redis://host:port[/db]`). Reconnects by itself after failures.
+    /// Connects to `url`: one Redis or a Redis Cluster ([`crate::redis_conn`]). Reconnects by
+    /// itself after failures.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let conn =
-            crate::redis_hot::connect_manager(url, std::time::Duration::from_secs(5), 1).await?;
+        let conn = crate::redis_conn::connect(url, std::time::Duration::from_secs(5), 1).await?;
         Ok(Self {
             conn,
             script: Script::new(ADMIT_SCRIPT),

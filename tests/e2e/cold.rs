@@ -60,10 +60,15 @@ fn subdir(base: &std::path::Path, name: &str) -> std::path::PathBuf {
 }
 
 impl Cold {
-    fn start() -> Self {
+    /// The stack with one Redis, or with a Redis Cluster of 3 masters.
+    fn start(redis_cluster: bool) -> Self {
         let dir = TempDir::new("cold");
         let d = dir.path().to_path_buf();
-        let redis = Redis::start(&subdir(&d, "redis"));
+        let redis = if redis_cluster {
+            Redis::start_cluster(&subdir(&d, "redis"), 3)
+        } else {
+            Redis::start(&subdir(&d, "redis"))
+        };
         let broker = Broker::start(&subdir(&d, "broker"));
         broker.create_topic(TOPIC, 4);
         let moto = Moto::start(&subdir(&d, "moto"));
@@ -146,20 +151,17 @@ impl Cold {
 
     /// Hours pending in any partition (store/src/redis_catalog.rs).
     fn pending_hours(&self) -> BTreeSet<i64> {
-        let keys = self
-            .stack
-            .redis
-            .cli(&["--scan", "--pattern", "thermo:{p*}:pending"]);
-        keys.lines().flat_map(|k| self.zset(k.trim())).collect()
+        let keys = self.stack.redis.scan("thermo:{p*}:pending");
+        keys.iter().flat_map(|k| self.zset(k)).collect()
     }
 
     /// Hours that still have data keys in Redis.
     fn redis_hours(&self) -> BTreeSet<i64> {
         self.stack
             .redis
-            .cli(&["--scan", "--pattern", "thermo:{p*}:d:*"])
-            .lines()
-            .filter_map(|k| k.trim().rsplit(':').next()?.parse().ok())
+            .scan("thermo:{p*}:d:*")
+            .iter()
+            .filter_map(|k| k.rsplit(':').next()?.parse().ok())
             .collect()
     }
 }
@@ -757,12 +759,21 @@ impl Phases {
 
 #[test]
 fn cold_roll_up_trim_late_data_s3_outage_and_duckdb() {
+    roll_up_trim_late_data_s3_outage_and_duckdb(false);
+}
+
+#[test]
+fn cold_on_a_redis_cluster_roll_up_trim_late_data_s3_outage_and_duckdb() {
+    roll_up_trim_late_data_s3_outage_and_duckdb(true);
+}
+
+fn roll_up_trim_late_data_s3_outage_and_duckdb(redis_cluster: bool) {
     let mut ph = Phases {
         failed: Vec::new(),
         notes: Vec::new(),
         start: Instant::now(),
     };
-    let mut c = Cold::start();
+    let mut c = Cold::start(redis_cluster);
     eprintln!(
         "[cold] stack up in {:.1?}; logs in {}",
         ph.start.elapsed(),

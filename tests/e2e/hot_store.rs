@@ -241,15 +241,14 @@ fn the_hot_store_is_fenced_and_keeps_each_write_in_one_slot() {
     let now = thermo_core::window::now_s();
     let hour = now - now.rem_euclid(3600) - 3 * 3600;
     let dir = TempDir::new("hot-store");
-    let (single_dir, node_dir) = (dir.path().join("single"), dir.path().join("cluster"));
-    std::fs::create_dir_all(&single_dir).expect("dir");
-    std::fs::create_dir_all(&node_dir).expect("dir");
-    let single = Redis::start(&single_dir);
-    let node = Redis::start_cluster_node(&node_dir);
+    let single = Redis::start(&dir.path().join("single"));
+    let node = Redis::start_cluster_node(&dir.path().join("node"));
+    let cluster = Redis::start_cluster(&dir.path().join("cluster"), 3);
     let rt = runtime();
     rt.block_on(async {
         exercise(&single.url(), hour).await;
         exercise(&node.url(), hour).await;
+        exercise(&cluster.url(), hour).await;
         // What makes the cluster run meaningful: the node refuses a cross-slot script.
         let refused = cross_slot_script(&node.url()).await.expect_err("refused");
         assert!(

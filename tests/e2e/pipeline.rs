@@ -292,7 +292,20 @@ fn check_wave(stack: &impl Target, model: &Model, from: i64, to: i64) {
 
 #[test]
 fn pipeline_exact_totals_bad_input_and_aggregator_crash() {
-    let mut stack = Stack::start("pipeline", 4, 2, 2, 20);
+    exact_totals_bad_input_and_aggregator_crash(false);
+}
+
+#[test]
+fn pipeline_on_a_redis_cluster_exact_totals_bad_input_and_aggregator_crash() {
+    exact_totals_bad_input_and_aggregator_crash(true);
+}
+
+fn exact_totals_bad_input_and_aggregator_crash(redis_cluster: bool) {
+    let extra = Extra {
+        redis_cluster,
+        ..Extra::default()
+    };
+    let mut stack = Stack::start_with("pipeline", 4, 2, 2, 20, &extra);
     let base = window_start(now_s() - 40 * 60, 600);
     let mut model = Model::default();
 
@@ -399,12 +412,22 @@ fn pipeline_exact_totals_bad_input_and_aggregator_crash() {
 
 #[test]
 fn kafka_outage_and_redis_loss_keep_totals_exact() {
+    outage_and_redis_loss_keep_totals_exact(false);
+}
+
+#[test]
+fn kafka_outage_and_redis_cluster_loss_keep_totals_exact() {
+    outage_and_redis_loss_keep_totals_exact(true);
+}
+
+fn outage_and_redis_loss_keep_totals_exact(redis_cluster: bool) {
     // The aggregator's group session outlasts the broker's outage (10 to 20 s here). With tansu
     // 0.6, a member whose session expired during a broker restart is expired again by the
     // restarted broker after the member rejoined; the rebalance that follows now and then never
     // completes (the aggregator left without partitions for good, 1 run in 2 to 8 under load).
     // Kafka keeps group state across a restart; the limit is the test broker's, not thermo's.
     let extra = Extra {
+        redis_cluster,
         aggregators: "session_timeout_ms = 45000\n".into(),
         ..Extra::default()
     };
@@ -499,11 +522,7 @@ fn kafka_outage_and_redis_loss_keep_totals_exact() {
 
     // Redis restarts empty (no persistence): the next record shows the aggregator that the hot
     // store is behind the log, and it rebuilds every minute from the log, exactly.
-    stack.redis.proc.kill();
-    stack.redis.proc.start();
-    wait_until("redis to listen again", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", stack.redis.port)).is_ok()
-    });
+    stack.redis.lose_everything();
     send_wave(&stack, &mut model, &[base + 120], false);
     stack.wait_agent_lines(0, model.lines[0] as f64);
     stack.flush_agents();

@@ -17,11 +17,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "e2e-{name}-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
+        // Unique within the test binary (tests run at once) and across runs (the process id).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("e2e-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).expect("create temp dir");
         Self(base)
@@ -225,35 +225,73 @@ impl Drop for Proc {
     }
 }
 
-/// redis-server on a free port, no persistence.
+/// redis-server on free ports, no persistence: one Redis, or the nodes of a Redis Cluster.
 pub struct Redis {
-    pub port: u16,
-    pub proc: Proc,
+    /// `(port, process)` of each node; the first answers `cli`.
+    pub nodes: Vec<(u16, Proc)>,
+    cluster: bool,
 }
 
 impl Redis {
+    /// One Redis.
     pub fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[])
+        Self {
+            nodes: vec![Self::spawn(dir, &[])],
+            cluster: false,
+        }
     }
 
     /// One Redis Cluster node that owns every hash slot: it runs scripts and commands as a
-    /// cluster does (a script touching keys of two slots fails), without a cluster client.
+    /// cluster does (a script touching keys of two slots fails).
     pub fn start_cluster_node(dir: &Path) -> Self {
-        let conf = dir.join("nodes.conf").display().to_string();
-        let redis = Self::start_with(
-            dir,
-            &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
-        );
-        redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
-        wait_until(
-            "the cluster node to own its slots",
-            Duration::from_secs(20),
-            || redis.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"),
-        );
+        Self::start_cluster(dir, 1)
+    }
+
+    /// A Redis Cluster of `masters` masters (no replicas), joined with `redis-cli --cluster
+    /// create` (or, for one, given every slot), each node in its own directory under `dir`.
+    pub fn start_cluster(dir: &Path, masters: usize) -> Self {
+        let nodes: Vec<(u16, Proc)> = (0..masters)
+            .map(|i| {
+                let d = dir.join(format!("node-{i}"));
+                std::fs::create_dir_all(&d).expect("node dir");
+                let conf = d.join("nodes.conf").display().to_string();
+                let bus = free_port().to_string();
+                Self::spawn(
+                    &d,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-port",
+                        &bus,
+                    ],
+                )
+            })
+            .collect();
+        let redis = Self {
+            nodes,
+            cluster: true,
+        };
+        if masters == 1 {
+            redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        } else {
+            let addrs: Vec<String> = redis
+                .nodes
+                .iter()
+                .map(|(port, _)| format!("127.0.0.1:{port}"))
+                .collect();
+            let mut args = vec!["--cluster", "create"];
+            args.extend(addrs.iter().map(String::as_str));
+            args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+            redis.cli(&args);
+        }
+        redis.wait_cluster_ok();
         redis
     }
 
-    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
+    fn spawn(dir: &Path, extra: &[&str]) -> (u16, Proc) {
+        std::fs::create_dir_all(dir).expect("redis dir");
         let bin = find_bin("redis-server", "apt-get install redis-server");
         let port = free_port();
         let args: Vec<String> = [
@@ -276,19 +314,65 @@ impl Redis {
         wait_until("redis to listen", Duration::from_secs(20), || {
             port_open(port)
         });
-        Self { port, proc }
+        (port, proc)
     }
 
+    fn wait_cluster_ok(&self) {
+        for (port, _) in &self.nodes {
+            wait_until(
+                "every cluster node to see every slot served",
+                Duration::from_secs(30),
+                || Self::cli_at(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"),
+            );
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// `redis_url`: the URL of each node, separated by commas.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// Runs `redis-cli -p PORT <args>` and returns its output (one value per line); panics if it
-    /// fails or answers an error.
+    /// Every node is killed (SIGKILL) and started again: the data is lost (no persistence); a
+    /// cluster keeps its membership and slots (`nodes.conf`).
+    pub fn lose_everything(&mut self) {
+        for (_, proc) in &mut self.nodes {
+            proc.kill();
+        }
+        for (port, proc) in &mut self.nodes {
+            proc.start();
+            let port = *port;
+            wait_until("redis to listen again", Duration::from_secs(20), || {
+                port_open(port)
+            });
+        }
+        if self.cluster {
+            self.wait_cluster_ok();
+        }
+    }
+
+    /// Runs `redis-cli <args>` against the first node (following redirects on a cluster) and
+    /// returns its output (one value per line); panics if it fails or answers an error.
     pub fn cli(&self, args: &[&str]) -> String {
+        let mut all = Vec::new();
+        if self.cluster {
+            all.push("-c");
+        }
+        all.extend_from_slice(args);
+        Self::cli_at(self.nodes[0].0, &all)
+    }
+
+    fn cli_at(port: u16, args: &[&str]) -> String {
         let bin = find_bin("redis-cli", "apt-get install redis-tools");
         let out = Command::new(&bin)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
@@ -299,6 +383,24 @@ impl Redis {
             String::from_utf8_lossy(&out.stderr)
         );
         text
+    }
+
+    /// Every key matching `pattern`, on every node.
+    pub fn scan(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|(port, _)| {
+                Self::cli_at(*port, &["--scan", "--pattern", pattern])
+                    .lines()
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 

@@ -39,6 +39,8 @@ impl Role {
 /// the stack's Redis.
 #[derive(Default)]
 pub struct Extra {
+    /// Redis Cluster of 3 masters instead of one Redis.
+    pub redis_cluster: bool,
     pub partitioner: String,
     pub aggregators: String,
     pub read: String,
@@ -98,7 +100,11 @@ impl Stack {
         extra: &Extra,
     ) -> Self {
         let dir = TempDir::new(name);
-        let redis = Redis::start(&mkdir(dir.path(), "redis"));
+        let redis = if extra.redis_cluster {
+            Redis::start_cluster(&mkdir(dir.path(), "redis"), 3)
+        } else {
+            Redis::start(&mkdir(dir.path(), "redis"))
+        };
         let partitioner = extra.partitioner.replace("$REDIS_URL", &redis.url());
         let broker = Broker::start(&mkdir(dir.path(), "broker"));
         broker.create_topic(TOPIC, partitions);
