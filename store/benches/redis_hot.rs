@@ -9,9 +9,12 @@
 //!   minutes written (`read_range`), as a dashboard's hot read does.
 //!
 //! The series are those of a 6-partition topic that land in partition 0, so the batch is what one
-//! aggregator writes in one step. Figures: the median of the rounds, in series-minutes a second.
+//! aggregator writes in one step. Figures: the median of the rounds, in series-minutes a second,
+//! on one Redis, then on a Redis Cluster of 3 masters on this machine (`cluster` in the arguments:
+//! only that; `single`: only one Redis).
 //!
-//! Run: `cargo bench --workspace --bench redis_hot` (needs `redis-server` on the PATH).
+//! Run: `cargo bench --workspace --bench redis_hot` (needs `redis-server` and `redis-cli` on the
+//! PATH).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,35 +29,101 @@ const SERIES: usize = 2000;
 const PARTITIONS: u32 = 6;
 const ROUNDS: i64 = 60;
 
-/// The redis-server this program started; killed when dropped.
-struct Server(Child);
+/// The redis-servers this program started; killed when dropped.
+struct Servers(Vec<Child>);
 
-impl Drop for Server {
+impl Drop for Servers {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
-fn start_redis() -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
-        .port();
+        .port()
+}
+
+fn spawn_redis(port: u16, extra: &[&str]) -> Child {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on the PATH (apt-get install redis-server)");
-    let server = Server(child);
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (server, format!("redis://127.0.0.1:{port}"));
+            return child;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("redis-server did not listen on {port}");
+}
+
+fn start_redis() -> (Servers, String) {
+    let port = free_port();
+    let server = Servers(vec![spawn_redis(port, &[])]);
+    (server, format!("redis://127.0.0.1:{port}"))
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli on the PATH (apt-get install redis-tools)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Three masters joined with `redis-cli --cluster create`, their files under the temp directory.
+fn start_cluster() -> (Servers, String) {
+    let dir = std::env::temp_dir().join(format!("thermo-bench-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers = Servers(Vec::new());
+    for p in &ports {
+        let conf = dir.join(format!("nodes-{p}.conf")).display().to_string();
+        let bus = free_port().to_string();
+        servers.0.push(spawn_redis(
+            *p,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-port",
+                &bus,
+            ],
+        ));
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(addrs.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    redis_cli(ports[0], &args);
+    for p in &ports {
+        let mut ok = false;
+        for _ in 0..200 {
+            if redis_cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(ok, "the cluster did not come up");
+    }
+    let url = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (servers, url)
 }
 
 /// 2,000 series of partition 0: every fourth a histogram.
@@ -102,10 +171,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (_server, url) = start_redis();
+    let args: Vec<String> = std::env::args().collect();
+    let only = |what: &str| args.iter().any(|a| a == what);
+    if !only("cluster") {
+        let (_servers, url) = start_redis();
+        measure("one Redis", &url);
+    }
+    if !only("single") {
+        let (_servers, url) = start_cluster();
+        measure("Redis Cluster, 3 masters", &url);
+    }
+}
+
+/// The write steps, then the reads, on the Redis at `url`; prints the figures.
+fn measure(what: &str, url: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let hot = rt
-        .block_on(RedisHot::connect(&url, 48 * 3600))
+        .block_on(RedisHot::connect(url, 48 * 3600))
         .expect("connect")
         .with_cold(3600);
     let keys = keys();
@@ -156,11 +238,11 @@ fn main() {
     }
 
     println!(
-        "write: {:.0} series-minutes/s (median of {ROUNDS} steps of {SERIES})",
+        "{what}: write: {:.0} series-minutes/s (median of {ROUNDS} steps of {SERIES})",
         median(write_rates)
     );
     println!(
-        "read: {:.0} series-minutes/s (median of 15 reads of {} series x {ROUNDS} minutes)",
+        "{what}: read: {:.0} series-minutes/s (median of 15 reads of {} series x {ROUNDS} minutes)",
         median(read_rates),
         SERIES / 4 * 3
     );
