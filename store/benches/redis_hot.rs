@@ -48,7 +48,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_redis(port: u16, extra: &[&str]) -> Child {
+/// Starts a redis-server on `port` into `servers` (so that it is killed whatever happens) and
+/// waits until it listens.
+fn spawn_redis(servers: &mut Servers, port: u16, extra: &[&str]) {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -56,9 +58,10 @@ fn spawn_redis(port: u16, extra: &[&str]) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on the PATH (apt-get install redis-server)");
+    servers.0.push(child);
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
+            return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -67,8 +70,9 @@ fn spawn_redis(port: u16, extra: &[&str]) -> Child {
 
 fn start_redis() -> (Servers, String) {
     let port = free_port();
-    let server = Servers(vec![spawn_redis(port, &[])]);
-    (server, format!("redis://127.0.0.1:{port}"))
+    let mut servers = Servers(Vec::new());
+    spawn_redis(&mut servers, port, &[]);
+    (servers, format!("redis://127.0.0.1:{port}"))
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -90,7 +94,8 @@ fn start_cluster() -> (Servers, String) {
     for p in &ports {
         let conf = dir.join(format!("nodes-{p}.conf")).display().to_string();
         let bus = free_port().to_string();
-        servers.0.push(spawn_redis(
+        spawn_redis(
+            &mut servers,
             *p,
             &[
                 "--cluster-enabled",
@@ -100,7 +105,7 @@ fn start_cluster() -> (Servers, String) {
                 "--cluster-port",
                 &bus,
             ],
-        ));
+        );
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let mut args = vec!["--cluster", "create"];
