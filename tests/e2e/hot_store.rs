@@ -321,6 +321,35 @@ async fn write_old_schema(url: &str, hours: [i64; 2], keys: &[MetricKey]) {
     let _: () = pipe.query_async(&mut c).await.expect("old schema written");
 }
 
+/// Runs `thermo <role>` on the Redis at `url` until it exits (20 s at most): its exit code and
+/// standard error.
+fn run_role_until_exit(role: &str, url: &str) -> (i32, String) {
+    let http = format!("http_addr=127.0.0.1:{}", crate::support::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thermo"))
+        .args([role, "--set", &format!("redis_url={url}"), "--set", &http])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run thermo");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("thermo {role} still running after 20 s on the old key schema");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    (status.code().unwrap_or(-1), stderr)
+}
+
 fn migrate(url: &str, partitions: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_thermo"))
         .args(["migrate", "--redis-url", url, "--partitions", partitions])
@@ -350,6 +379,13 @@ fn thermo_migrate_moves_the_old_key_schema_into_partitions() {
         assert!(!refused.retryable());
         assert!(refused.to_string().contains("thermo migrate"), "{refused}");
     });
+
+    // The roles that use the hot store refuse to start on it, naming the command.
+    for role in ["aggregator", "read-service"] {
+        let (code, stderr) = run_role_until_exit(role, &redis.url());
+        assert_ne!(code, 0, "{role} must not start on the old key schema");
+        assert!(stderr.contains("thermo migrate"), "{role}: {stderr}");
+    }
 
     let out = migrate(&redis.url(), "4");
     let stdout = String::from_utf8_lossy(&out.stdout);
