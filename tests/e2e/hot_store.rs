@@ -85,6 +85,24 @@ fn write_of(p: i32, expected: i64, new: i64, minutes: &[i64]) -> HotWrite {
     }
 }
 
+/// Every series of `keys` holds exactly two cells in the hours of `minutes`, at `minutes`: its
+/// route number, and that plus 1000.
+async fn assert_two_minutes(hot: &RedisHot, keys: &[MetricKey], minutes: [i64; 2]) {
+    let (from, to) = (minutes[0] - minutes[0].rem_euclid(3600), minutes[1] + 3600);
+    let read = hot
+        .read_range(keys, from, to - to.rem_euclid(3600))
+        .await
+        .expect("read");
+    for (k, cells) in keys.iter().zip(&read) {
+        let got: Vec<(i64, f64)> = cells.iter().map(|(m, c)| (*m, sum_of(c))).collect();
+        assert_eq!(
+            got,
+            vec![(minutes[0], route(k)), (minutes[1], route(k) + 1000.0)],
+            "{k}"
+        );
+    }
+}
+
 /// The contract on one Redis at `url`; the hour written is `hour`.
 async fn exercise(url: &str, hour: i64) {
     let hot = RedisHot::connect(url, RETENTION)
@@ -132,18 +150,7 @@ async fn exercise(url: &str, hour: i64) {
         hot.series_counts("acme", hour).await.expect("counts"),
         vec![("req".to_string(), 40)]
     );
-    let read = hot
-        .read_range(&keys, hour, hour + 3600)
-        .await
-        .expect("read");
-    for (k, cells) in keys.iter().zip(&read) {
-        let got: Vec<(i64, f64)> = cells.iter().map(|(m, c)| (*m, sum_of(c))).collect();
-        assert_eq!(
-            got,
-            vec![(minutes[0], route(k)), (minutes[1], route(k) + 1000.0)],
-            "{k}"
-        );
-    }
+    assert_two_minutes(&hot, &keys, [minutes[0], minutes[1]]).await;
     // The aggregator's read of stored states looks in the partition it writes.
     let (k0, p0) = all[0].clone();
     let other = (p0 + 1) % PARTITIONS as i32;
@@ -426,21 +433,7 @@ fn thermo_migrate_moves_the_old_key_schema_into_partitions() {
             hot.metrics("globex").await.expect("metrics"),
             vec![("orders".to_string(), MetricType::Counter)]
         );
-        let read = hot
-            .read_range(&keys, hours[0], hours[1] + 3600)
-            .await
-            .expect("read");
-        for (k, cells) in keys.iter().zip(&read) {
-            let got: Vec<(i64, f64)> = cells.iter().map(|(m, c)| (*m, sum_of(c))).collect();
-            assert_eq!(
-                got,
-                vec![
-                    (hours[0] + 60, route(k)),
-                    (hours[1] + 60, route(k) + 1000.0)
-                ],
-                "{k}"
-            );
-        }
+        assert_two_minutes(&hot, &keys, [hours[0] + 60, hours[1] + 60]).await;
         let catalog = RedisCatalog::new(hot.clone());
         assert_eq!(
             catalog.tenants().await.expect("tenants"),
