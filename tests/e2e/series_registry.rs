@@ -1,7 +1,7 @@
 //! The series registry contract on Redis: the conformance suite every backend passes
 //! (`thermo_store::series_suite`, also run on memory in the store crate's unit tests), here
-//! against redis-server, with the backend partitioner replicas share; and the key layout that
-//! docs/storage.md states.
+//! against redis-server (one, and a Redis Cluster of 3 masters), with the backend partitioner
+//! replicas share; and the key layout that docs/storage.md states.
 
 use crate::support::{Redis, TempDir};
 use thermo_store::redis_series::RedisSeriesRegistry;
@@ -9,8 +9,22 @@ use thermo_store::series_registry::{SeriesLimits, SeriesRegistry};
 
 #[test]
 fn redis_passes_the_series_registry_suite() {
+    passes_the_suite(false);
+}
+
+#[test]
+fn a_redis_cluster_passes_the_series_registry_suite() {
+    passes_the_suite(true);
+}
+
+/// On one Redis, or on a Redis Cluster of 3 masters (each script's keys share the tenant's slot).
+fn passes_the_suite(cluster: bool) {
     let dir = TempDir::new("series-registry");
-    let redis = Redis::start(dir.path());
+    let redis = if cluster {
+        Redis::start_cluster(dir.path(), 3)
+    } else {
+        Redis::start(dir.path())
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
