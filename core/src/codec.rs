@@ -18,9 +18,7 @@
 //! A decoder refuses trailing bytes, unknown versions and lengths that exceed the input, so a
 //! hostile body cannot make it allocate more than its own size.
 
-use crate::aggregate::{
-    new_hdr, Aggregate, Counter, DistinctSet, Gauge, Hist, TypeConflict, HIST_SIGFIGS,
-};
+use crate::aggregate::{Aggregate, Counter, DistinctSet, Gauge, Hist, TypeConflict, HIST_SIGFIGS};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 
 /// Current version byte of every framed structure.
@@ -213,21 +211,20 @@ impl<'a> Reader<'a> {
                 let n = self.len(1)?;
                 let mut bytes = self.take(n)?;
                 check_hdr_header(bytes).map_err(|p| err(self.what, format!("histogram: {p}")))?;
+                // The header check pinned thermo's precision and lowest value, so the histogram
+                // as deserialized is one `new_hdr` would make (sized to the stored highest value):
+                // used as is, not copied into a fresh one.
                 let mut hdr: hdrhistogram::Histogram<u64> = Deserializer::new()
                     .deserialize(&mut bytes)
                     .map_err(|e| err(self.what, format!("histogram: {e:?}")))?;
                 hdr.auto(true);
-                let mut h = Hist {
+                Aggregate::Histogram(Hist {
                     count,
                     sum,
                     min,
                     max,
-                    hdr: new_hdr(),
-                };
-                h.hdr
-                    .add(&hdr)
-                    .map_err(|e| err(self.what, format!("histogram: {e:?}")))?;
-                Aggregate::Histogram(h)
+                    hdr,
+                })
             }
             4 => {
                 let n = self.len(8)?;
@@ -488,6 +485,39 @@ mod tests {
             Aggregate::Histogram(h),
             Aggregate::Set(s),
         ]
+    }
+
+    /// A decoded histogram is the stored one as is (not a copy into a fresh one): equal both
+    /// ways round, and it records, merges and answers quantiles as the original does.
+    #[test]
+    fn decoded_histograms_behave_as_the_encoded_ones() {
+        let mut h = Hist::new();
+        for v in 1..=500 {
+            h.record(f64::from(v), 1);
+        }
+        let cell = |h: &Hist| HotCell {
+            contributors: vec![(1, 1)],
+            agg: Aggregate::Histogram(h.clone()),
+        };
+        let Aggregate::Histogram(mut d) = HotCell::decode(&cell(&h).encode()).unwrap().agg else {
+            panic!("a histogram");
+        };
+        assert!(d == h && h == d);
+        for x in [&mut d, &mut h] {
+            x.record(5e6, 2); // beyond the stored highest value: resizes
+        }
+        assert!(d == h && h == d);
+        let mut merged = Aggregate::Histogram(Hist::new());
+        merged.merge(&Aggregate::Histogram(d.clone())).unwrap();
+        merged.merge(&Aggregate::Histogram(h.clone())).unwrap();
+        let Aggregate::Histogram(merged) = merged else {
+            panic!("a histogram");
+        };
+        for q in [0.5, 0.99, 0.999, 1.0] {
+            assert_eq!(d.quantile(q), h.quantile(q), "q {q}");
+            assert_eq!(merged.quantile(q), h.quantile(q), "merged q {q}");
+        }
+        assert_eq!(merged.count, 2 * h.count);
     }
 
     #[test]
