@@ -286,17 +286,19 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
         loop {
             let assignment = self.consumer.assignment();
             assigned.set(assignment.len() as i64);
-            if last_assignment.as_ref() != Some(&assignment) || partitions == 0 {
+            if last_assignment.as_ref() != Some(&assignment) {
                 // Every change of the group's assignment, for post-mortems of rebalances.
                 tracing::info!(partitions = ?assignment, "log partitions assigned");
                 last_assignment = Some(assignment);
+                partitions = 0;
+            }
+            if partitions == 0 {
                 match self.consumer.partition_count() {
                     Ok(n) => partitions = n,
                     Err(e) => {
                         // Nothing is applied before the count is known: readers need it.
                         self.metrics.errors.with_label_values(&["log"]).inc();
                         tracing::warn!("the topic's partition count could not be read: {e}");
-                        partitions = 0;
                         tokio::select! {
                             _ = &mut shutdown => break,
                             _ = tokio::time::sleep(Duration::from_millis(500)) => continue,

@@ -502,11 +502,13 @@ mod tests {
         let Aggregate::Histogram(mut d) = HotCell::decode(&cell(&h).encode()).unwrap().agg else {
             panic!("a histogram");
         };
-        assert!(d == h && h == d);
+        assert!(d == h, "decoded == encoded");
+        assert!(h == d, "encoded == decoded");
         for x in [&mut d, &mut h] {
             x.record(5e6, 2); // beyond the stored highest value: resizes
         }
-        assert!(d == h && h == d);
+        assert!(d == h, "decoded == encoded");
+        assert!(h == d, "encoded == decoded");
         let mut merged = Aggregate::Histogram(Hist::new());
         merged.merge(&Aggregate::Histogram(d.clone())).unwrap();
         merged.merge(&Aggregate::Histogram(h.clone())).unwrap();
