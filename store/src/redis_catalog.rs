@@ -158,18 +158,17 @@ impl Catalog for RedisCatalog {
     }
 
     async fn pending_hours(&self, until: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        let partitions = self.hot.all_partitions().await?;
-        let c = self.hot.connection();
-        let cmds = partitions
-            .clone()
-            .map(|p| {
-                let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(pending_key(p)).arg("-inf").arg(until);
-                (p, cmd)
+        let hours: Vec<Vec<i64>> = self
+            .hot
+            .on_every_partition(|p| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(pending_key(p))
+                    .arg("-inf")
+                    .arg(until)
+                    .clone()
             })
-            .collect();
-        let hours: Vec<Vec<i64>> = c.grouped(cmds).await?;
-        let pending: Vec<(i32, i64)> = partitions
+            .await?;
+        let pending: Vec<(i32, i64)> = (0..)
             .zip(hours)
             .flat_map(|(p, hours)| hours.into_iter().map(move |h| (p, h)))
             .collect();
@@ -177,7 +176,7 @@ impl Catalog for RedisCatalog {
             .iter()
             .map(|(p, h)| (*p, redis::cmd("HGET").arg(versions_key(*p)).arg(h).clone()))
             .collect();
-        let versions: Vec<Option<String>> = c.grouped(cmds).await?;
+        let versions: Vec<Option<String>> = self.hot.connection().grouped(cmds).await?;
         let mut by_hour: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for ((p, h), v) in pending.into_iter().zip(versions) {
             let v = v.unwrap_or_else(|| "0".into());
@@ -190,17 +189,16 @@ impl Catalog for RedisCatalog {
     }
 
     async fn any_pending(&self, from: i64, to: i64) -> Result<bool, StoreError> {
-        let cmds = self
+        let counts: Vec<i64> = self
             .hot
-            .all_partitions()
-            .await?
-            .map(|p| {
-                let mut cmd = redis::cmd("ZCOUNT");
-                cmd.arg(pending_key(p)).arg(from).arg(format!("({to}"));
-                (p, cmd)
+            .on_every_partition(|p| {
+                redis::cmd("ZCOUNT")
+                    .arg(pending_key(p))
+                    .arg(from)
+                    .arg(format!("({to}"))
+                    .clone()
             })
-            .collect();
-        let counts: Vec<i64> = self.hot.connection().grouped(cmds).await?;
+            .await?;
         Ok(counts.iter().any(|n| *n > 0))
     }
 

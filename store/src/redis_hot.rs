@@ -267,14 +267,21 @@ impl RedisHot {
         Ok(0..i32::try_from(n).unwrap_or(i32::MAX))
     }
 
+    /// Runs `cmd(p)` for every partition `p` (a command on that partition's keys) and returns
+    /// the answers in partition order: one round trip on one Redis, one per node on a cluster.
+    pub(crate) async fn on_every_partition<T: redis::FromRedisValue>(
+        &self,
+        cmd: impl Fn(i32) -> Cmd,
+    ) -> Result<Vec<T>, StoreError> {
+        let cmds = self.all_partitions().await?.map(|p| (p, cmd(p))).collect();
+        self.conn.grouped(cmds).await
+    }
+
     /// The tenants that wrote into any partition, sorted.
     pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        let cmds = self
-            .all_partitions()
-            .await?
-            .map(|p| (p, redis::cmd("SMEMBERS").arg(tenants_key(p)).clone()))
-            .collect();
-        let sets: Vec<Vec<String>> = self.conn.grouped(cmds).await?;
+        let sets: Vec<Vec<String>> = self
+            .on_every_partition(|p| redis::cmd("SMEMBERS").arg(tenants_key(p)).clone())
+            .await?;
         let all: BTreeSet<String> = sets.into_iter().flatten().collect();
         Ok(all.into_iter().collect())
     }
@@ -385,12 +392,9 @@ impl HotStore for RedisHot {
     }
 
     async fn metrics(&self, tenant: &str) -> Result<Vec<(String, MetricType)>, StoreError> {
-        let cmds = self
-            .all_partitions()
-            .await?
-            .map(|p| (p, redis::cmd("HGETALL").arg(metrics_key(p, tenant)).clone()))
-            .collect();
-        let maps: Vec<BTreeMap<String, String>> = self.conn.grouped(cmds).await?;
+        let maps: Vec<BTreeMap<String, String>> = self
+            .on_every_partition(|p| redis::cmd("HGETALL").arg(metrics_key(p, tenant)).clone())
+            .await?;
         let all: BTreeMap<String, String> = maps.into_iter().flatten().collect();
         Ok(all
             .into_iter()
@@ -404,12 +408,9 @@ impl HotStore for RedisHot {
         name: &str,
         since_minute: i64,
     ) -> Result<Vec<MetricKey>, StoreError> {
-        let cmds = self
-            .all_partitions()
-            .await?
-            .map(|p| (p, since(&series_key(p, tenant, name), since_minute)))
-            .collect();
-        let members: Vec<Vec<String>> = self.conn.grouped(cmds).await?;
+        let members: Vec<Vec<String>> = self
+            .on_every_partition(|p| since(&series_key(p, tenant, name), since_minute))
+            .await?;
         let mut out = Vec::with_capacity(members.iter().map(Vec::len).sum());
         for m in members.into_iter().flatten() {
             out.push(MetricKey::parse(&m).map_err(|e| corrupt("series index", e))?);
