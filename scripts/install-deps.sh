@@ -20,7 +20,9 @@
 #          and the end-to-end tests use it as the cold store)
 #   duckdb DuckDB for Python: pip install duckdb (the tests read the cold Parquet objects with it)
 #   pyclients  the StatsD clients PyPI `statsd` and `datadog` (pip install statsd datadog):
-#          tests/e2e/intake.rs sends with them over TCP and a Unix datagram socket
+#          tests/e2e/intake.rs sends with them over TCP and a Unix datagram socket; the
+#          OpenTelemetry SDK and its OTLP/HTTP exporter (pip install opentelemetry-sdk
+#          opentelemetry-exporter-otlp-proto-http): tests/e2e/otlp.rs sends metrics with them
 #   chromium  headless browser (Debian package chromium); tests/e2e/browser.rs loads the dashboard in it
 #   prometheus  promtool and prometheus (Debian package prometheus); tests/e2e/prom.rs queries
 #          thermo's Prometheus API with promtool, tests/e2e/prom_differential.rs compares its
@@ -257,14 +259,15 @@ install_duckdb() {
 }
 
 install_pyclients() {
-  if python3 -c 'import statsd, datadog' 2>/dev/null; then
-    log "pyclients: already installed (python3 modules statsd, datadog)"
+  local check='import statsd, datadog, opentelemetry.sdk.metrics, opentelemetry.exporter.otlp.proto.http.metric_exporter'
+  if python3 -c "$check" 2>/dev/null; then
+    log "pyclients: already installed (python3 modules statsd, datadog, opentelemetry sdk and OTLP/HTTP exporter)"
     return 0
   fi
-  pip_install pyclients statsd datadog
-  python3 -c 'import statsd, datadog' ||
-    die "pip install statsd datadog succeeded but python3 cannot import them"
-  log "pyclients: installed (python3 modules statsd, datadog)"
+  pip_install pyclients statsd datadog opentelemetry-sdk opentelemetry-exporter-otlp-proto-http
+  python3 -c "$check" ||
+    die "pip install statsd datadog opentelemetry-sdk opentelemetry-exporter-otlp-proto-http succeeded but python3 cannot import them"
+  log "pyclients: installed (python3 modules statsd, datadog, opentelemetry sdk and OTLP/HTTP exporter)"
 }
 
 install_chromium() {

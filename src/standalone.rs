@@ -1,12 +1,14 @@
 //! `thermo standalone`: every role in one process, on embedded backends.
 //!
 //! ```text
-//! thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR]
-//!                   [--tag k=v]... [--demo]
+//! thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--otlp ADDR]
+//!                   [--http ADDR] [--tag k=v]... [--demo]
 //! ```
 //!
 //! - StatsD on UDP (`--udp`, default 127.0.0.1:8125) into the agent, and if asked on TCP (`--tcp`,
 //!   lines ended by `\n`) and on a Unix datagram socket (`--uds`, like DogStatsD's);
+//! - OpenTelemetry metrics over OTLP/HTTP, `POST /v1/metrics`, on `--otlp` (default
+//!   127.0.0.1:4318, OTLP's port; empty: off) and on the HTTP port;
 //! - one HTTP port (`--http`, default 127.0.0.1:8129) for the query API, the dashboard, the
 //!   partitioner's ingest API, the agent's `/api/v1/statsd`, `/flush` (which answers 200 only
 //!   once the flushed minutes are applied to the hot store: flush, then query), `/metrics`
@@ -51,6 +53,8 @@ struct Opts {
     tcp: String,
     /// StatsD on a Unix datagram socket (empty: off).
     uds: String,
+    /// OTLP/HTTP metrics (empty: off; `/v1/metrics` is on `http` too).
+    otlp: String,
     http: String,
     demo: bool,
     /// Tags added to every series (`--tag host=web-1`, repeatable).
@@ -64,7 +68,7 @@ struct Opts {
     tls_ca: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--http ADDR] [--tag k=v]... [--api-key-file PATH] [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--demo]";
+const USAGE: &str = "usage: thermo standalone [--data DIR] [--udp ADDR] [--tcp ADDR] [--uds PATH] [--otlp ADDR] [--http ADDR] [--tag k=v]... [--api-key-file PATH] [--tls-cert PEM --tls-key PEM [--tls-ca PEM]] [--demo]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
     let mut o = Opts {
@@ -72,6 +76,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
         udp: "127.0.0.1:8125".into(),
         tcp: String::new(),
         uds: String::new(),
+        otlp: "127.0.0.1:4318".into(),
         http: "127.0.0.1:8129".into(),
         demo: false,
         tags: Vec::new(),
@@ -87,6 +92,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Opts> {
             "--udp" => o.udp = value("--udp")?,
             "--tcp" => o.tcp = value("--tcp")?,
             "--uds" => o.uds = value("--uds")?,
+            "--otlp" => o.otlp = value("--otlp")?,
             "--http" => o.http = value("--http")?,
             "--demo" => o.demo = true,
             "--api-key-file" => o.api_key_file = Some(value("--api-key-file")?.into()),
@@ -203,6 +209,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
         udp_addr: o.udp.clone(),
         tcp_addr: o.tcp.clone(),
         uds_path: o.uds.clone(),
+        otlp_addr: o.otlp.clone(),
         http_addr: o.http.clone(),
         partitioner_url: format!("{scheme}://{}", o.http),
         ca_file: o
@@ -249,6 +256,12 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     }
     if !o.uds.is_empty() {
         println!("  StatsD unix: {} (datagrams)", o.uds);
+    }
+    if !o.otlp.is_empty() {
+        println!(
+            "  OTLP/HTTP:   http://{}/v1/metrics (OpenTelemetry metrics)",
+            o.otlp
+        );
     }
     println!(
         "  HTTP:        {scheme}://{} (query API, ingest API, /metrics)",

@@ -19,7 +19,12 @@ pub struct AgentConfig {
     pub max_line_bytes: usize,
     /// Most TCP connections served at once (more wait in the kernel's backlog).
     pub max_tcp_connections: usize,
-    /// HTTP listen address: `POST /api/v1/statsd`, `POST /flush`, `/metrics`, `/healthz`, `/readyz`.
+    /// OTLP/HTTP listen address taking OpenTelemetry metrics, `POST /v1/metrics` (empty: none;
+    /// the route is served on `http_addr` too).
+    pub otlp_addr: String,
+    /// Resource attributes that become tags of OTLP series (point attributes always do).
+    pub otlp_resource_tags: Vec<String>,
+    /// HTTP listen address: `POST /api/v1/statsd`, `POST /v1/metrics`, `POST /flush`, `/metrics`, `/healthz`, `/readyz`.
     pub http_addr: String,
     /// Base URL of the partitioner (`http://` or `https://`).
     pub partitioner_url: String,
@@ -85,6 +90,8 @@ impl Default for AgentConfig {
             tcp_addr: String::new(),
             max_line_bytes: 65_536,
             max_tcp_connections: 1024,
+            otlp_addr: "127.0.0.1:4318".into(),
+            otlp_resource_tags: vec!["service.name".into()],
             http_addr: "127.0.0.1:8126".into(),
             partitioner_url: "http://127.0.0.1:8127".into(),
             ca_file: String::new(),

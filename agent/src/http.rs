@@ -1,9 +1,10 @@
-//! The agent's HTTP routes: `POST /api/v1/statsd` and `POST /flush`.
+//! The agent's HTTP routes: `POST /api/v1/statsd`, `POST /v1/metrics` (OTLP) and `POST /flush`.
 
-use crate::Shared;
+use crate::{otlp, Shared};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -22,12 +23,79 @@ pub fn router(shared: Arc<Shared>) -> Router {
     )
 }
 
-/// `POST /api/v1/statsd` alone (standalone mode serves its own `/flush`, see [`flush_and_drain`]).
+/// The intake routes, `POST /api/v1/statsd` and `POST /v1/metrics`, without `/flush`
+/// (standalone mode serves its own, see [`flush_and_drain`]).
 pub fn statsd_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/statsd", post(push))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared.clone())
+        .merge(otlp_router(shared))
+}
+
+/// `POST /v1/metrics` alone (the `otlp_addr` listener).
+pub fn otlp_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/metrics", post(otlp_metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(otlp::MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// Takes an OTLP/HTTP metrics export: 200 with an `ExportMetricsServiceResponse` (its
+/// `partial_success` naming what was refused), else 400/413/415 with a `google.rpc.Status`, in
+/// the request's encoding.
+async fn otlp_metrics(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let content_type = header(header::CONTENT_TYPE);
+    let Some(format) = otlp::Format::from_content_type(&content_type) else {
+        let e = otlp::OtlpError::ContentType(content_type);
+        return otlp_reply(
+            otlp::Format::Json,
+            e.status(),
+            otlp::error_body(otlp::Format::Json, e.to_string()),
+        );
+    };
+    let gzip = match header(header::CONTENT_ENCODING)
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "identity" => false,
+        "gzip" => true,
+        other => {
+            let e = otlp::OtlpError::Encoding(other.to_string());
+            return otlp_reply(format, e.status(), otlp::error_body(format, e.to_string()));
+        }
+    };
+    let shared = s.clone();
+    let done = tokio::task::spawn_blocking(move || shared.ingest_otlp(&body, format, gzip)).await;
+    match done {
+        Ok(Ok(taken)) => otlp_reply(
+            format,
+            200,
+            otlp::response_body(format, taken.rejected(), taken.message()),
+        ),
+        Ok(Err(e)) => {
+            s.metrics.errors.with_label_values(&["otlp_decode"]).inc();
+            otlp_reply(format, e.status(), otlp::error_body(format, e.to_string()))
+        }
+        Err(e) => otlp_reply(format, 500, otlp::error_body(format, e.to_string())),
+    }
+}
+
+fn otlp_reply(format: otlp::Format, status: u16, body: Vec<u8>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 /// Ingests StatsD lines from the body; answers how many were accepted and refused, by reason.

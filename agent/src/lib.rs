@@ -2,7 +2,8 @@
 //!
 //! StatsD/DogStatsD lines arrive on UDP (`udp_addr`), on a Unix datagram socket (`uds_path`), over
 //! TCP (`tcp_addr`; [`intake`]) or over HTTP (`POST /api/v1/statsd`, one line per line of the
-//! body), and metrics come from log files (`[[logs]]`; [`log_intake`]); they are pre-aggregated
+//! body), OpenTelemetry metrics over OTLP/HTTP (`POST /v1/metrics` on `otlp_addr` and
+//! `http_addr`; [`otlp`]), and metrics come from log files (`[[logs]]`; [`log_intake`]); they are pre-aggregated
 //! per series per minute in memory ([`thermo_core::accumulator`]). Every `flush_interval_ms` the minutes that closed at least
 //! `flush_delay_secs` ago go to the spool and are sent to the partitioner ([`sender`]).
 //! `POST /flush` closes every minute now (tests, deploys) and waits for the spool to drain.
@@ -21,6 +22,7 @@ pub mod http;
 pub mod intake;
 pub mod log_intake;
 pub mod logs;
+pub mod otlp;
 pub mod sender;
 pub mod spool;
 
@@ -53,6 +55,9 @@ pub struct Shared {
     checkpoint_series: IntGauge,
     /// The `[[logs]]` sources, if any.
     logs: Option<Arc<log_intake::LogIntake>>,
+    otlp: otlp::OtlpIntake,
+    otlp_references: IntCounter,
+    otlp_stale: IntCounter,
 }
 
 impl Shared {
@@ -66,6 +71,22 @@ impl Shared {
         }
         self.record(&stats, now);
         stats
+    }
+
+    /// Takes one OTLP/HTTP metrics request body. Blocking: decoding and converting a large
+    /// request takes milliseconds.
+    pub fn ingest_otlp(
+        &self,
+        body: &[u8],
+        format: otlp::Format,
+        gzip: bool,
+    ) -> Result<otlp::Taken, otlp::OtlpError> {
+        let now = now_ms();
+        let taken = self.otlp.take(&self.acc, body, format, gzip, now)?;
+        self.otlp_references.inc_by(taken.references);
+        self.otlp_stale.inc_by(taken.stale);
+        self.record(&taken.stats, now);
+        Ok(taken)
     }
 
     /// Counts `n` lines skipped as longer than `max_line_bytes`.
@@ -197,7 +218,7 @@ pub struct Agent {
 /// Binds the UDP socket and starts receiving, flushing and sending. The HTTP routes are returned,
 /// not served: `run` serves them on `http_addr`, standalone mode on its one port.
 pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
-    let metrics = SelfMetrics::new("agent", "statsd lines");
+    let metrics = SelfMetrics::new("agent", "StatsD lines and OTLP data points");
     let acc_cfg = AccumulatorConfig {
         tenant: DEFAULT_TENANT.into(),
         global_tags: cfg.global_tags.clone().into_iter().collect(),
@@ -254,6 +275,15 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             "series-minutes in the last checkpoint written",
         ),
         logs: logs.clone(),
+        otlp: otlp::OtlpIntake::new(cfg.otlp_resource_tags.clone(), now_ms(), cfg.max_series),
+        otlp_references: metrics.counter(
+            "otlp_reference_points_total",
+            "OTLP cumulative points that only set their series' reference (first seen, started before the agent)",
+        ),
+        otlp_stale: metrics.counter(
+            "otlp_stale_points_total",
+            "OTLP cumulative points not after their series' last one (re-sent or out of order), counted nothing",
+        ),
     });
     let log_thread = match &logs {
         Some(intake) => {
@@ -292,6 +322,14 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
                 .map_err(|e| AgentError::Startup(format!("bind tcp {addr}: {e}")))?,
         ),
     };
+    let otlp = match cfg.otlp_addr.as_str() {
+        "" => None,
+        addr => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentError::Startup(format!("bind otlp {addr}: {e}")))?,
+        ),
+    };
     let sender =
         sender::Sender::new(cfg, &metrics).map_err(|e| AgentError::Startup(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
@@ -326,6 +364,15 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
             cfg.max_tcp_connections,
         )));
     }
+    if let Some(listener) = otlp {
+        let app = http::otlp_router(shared.clone());
+        tracing::info!(addr = %cfg.otlp_addr, "OTLP/HTTP metrics on /v1/metrics");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("otlp listener stopped: {e}");
+            }
+        }));
+    }
     let flusher = {
         let shared = shared.clone();
         let interval = Duration::from_millis(cfg.flush_interval_ms.max(10));
@@ -343,9 +390,14 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             let mut last_checkpoint = tokio::time::Instant::now();
+            let mut last_forget = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 shared.flush(false, delay).await;
+                if last_forget.elapsed() >= Duration::from_secs(60) {
+                    last_forget = tokio::time::Instant::now();
+                    shared.otlp.forget_idle(now_ms());
+                }
                 if every.is_some_and(|e| last_checkpoint.elapsed() >= e) {
                     last_checkpoint = tokio::time::Instant::now();
                     shared.checkpoint().await;

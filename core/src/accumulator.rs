@@ -12,7 +12,7 @@
 //! The hot path looks a line up by a raw series id (`name|type|tags-as-sent`) in a reused buffer,
 //! without allocating; the canonical [`MetricKey`] is built and validated once per new series.
 
-use crate::aggregate::{Aggregate, Counter, DistinctSet, Gauge, Hist};
+use crate::aggregate::{Aggregate, Binned, Counter, DistinctSet, Gauge, Hist};
 use crate::key::{KeyError, MetricKey};
 use crate::statsd::{parse_datagram, Kind, Line, ParseError, Value};
 use crate::window::{minute_start, MINUTE};
@@ -104,6 +104,41 @@ struct Slot {
 /// One closed (or force-flushed) minute: every series with its state.
 pub type ClosedMinute = (i64, Vec<(MetricKey, Aggregate)>);
 
+/// A typed value for [`Accumulator::add_sample`].
+#[derive(Debug, Clone)]
+pub enum Sample {
+    /// Added to the minute's counter.
+    Counter(f64),
+    /// The gauge's value at the sample's time.
+    Gauge(f64),
+    /// Added into the minute's histogram.
+    Histogram(Binned),
+}
+
+/// Sets gauge `g` to `value` at `at_ms`.
+fn set_gauge(g: &mut Gauge, value: f64, at_ms: i64) {
+    // Every update of a series gets a strictly later ordering time than the one before it, so
+    // that when two flushes of one minute are merged downstream, the later value wins even with
+    // equal timestamps.
+    let at = at_ms.max(g.last_ms.saturating_add(1));
+    if g.min.is_nan() {
+        *g = Gauge::new(value, at);
+    } else {
+        g.last = value;
+        g.last_ms = at;
+        g.min = g.min.min(value);
+        g.max = g.max.max(value);
+    }
+}
+
+/// A gauge's value and ordering time (`None`: not a gauge).
+fn gauge_of(agg: &Aggregate) -> Option<(f64, i64)> {
+    match agg {
+        Aggregate::Gauge(g) => Some((g.last, g.last_ms)),
+        _ => None,
+    }
+}
+
 /// Per-minute pre-aggregation of StatsD lines.
 pub struct Accumulator {
     cfg: AccumulatorConfig,
@@ -144,41 +179,47 @@ impl Accumulator {
         }
     }
 
-    fn build_key(&self, line: &Line<'_>) -> Result<MetricKey, KeyError> {
-        let mut tags: Vec<(String, String)> = line
-            .tag_pairs()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    fn build_key<'t>(
+        &self,
+        name: &str,
+        sent: impl Iterator<Item = (&'t str, &'t str)>,
+    ) -> Result<MetricKey, KeyError> {
+        let mut tags: Vec<(String, String)> =
+            sent.map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for (k, v) in &self.cfg.global_tags {
             if !tags.iter().any(|(tk, _)| tk == k) {
                 tags.push((k.clone(), v.clone()));
             }
         }
-        MetricKey::new(self.cfg.tenant.clone(), line.name, tags)
+        MetricKey::new(self.cfg.tenant.clone(), name, tags)
     }
 
-    /// Aggregates one parsed line.
-    pub fn add_line(&mut self, line: &Line<'_>, now_ms: i64) -> Result<(), Drop> {
+    /// The minute of a value at `at_ms` (unix ms; `None`: received now), and its ordering time.
+    fn minute_of(&self, at_ms: Option<i64>, now_ms: i64) -> Result<(i64, i64), Drop> {
         let now_s = now_ms.div_euclid(1000);
-        let (minute, at_ms) = match line.timestamp {
-            Some(ts) => {
+        match at_ms {
+            Some(ms) => {
+                let ts = ms.div_euclid(1000);
                 if ts < now_s - self.cfg.max_past_secs {
                     return Err(Drop::TooOld);
                 }
                 if ts > now_s + self.cfg.max_future_secs {
                     return Err(Drop::InFuture);
                 }
-                (minute_start(ts), ts.saturating_mul(1000))
+                Ok((minute_start(ts), ms))
             }
-            None => (minute_start(now_s), now_ms),
-        };
-        self.scratch.clear();
-        self.scratch.push_str(line.name);
-        self.scratch.push('|');
-        self.scratch.push_str(line.kind.as_str());
-        self.scratch.push('|');
-        self.scratch.push_str(line.tags);
+            None => Ok((minute_start(now_s), now_ms)),
+        }
+    }
 
+    /// The slot of the series whose raw id is in `scratch`, in `minute`; a new one (of `kind`,
+    /// keyed by what `key` builds) if there is none.
+    fn slot(
+        &mut self,
+        minute: i64,
+        kind: Kind,
+        key: impl FnOnce(&Self) -> Result<MetricKey, KeyError>,
+    ) -> Result<&mut Slot, Drop> {
         let exists = self
             .minutes
             .get(&minute)
@@ -187,8 +228,8 @@ impl Accumulator {
             if self.open_series >= self.cfg.max_series {
                 return Err(Drop::SeriesLimit);
             }
-            let key = self.build_key(line).map_err(|_| Drop::InvalidKey)?;
-            let agg = match line.kind {
+            let key = key(self).map_err(|_| Drop::InvalidKey)?;
+            let agg = match kind {
                 Kind::Counter => Aggregate::Counter(Counter::default()),
                 Kind::Timer | Kind::Histogram | Kind::Distribution => {
                     Aggregate::Histogram(Hist::new())
@@ -214,13 +255,83 @@ impl Accumulator {
                 .insert(self.scratch.as_str().into(), Slot { key, agg });
             self.open_series += 1;
         }
-        let Some(slot) = self
-            .minutes
+        self.minutes
             .get_mut(&minute)
             .and_then(|m| m.get_mut(self.scratch.as_str()))
-        else {
-            return Err(Drop::SeriesLimit); // unreachable: inserted above
+            .ok_or(Drop::SeriesLimit) // unreachable: inserted above
+    }
+
+    /// Remembers a gauge's value as the base of later deltas of the series in `scratch`.
+    fn remember_gauge(&mut self, gauge: Option<(f64, i64)>, minute: i64) {
+        if let Some((last, last_ms)) = gauge {
+            self.gauges
+                .insert(self.scratch.as_str().into(), (last, last_ms, minute));
+        }
+    }
+
+    /// Aggregates one typed value of series `name` with `tags` (intakes that decode numbers
+    /// themselves, like OTLP), at `at_ms` (unix ms; `None`: now). Counter values add, gauge values
+    /// set (absolute), histograms merge. The series is not the same as a StatsD line's of the
+    /// same name and tags until the minute is taken (then they merge, or conflict by type).
+    pub fn add_sample(
+        &mut self,
+        name: &str,
+        tags: &[(String, String)],
+        at_ms: Option<i64>,
+        sample: Sample,
+        now_ms: i64,
+    ) -> Result<(), Drop> {
+        let (minute, at_ms) = self.minute_of(at_ms, now_ms)?;
+        let kind = match &sample {
+            Sample::Counter(v) | Sample::Gauge(v) if !v.is_finite() => {
+                return Err(Drop::Parse(ParseError::BadValue))
+            }
+            Sample::Counter(_) => Kind::Counter,
+            Sample::Gauge(_) => Kind::Gauge,
+            Sample::Histogram(_) => Kind::Distribution,
         };
+        // A raw id no StatsD line has (lines hold no control characters).
+        self.scratch.clear();
+        self.scratch.push('\u{1}');
+        self.scratch.push_str(name);
+        self.scratch.push('|');
+        self.scratch.push_str(kind.as_str());
+        for (k, v) in tags {
+            self.scratch.push('|');
+            self.scratch.push_str(k);
+            self.scratch.push('=');
+            self.scratch.push_str(v);
+        }
+        let slot = self.slot(minute, kind, |acc| {
+            acc.build_key(name, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        })?;
+        match (&mut slot.agg, sample) {
+            (Aggregate::Counter(c), Sample::Counter(v)) => {
+                c.sum += v;
+                c.samples += 1;
+            }
+            (Aggregate::Gauge(g), Sample::Gauge(v)) => set_gauge(g, v, at_ms),
+            (Aggregate::Histogram(h), Sample::Histogram(b)) => h.add_binned(&b),
+            _ => return Err(Drop::TypeConflict), // unreachable: the kind is in the raw id
+        }
+        let gauge = gauge_of(&slot.agg);
+        self.remember_gauge(gauge, minute);
+        Ok(())
+    }
+
+    /// Aggregates one parsed line.
+    pub fn add_line(&mut self, line: &Line<'_>, now_ms: i64) -> Result<(), Drop> {
+        let at_ms = line.timestamp.map(|ts| ts.saturating_mul(1000));
+        let (minute, at_ms) = self.minute_of(at_ms, now_ms)?;
+        self.scratch.clear();
+        self.scratch.push_str(line.name);
+        self.scratch.push('|');
+        self.scratch.push_str(line.kind.as_str());
+        self.scratch.push('|');
+        self.scratch.push_str(line.tags);
+        let slot = self.slot(minute, line.kind, |acc| {
+            acc.build_key(line.name, line.tag_pairs())
+        })?;
         let weight = (1.0 / line.rate).round().max(1.0) as u64;
         for v in line.values() {
             match (&mut slot.agg, v) {
@@ -241,27 +352,14 @@ impl Accumulator {
                         Value::Delta(d) => g.last + d,
                         Value::Member(_) => return Err(Drop::Parse(ParseError::BadValue)),
                     };
-                    // Every update of a series gets a strictly later ordering time than the one
-                    // before it, so that when two flushes of one minute are merged downstream,
-                    // the later line wins even with equal `|T` timestamps.
-                    let at = at_ms.max(g.last_ms.saturating_add(1));
-                    if g.min.is_nan() {
-                        *g = Gauge::new(value, at);
-                    } else {
-                        g.last = value;
-                        g.last_ms = at;
-                        g.min = g.min.min(value);
-                        g.max = g.max.max(value);
-                    }
+                    set_gauge(g, value, at_ms);
                 }
                 (_, Err(e)) => return Err(Drop::Parse(e)),
                 _ => return Err(Drop::Parse(ParseError::BadValue)),
             }
         }
-        if let Aggregate::Gauge(g) = &slot.agg {
-            self.gauges
-                .insert(self.scratch.as_str().into(), (g.last, g.last_ms, minute));
-        }
+        let gauge = gauge_of(&slot.agg);
+        self.remember_gauge(gauge, minute);
         Ok(())
     }
 
@@ -382,6 +480,84 @@ mod tests {
     }
 
     const NOW: i64 = 1_700_000_030_000; // unix ms, 50 s into its minute
+
+    #[test]
+    fn typed_samples_land_in_their_minute_and_merge_with_lines_of_the_same_series() {
+        let mut a = acc();
+        let tags = vec![("route".to_string(), "/a".to_string())];
+        let minute = minute_start(NOW / 1000);
+        let earlier_ms = (minute - 60) * 1000 + 5_000;
+        a.add_sample("req", &tags, None, Sample::Counter(2.5), NOW)
+            .unwrap();
+        a.add_sample("req", &tags, Some(earlier_ms), Sample::Counter(1.0), NOW)
+            .unwrap();
+        // The same series as a StatsD line: its own slot until the minute is taken, then merged.
+        let mut st = IngestStats::default();
+        a.ingest(b"req:4|c|#route:/a", NOW, &mut st);
+        a.add_sample("mem", &[], Some(NOW - 2_000), Sample::Gauge(7.0), NOW)
+            .unwrap();
+        a.add_sample("mem", &[], Some(NOW - 1_000), Sample::Gauge(3.0), NOW)
+            .unwrap();
+        let hist = |v: f64| {
+            Sample::Histogram(Binned {
+                count: 1,
+                sum: v,
+                min: v,
+                max: v,
+                bins: vec![(v, 1)],
+            })
+        };
+        a.add_sample("lat", &[], None, hist(10.0), NOW).unwrap();
+        a.add_sample("lat", &[], None, hist(30.0), NOW).unwrap();
+        // Refusals, each by its reason, nothing held for them.
+        let too_old = NOW - 3_601_000;
+        assert_eq!(
+            a.add_sample("req", &tags, Some(too_old), Sample::Counter(1.0), NOW),
+            Err(Drop::TooOld)
+        );
+        assert_eq!(
+            a.add_sample("req", &tags, None, Sample::Counter(f64::NAN), NOW),
+            Err(Drop::Parse(ParseError::BadValue))
+        );
+        assert_eq!(
+            a.add_sample("9bad", &[], None, Sample::Counter(1.0), NOW),
+            Err(Drop::InvalidKey)
+        );
+        assert_eq!(a.open_series(), 5); // req (twice this minute, once the one before), mem, lat
+        let out = a.take_all(&mut st);
+        let value = |m: i64, name: &str| {
+            let (_, series) = out.iter().find(|(at, _)| *at == m).unwrap();
+            series
+                .iter()
+                .find(|(k, _)| k.name() == name)
+                .map(|(k, a)| (k.encode(), a.clone()))
+        };
+        let (key, req) = value(minute, "req").unwrap();
+        assert_eq!(key, "default/req{host=h1,route=/a}");
+        assert_eq!(
+            req,
+            Aggregate::Counter(Counter {
+                sum: 6.5,
+                samples: 2
+            })
+        );
+        assert_eq!(
+            value(minute - 60, "req").unwrap().1,
+            Aggregate::Counter(Counter {
+                sum: 1.0,
+                samples: 1
+            })
+        );
+        let Aggregate::Gauge(g) = value(minute, "mem").unwrap().1 else {
+            panic!()
+        };
+        assert_eq!((g.last, g.min, g.max), (3.0, 3.0, 7.0));
+        let Aggregate::Histogram(h) = value(minute, "lat").unwrap().1 else {
+            panic!()
+        };
+        assert_eq!((h.count, h.sum, h.min, h.max), (2, 40.0, 10.0, 30.0));
+        assert_eq!(st.dropped_total(), 0, "no type conflict");
+    }
 
     #[test]
     fn counters_gauges_timers_sets_per_minute() {

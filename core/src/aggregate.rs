@@ -123,6 +123,27 @@ impl PartialEq for Hist {
     }
 }
 
+/// Values known by their exact count, sum, min and max and, for percentiles, as `(value, n)`
+/// bins: `n` values near `value` (a bucket's representative; see [`crate::buckets`]). The bins'
+/// `n` need not add up to `count`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binned {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub bins: Vec<(f64, u64)>,
+}
+
+impl Binned {
+    /// thermo's histogram of these values.
+    pub fn to_hist(&self) -> Hist {
+        let mut h = Hist::new();
+        h.add_binned(self);
+        h
+    }
+}
+
 /// A fresh, empty HDR histogram with thermo's settings.
 pub fn new_hdr() -> Histogram<u64> {
     let mut h = Histogram::new(HIST_SIGFIGS).unwrap_or_else(|_| unreachable_hdr());
@@ -167,6 +188,20 @@ impl Hist {
         self.max = self.max.max(value);
         // Auto-resizing histograms accept every u64 we produce (bounded by HIST_MAX).
         let _ = self.hdr.record_n(scaled(value), weight);
+    }
+
+    /// Adds values known as a [`Binned`]: count, sum, min and max exactly, the HDR part from the
+    /// bins.
+    pub fn add_binned(&mut self, b: &Binned) {
+        self.count = self.count.saturating_add(b.count);
+        self.sum += b.sum;
+        self.min = self.min.min(b.min);
+        self.max = self.max.max(b.max);
+        for &(value, n) in &b.bins {
+            if n > 0 {
+                let _ = self.hdr.record_n(scaled(value), n);
+            }
+        }
     }
 
     fn merge(&mut self, other: &Hist) {

@@ -5,6 +5,8 @@
 //! - [`window`]: minute and roll-up window arithmetic.
 //! - [`aggregate`]: mergeable per-window states (counter, gauge, HDR histogram, set).
 //! - [`accumulator`]: the agent's per-minute pre-aggregation.
+//! - [`cumulative`]: running totals (OpenTelemetry cumulative sums and histograms) into deltas.
+//! - [`buckets`]: bucketed histograms (OpenTelemetry's) into thermo's histogram state.
 //! - [`demo`]: realistic demo traffic (StatsD lines of a few services).
 //! - [`codec`]: versioned binary formats (agent batches, Kafka records, hot cells).
 //! - [`json`]: the JSON ingest form.
@@ -13,7 +15,9 @@
 
 pub mod accumulator;
 pub mod aggregate;
+pub mod buckets;
 pub mod codec;
+pub mod cumulative;
 pub mod demo;
 pub mod json;
 pub mod key;

@@ -47,6 +47,7 @@ AGGREGATOR_PORT=8128
 READ_PORT=8129
 AGENT_UDP_PORT=8125
 AGENT_HTTP_PORT=8126
+AGENT_OTLP_PORT=4318
 FLUSH_DELAY_SECS=5 # the agent sends a minute this long after it closes
 
 # cargo-installed tools (tansu), and where pip puts moto_server for pyenv and --user installs.
@@ -410,6 +411,7 @@ cat >"$CONF/agent.toml" <<EOF
 $header
 udp_addr = "$HOST:$AGENT_UDP_PORT"
 http_addr = "$HOST:$AGENT_HTTP_PORT"
+otlp_addr = "$HOST:$AGENT_OTLP_PORT"
 partitioner_url = "http://$HOST:$PARTITIONER_PORT"
 agent_id = "local-$hostname"
 api_key = ""

@@ -188,6 +188,8 @@ fn agents_send_over_https_and_curl_reads_it() {
         &dir.path().join("data").display().to_string(),
         "--udp",
         &format!("127.0.0.1:{udp}"),
+        "--otlp",
+        "",
         "--http",
         &format!("127.0.0.1:{http}"),
         "--tls-cert",
@@ -226,7 +228,7 @@ fn agents_send_over_https_and_curl_reads_it() {
         "agent",
         "agent",
         &format!(
-            "udp_addr = \"127.0.0.1:{agent_udp}\"\npartitioner_url = \"{base}\"\nca_file = \"{cert_s}\"\nagent_id = \"tls-agent\"\nflush_interval_ms = 200\n[global_tags]\nhost = \"remote\"\n"
+            "udp_addr = \"127.0.0.1:{agent_udp}\"\notlp_addr = \"\"\npartitioner_url = \"{base}\"\nca_file = \"{cert_s}\"\nagent_id = \"tls-agent\"\nflush_interval_ms = 200\n[global_tags]\nhost = \"remote\"\n"
         ),
     );
     let minute = thermo_core::window::minute_start(now_s()) - 300;

@@ -138,7 +138,7 @@ impl Stack {
                 Role {
                     udp,
                     ..Role::start(d, &format!("agent-{i}"), "agent", &format!(
-                        "udp_addr = \"127.0.0.1:{udp}\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nbreaker_open_ms = 1000\nrequest_timeout_ms = 5000\n{}[global_tags]\nhost = \"h{}\"\n",
+                        "udp_addr = \"127.0.0.1:{udp}\"\notlp_addr = \"\"\npartitioner_url = \"http://127.0.0.1:{pport}\"\nagent_id = \"agent-{i}\"\nflush_interval_ms = 200\nretry_initial_ms = 100\nretry_max_ms = 1000\nbreaker_open_ms = 1000\nrequest_timeout_ms = 5000\n{}[global_tags]\nhost = \"h{}\"\n",
                         extra.agents.get(i).map_or("", String::as_str),
                         i + 1))
                 }
@@ -323,6 +323,8 @@ pub struct Standalone {
     pub proc: Proc,
     pub http: u16,
     pub udp: u16,
+    /// The OTLP/HTTP port (`--otlp`).
+    pub otlp: u16,
 }
 
 impl Standalone {
@@ -345,7 +347,7 @@ impl Standalone {
 
     fn start_on(name: &str, extra: &[&str], shifted_clock: bool) -> Self {
         let dir = TempDir::new(name);
-        let (http, udp) = (free_port(), free_udp_port());
+        let (http, udp, otlp) = (free_port(), free_udp_port(), free_port());
         let mut args: Vec<String> = vec![
             "standalone".to_string(),
             "--data".to_string(),
@@ -354,6 +356,8 @@ impl Standalone {
             format!("127.0.0.1:{udp}"),
             "--http".to_string(),
             format!("127.0.0.1:{http}"),
+            "--otlp".to_string(),
+            format!("127.0.0.1:{otlp}"),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_thermo"));
@@ -369,6 +373,7 @@ impl Standalone {
             proc,
             http,
             udp,
+            otlp,
         }
     }
 
