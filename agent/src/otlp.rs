@@ -39,6 +39,7 @@ use std::sync::Mutex;
 use thermo_core::accumulator::{Accumulator, IngestStats, Sample};
 use thermo_core::buckets::{Buckets, Layout, Run};
 use thermo_core::cumulative::{Point, Step, Tracker};
+use thermo_core::key::{sanitize_name, sanitize_tag_value};
 
 /// Largest request body accepted, compressed or not.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -633,50 +634,15 @@ impl Context<'_> {
     }
 }
 
-/// A metric name or tag key in thermo's characters (see the module docs); one too long is
-/// refused by the key check, not cut.
-pub fn sanitize_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 1);
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok {
-        out.push('_');
-    }
-    out.extend(name.chars().map(|c| {
-        if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-            c
-        } else {
-            '_'
-        }
-    }));
-    out
-}
-
-/// A tag value in thermo's characters (see the module docs).
-fn sanitize_value(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && !matches!(c, ',' | '=' | '{' | '}' | '|' | '#') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// An attribute's value as a tag value; `None` for arrays and maps.
 fn attribute_value(kv: &KeyValue) -> Option<String> {
     let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
     let text = match value {
         None => String::new(),
-        Some(any_value::Value::StringValue(s)) => sanitize_value(s),
+        Some(any_value::Value::StringValue(s)) => sanitize_tag_value(s),
         Some(any_value::Value::BoolValue(b)) => b.to_string(),
         Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => sanitize_value(&d.to_string()),
+        Some(any_value::Value::DoubleValue(d)) => sanitize_tag_value(&d.to_string()),
         Some(any_value::Value::BytesValue(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
         Some(
             any_value::Value::ArrayValue(_)

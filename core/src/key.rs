@@ -133,6 +133,44 @@ pub fn validate_tag(key: &str, value: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// `name` in the characters of a metric name or tag key: every character outside
+/// `[A-Za-z0-9_.-]` becomes `_`, and `_` is put first when it starts with neither a letter nor `_`
+/// (for senders whose names allow more, like OpenTelemetry's `/` or Prometheus's `:`). The length
+/// is not changed: one too long is still refused by [`MetricKey::new`].
+pub fn sanitize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 1);
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok {
+        out.push('_');
+    }
+    out.extend(name.chars().map(|c| {
+        if c.is_ascii() && is_name_char(c as u8) {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out
+}
+
+/// `value` in the characters of a tag value: every character outside printable ASCII, or among
+/// `, = { } | #` and space, becomes `_`.
+pub fn sanitize_tag_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && is_tag_value_char(c as u8) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn truncate(s: &str) -> &str {
     let mut end = s.len().min(40);
     while !s.is_char_boundary(end) {
@@ -239,9 +277,36 @@ impl fmt::Display for MetricKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn t(k: &str, v: &str) -> (String, String) {
         (k.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn foreign_names_and_values_are_made_valid() {
+        assert_eq!(
+            sanitize_name("http.server.duration"),
+            "http.server.duration"
+        );
+        assert_eq!(sanitize_name("job:requests:rate5m"), "job_requests_rate5m");
+        assert_eq!(sanitize_name("9lives/s"), "_9lives_s");
+        assert_eq!(sanitize_name("ünï"), "__n_");
+        assert_eq!(sanitize_name(""), "_");
+        assert_eq!(sanitize_tag_value("GET /a b,c=d|#{}"), "GET_/a_b_c_d____");
+        assert_eq!(sanitize_tag_value("wörd"), "w_rd");
+    }
+
+    proptest! {
+        /// Whatever a sender names things, the sanitized name and tag make a valid key as long
+        /// as they are within the length limits.
+        #[test]
+        fn sanitized_parts_always_validate(name in "\\PC{0,60}", key in "\\PC{0,60}", value in "\\PC{0,60}") {
+            let (name, key, value) = (sanitize_name(&name), sanitize_name(&key), sanitize_tag_value(&value));
+            if name.len() <= MAX_NAME_LEN && key.len() <= MAX_TAG_KEY_LEN && value.len() <= MAX_TAG_VALUE_LEN {
+                prop_assert!(MetricKey::new("t", name, vec![(key, value)]).is_ok());
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod remote_write;
 pub mod series_limit;
 
 pub use config::PartitionerConfig;
