@@ -1,11 +1,24 @@
 //! Applying log records to the hot store, exactly once per contribution.
+//!
+//! A record is a series-minute ([`Record`]) or a cumulative series' running totals
+//! ([`TotalsRecord`], Prometheus remote write's counters). Totals become per-minute increases
+//! here, where a series' samples meet in log order: each sample is differenced against the series'
+//! last total, kept in the hot store and written with the cells and the offset in the same fenced
+//! write ([`HotStore::totals`]), so a replayed record finds the state it left and counts nothing
+//! twice. The rules are `thermo_core::cumulative`'s with no start times: a series' first total is
+//! only its reference (what it gained before is unknown), a total below the last one is a reset
+//! (counted whole), a sample not after the last one (a re-sent request) counts nothing. A
+//! request's increases of one minute are one contribution `(source, seq)` of that minute's
+//! counter cell.
 
 use crate::config::AggregatorConfig;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use thermo_core::aggregate::fnv1a;
-use thermo_core::codec::{HotCell, Record};
+use thermo_core::aggregate::{fnv1a, Aggregate, Counter};
+use thermo_core::codec::{HotCell, LogValue, Record, TotalsRecord};
+use thermo_core::cumulative::{step, Point, Step};
 use thermo_core::key::MetricKey;
+use thermo_core::window::minute_start;
 use thermo_core::window::now_s;
 use thermo_core::window::window_start;
 use thermo_runtime::telemetry::{Readiness, SelfMetrics};
@@ -66,6 +79,9 @@ pub struct Applied {
     pub duplicates: u64,
     /// Records merged.
     pub merged: u64,
+    /// Totals that only set their series' reference (its first), or came not after its last one.
+    pub totals_references: u64,
+    pub totals_stale: u64,
     /// Records refused, by reason.
     pub dropped: BTreeMap<&'static str, u64>,
     /// Cells written.
@@ -99,6 +115,8 @@ pub async fn apply_partition<H: HotStore>(
         }
         // (series, minute) → contributions in offset order, with when they were produced.
         let mut groups: BTreeMap<(MetricKey, i64), Vec<Contribution>> = BTreeMap::new();
+        // Cumulative series → their totals records in offset order.
+        let mut totals: BTreeMap<MetricKey, Vec<(TotalsRecord, Option<i64>)>> = BTreeMap::new();
         for r in records {
             if r.offset <= expected {
                 out.replayed += 1;
@@ -107,7 +125,7 @@ pub async fn apply_partition<H: HotStore>(
             let key = std::str::from_utf8(&r.key)
                 .ok()
                 .and_then(|k| MetricKey::parse(k).ok());
-            let (Some(key), Ok(rec)) = (key, Record::decode(&r.value)) else {
+            let (Some(key), Ok(value)) = (key, LogValue::decode(&r.value)) else {
                 *out.dropped.entry("corrupt").or_insert(0) += 1;
                 tracing::warn!(
                     partition = r.partition,
@@ -116,21 +134,73 @@ pub async fn apply_partition<H: HotStore>(
                 );
                 continue;
             };
-            match lateness {
-                Lateness::HotOnly { retention_secs } if rec.minute < now_s - retention_secs => {
-                    *out.dropped.entry("beyond_retention").or_insert(0) += 1;
-                    continue;
-                }
-                Lateness::Cold { max_age_secs, .. } if rec.minute < now_s - max_age_secs => {
-                    *out.dropped.entry("too_old").or_insert(0) += 1;
-                    continue;
-                }
-                _ => {}
+            match value {
+                LogValue::Minute(rec) => match too_old(lateness, rec.minute, now_s) {
+                    Some(reason) => *out.dropped.entry(reason).or_insert(0) += 1,
+                    None => groups
+                        .entry((key, rec.minute))
+                        .or_default()
+                        .push((rec, r.produced_ms)),
+                },
+                LogValue::Totals(rec) => totals.entry(key).or_default().push((rec, r.produced_ms)),
             }
-            groups
-                .entry((key, rec.minute))
-                .or_default()
-                .push((rec, r.produced_ms));
+        }
+        let series: Vec<MetricKey> = totals.keys().cloned().collect();
+        let last_totals = hot.totals(partition, &series).await?;
+        let mut new_totals = Vec::new();
+        for ((key, recs), last) in totals.into_iter().zip(last_totals) {
+            let mut last = last.map(|(time_ms, value)| Point {
+                start_ms: 0,
+                time_ms,
+                value,
+            });
+            let before = last.clone();
+            for (rec, produced_ms) in recs {
+                // This request's increases of the series, by minute.
+                let mut increases: BTreeMap<i64, f64> = BTreeMap::new();
+                for (time_ms, value) in rec.samples.iter().copied() {
+                    let p = Point {
+                        start_ms: 0,
+                        time_ms,
+                        value,
+                    };
+                    match step(last.as_ref(), &p, i64::MAX) {
+                        Step::Delta(d) => {
+                            *increases
+                                .entry(minute_start(time_ms.div_euclid(1000)))
+                                .or_default() += d;
+                        }
+                        Step::Reference => out.totals_references += 1,
+                        Step::Stale => {
+                            out.totals_stale += 1;
+                            continue;
+                        }
+                    }
+                    last = Some(p);
+                }
+                for (minute, increase) in increases {
+                    if let Some(reason) = too_old(lateness, minute, now_s) {
+                        *out.dropped.entry(reason).or_insert(0) += 1;
+                        continue;
+                    }
+                    let minute_rec = Record {
+                        source: rec.source.clone(),
+                        seq: rec.seq,
+                        minute,
+                        agg: Aggregate::Counter(Counter {
+                            sum: increase,
+                            samples: 1,
+                        }),
+                    };
+                    groups
+                        .entry((key.clone(), minute))
+                        .or_default()
+                        .push((minute_rec, produced_ms));
+                }
+            }
+            if let Some(p) = last.filter(|p| Some(p) != before.as_ref()) {
+                new_totals.push((key, p.time_ms, p.value));
+            }
         }
         if let Lateness::Cold { grace_secs, .. } = lateness {
             // Late: the hour ended more than the grace period ago, and the record was produced
@@ -212,6 +282,7 @@ pub async fn apply_partition<H: HotStore>(
             new_offset: last.offset,
             partitions,
             cells,
+            totals: new_totals,
         };
         if hot.write(write).await? {
             return Ok(out);
@@ -220,6 +291,17 @@ pub async fn apply_partition<H: HotStore>(
             partition = partition.partition,
             "hot write fenced (another aggregator advanced the partition); re-reading"
         );
+    }
+}
+
+/// Why a minute is not accepted any more (`None`: it is).
+fn too_old(lateness: Lateness, minute: i64, now_s: i64) -> Option<&'static str> {
+    match lateness {
+        Lateness::HotOnly { retention_secs } if minute < now_s - retention_secs => {
+            Some("beyond_retention")
+        }
+        Lateness::Cold { max_age_secs, .. } if minute < now_s - max_age_secs => Some("too_old"),
+        _ => None,
     }
 }
 
@@ -261,6 +343,15 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
         let cells = self.metrics.counter(
             "cells_written_total",
             "series-minute cells written to the hot store",
+        );
+        let totals_references = self.metrics.counter(
+            "totals_references_total",
+            "cumulative totals (Prometheus remote write counters) that only set their series' \
+             reference: its first total, what it gained before unknown",
+        );
+        let totals_stale = self.metrics.counter(
+            "totals_stale_total",
+            "cumulative totals not after their series' last one (a re-sent request): counted nothing",
         );
         let rewinds = self.metrics.counter(
             "rewinds_total",
@@ -405,6 +496,8 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                 replayed.inc_by(applied.replayed);
                 duplicates.inc_by(applied.duplicates);
                 cells.inc_by(applied.cells);
+                totals_references.inc_by(applied.totals_references);
+                totals_stale.inc_by(applied.totals_stale);
                 self.metrics.sent.inc_by(applied.merged);
                 for (reason, n) in &applied.dropped {
                     self.metrics.dropped.with_label_values(&[reason]).inc_by(*n);
@@ -418,6 +511,213 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                 self.metrics.errors.with_label_values(&["commit"]).inc();
                 tracing::warn!("offset commit failed: {e}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use thermo_store::mem_hot::MemHot;
+
+    const NOW: i64 = 1_800_000_000; // unix s; the samples are in the hour before
+    const T0: i64 = (NOW - 1800) * 1000; // unix ms, a minute start
+
+    fn pid() -> PartitionId {
+        PartitionId {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    fn key(name: &str) -> MetricKey {
+        MetricKey::new("acme", name, vec![]).unwrap()
+    }
+
+    /// A totals record of `series` at `offset`: request `seq` of source `prom`.
+    fn totals(offset: i64, series: &str, seq: u64, samples: &[(i64, f64)]) -> LogRecord {
+        LogRecord {
+            partition: 0,
+            offset,
+            key: key(series).encode().into_bytes(),
+            value: TotalsRecord {
+                source: "prom".into(),
+                seq,
+                samples: samples.to_vec(),
+            }
+            .encode(),
+            produced_ms: Some(NOW * 1000),
+        }
+    }
+
+    async fn apply(hot: &MemHot, records: &[LogRecord]) -> Applied {
+        let lateness = Lateness::HotOnly {
+            retention_secs: 48 * 3600,
+        };
+        apply_partition(hot, &pid(), 1, records, lateness, NOW, false)
+            .await
+            .unwrap()
+    }
+
+    /// The counter sums of `series`, by minute start (unix s).
+    async fn increases(hot: &MemHot, series: &str) -> BTreeMap<i64, f64> {
+        let cells = hot
+            .read_range(&[key(series)], 0, NOW + 60)
+            .await
+            .unwrap()
+            .remove(0);
+        cells
+            .into_iter()
+            .map(|(m, c)| match c.agg {
+                Aggregate::Counter(c) => (m, c.sum),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn totals_become_per_minute_increases_once_whatever_is_replayed_or_resent() {
+        let hot = MemHot::new();
+        let m = |i: i64| T0 / 1000 + 60 * i; // minute i's start
+                                             // The first total is the reference; then +5 in minute 0.
+        let a = apply(
+            &hot,
+            &[totals(
+                0,
+                "req_total",
+                1,
+                &[(T0 + 1_000, 10.0), (T0 + 16_000, 15.0)],
+            )],
+        )
+        .await;
+        assert_eq!((a.totals_references, a.merged), (1, 1));
+        assert_eq!(
+            increases(&hot, "req_total").await,
+            BTreeMap::from([(m(0), 5.0)])
+        );
+        // The next request: +10 in minute 1, a reset (3 counts whole) and +5 in minute 2.
+        let next = totals(
+            1,
+            "req_total",
+            2,
+            &[
+                (T0 + 61_000, 25.0),
+                (T0 + 121_000, 3.0),
+                (T0 + 136_000, 8.0),
+            ],
+        );
+        apply(&hot, std::slice::from_ref(&next)).await;
+        let want = BTreeMap::from([(m(0), 5.0), (m(1), 10.0), (m(2), 8.0)]);
+        assert_eq!(increases(&hot, "req_total").await, want);
+        assert_eq!(
+            hot.totals(&pid(), &[key("req_total")]).await.unwrap(),
+            vec![Some((T0 + 136_000, 8.0))]
+        );
+        // The same record again (a replay after a crash): skipped by its offset.
+        let a = apply(&hot, std::slice::from_ref(&next)).await;
+        assert_eq!((a.replayed, a.merged), (1, 0));
+        // The same request sent again (a sender's retry, a new record): every total is stale.
+        let a = apply(
+            &hot,
+            &[totals(
+                2,
+                "req_total",
+                2,
+                &[
+                    (T0 + 61_000, 25.0),
+                    (T0 + 121_000, 3.0),
+                    (T0 + 136_000, 8.0),
+                ],
+            )],
+        )
+        .await;
+        assert_eq!((a.totals_stale, a.merged), (3, 0));
+        assert_eq!(increases(&hot, "req_total").await, want);
+        // A minute record and a totals record of other series in one batch.
+        let minute = LogRecord {
+            partition: 0,
+            offset: 3,
+            key: key("hits").encode().into_bytes(),
+            value: Record {
+                source: "agent".into(),
+                seq: 1,
+                minute: m(3),
+                agg: Aggregate::Counter(Counter {
+                    sum: 4.0,
+                    samples: 4,
+                }),
+            }
+            .encode(),
+            produced_ms: None,
+        };
+        apply(
+            &hot,
+            &[
+                minute,
+                totals(
+                    4,
+                    "err_total",
+                    3,
+                    &[(T0 + 181_000, 1.0), (T0 + 200_000, 2.0)],
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(increases(&hot, "hits").await, BTreeMap::from([(m(3), 4.0)]));
+        assert_eq!(
+            increases(&hot, "err_total").await,
+            BTreeMap::from([(m(3), 1.0)])
+        );
+    }
+
+    proptest! {
+        /// Model: whatever batches the log is read in, and however often requests are re-sent
+        /// (each re-send a new record after the original), the increases written add up to the
+        /// model's: the sum over consecutive distinct totals of the difference, or of the later
+        /// total when it went down.
+        #[test]
+        fn totals_count_once_across_batches_and_resends(
+            steps in proptest::collection::vec((0u32..3, any::<bool>()), 1..40),
+            requests in proptest::collection::vec(1usize..4, 1..20),
+            resend in proptest::collection::vec(any::<bool>(), 20),
+            batch in 1usize..6,
+        ) {
+            // A series' totals: each step gains 0..3 or, flagged, resets to the gain.
+            let mut samples = Vec::new();
+            let mut total = 0.0;
+            for (i, (gain, reset)) in steps.iter().enumerate() {
+                total = if *reset { f64::from(*gain) } else { total + f64::from(*gain) };
+                samples.push((T0 + 1_000 * i as i64, total));
+            }
+            let mut want = 0.0;
+            for w in samples.windows(2) {
+                let (a, b) = (w[0].1, w[1].1);
+                want += if b >= a { b - a } else { b };
+            }
+            // Cut into requests, some re-sent right after.
+            let mut records = Vec::new();
+            let (mut at, mut offset) = (0, 0);
+            for (r, n) in requests.iter().enumerate() {
+                let part = &samples[at.min(samples.len())..(at + n).min(samples.len())];
+                at += n;
+                if part.is_empty() { break; }
+                let copies = if resend[r % 20] { 2 } else { 1 };
+                for _ in 0..copies {
+                    records.push(totals(offset, "s_total", r as u64, part));
+                    offset += 1;
+                }
+            }
+            if at < samples.len() {
+                records.push(totals(offset, "s_total", 99, &samples[at..]));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let hot = MemHot::new();
+            for chunk in records.chunks(batch) {
+                rt.block_on(apply(&hot, chunk));
+            }
+            let got: f64 = rt.block_on(increases(&hot, "s_total")).values().sum();
+            prop_assert_eq!(got, want);
         }
     }
 }

@@ -12,6 +12,8 @@
 //! Item       := str name, uv ntags, ntags × (str key, str value), iv minute, Aggregate
 //! Record     := "TR" 0x01 str source, uv seq, iv minute, Aggregate           Kafka value
 //!               (the Kafka key is the canonical metric key)
+//! Totals     := "TT" 0x01 str source, uv seq, uv n, n × (iv time ms, f64)  Kafka value: running
+//!               totals of one cumulative series (Prometheus remote write's counters)
 //! HotCell    := "TH" 0x01 uv n, n × (u64 LE source hash, uv seq), Aggregate   Redis hash value
 //! ```
 //!
@@ -371,6 +373,76 @@ impl Record {
             minute,
             agg,
         })
+    }
+}
+
+/// Running totals of one cumulative series as a Kafka record value (the key is its metric key):
+/// samples `(unix ms, total)` in the order sent. The aggregator that owns the series' partition
+/// turns them into per-minute increases against the series' last total (kept in the hot store).
+/// `source` and `seq` identify the contribution, as for [`Record`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TotalsRecord {
+    pub source: String,
+    pub seq: u64,
+    pub samples: Vec<(i64, f64)>,
+}
+
+impl TotalsRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.bytes(b"TT");
+        w.buf.push(VERSION);
+        w.str(&self.source);
+        w.uv(self.seq);
+        w.uv(self.samples.len() as u64);
+        for (t, v) in &self.samples {
+            w.iv(*t);
+            w.f64(*v);
+        }
+        w.buf
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        let mut r = Reader::new(buf, "totals record");
+        r.header(b"TT")?;
+        let source = r.str()?.to_string();
+        let seq = r.uv()?;
+        let n = r.len(9)?;
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = r.iv()?;
+            let v = r.f64()?;
+            if !v.is_finite() {
+                return Err(CodecError {
+                    what: "totals record",
+                    problem: "a total is not finite".into(),
+                });
+            }
+            samples.push((t, v));
+        }
+        r.finish()?;
+        Ok(Self {
+            source,
+            seq,
+            samples,
+        })
+    }
+}
+
+/// A Kafka record value: a series-minute or a series' running totals, told apart by header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogValue {
+    Minute(Record),
+    Totals(TotalsRecord),
+}
+
+impl LogValue {
+    pub fn decode(buf: &[u8]) -> Result<Self, CodecError> {
+        if buf.starts_with(b"TT") {
+            TotalsRecord::decode(buf).map(LogValue::Totals)
+        } else {
+            Record::decode(buf).map(LogValue::Minute)
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use proptest::sample::select;
 use std::collections::BTreeMap;
 use thermo_core::accumulator::{Accumulator, AccumulatorConfig, IngestStats};
 use thermo_core::aggregate::{Aggregate, Counter, DistinctSet, Gauge, Hist};
-use thermo_core::codec::{Batch, HotCell, Item, Record};
+use thermo_core::codec::{Batch, HotCell, Item, LogValue, Record, TotalsRecord};
 use thermo_core::key::MetricKey;
 use thermo_core::statsd::parse_datagram;
 
@@ -517,11 +517,16 @@ proptest! {
         let _ = HotCell::decode(&bytes[..cut.index(bytes.len() + 1)]);
         let rec = Record { source: "s".into(), seq: 1, minute: 0, agg: cell_agg }.encode();
         let _ = Record::decode(&rec[..cut.index(rec.len() + 1)]);
-        for magic in [&b"TB\x01"[..], b"TR\x01", b"TH\x01", b""] {
+        let totals = TotalsRecord { source: "s".into(), seq: 1, samples: vec![(1, 2.0), (-3, 4.5)] };
+        let encoded = totals.encode();
+        prop_assert_eq!(LogValue::decode(&encoded).ok(), Some(LogValue::Totals(totals)));
+        let _ = LogValue::decode(&encoded[..cut.index(encoded.len() + 1)]);
+        for magic in [&b"TB\x01"[..], b"TR\x01", b"TH\x01", b"TT\x01", b""] {
             let body = [magic, &noise[..]].concat();
             let _ = Batch::decode(&body);
             let _ = Record::decode(&body);
             let _ = HotCell::decode(&body);
+            let _ = LogValue::decode(&body);
         }
     }
 }

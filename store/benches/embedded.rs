@@ -113,6 +113,7 @@ fn bench(c: &mut Criterion) {
             || batch.clone(),
             |cells| {
                 let w = HotWrite {
+                    totals: Vec::new(),
                     partition: partition.clone(),
                     expected_offset: offset,
                     new_offset: offset + 1,

@@ -217,6 +217,7 @@ fn measure(what: &str, url: &str) {
         assert_eq!(stored.len(), SERIES);
         let applied = rt
             .block_on(hot.write(HotWrite {
+                totals: Vec::new(),
                 partition: partition.clone(),
                 expected_offset: round - 1,
                 new_offset: round,

@@ -32,6 +32,9 @@ pub struct HotWrite {
     pub partitions: u32,
     /// `(series, minute, new state, type)`.
     pub cells: Vec<(MetricKey, i64, HotCell)>,
+    /// `(series, time ms, total)`: the new last total of cumulative series (see
+    /// [`HotStore::totals`]), kept with the cells and the offset in the same atomic write.
+    pub totals: Vec<(MetricKey, i64, f64)>,
 }
 
 /// Hot storage: per-minute cells of every series for the last `retention` seconds.
@@ -49,6 +52,15 @@ pub trait HotStore: Send + Sync + 'static {
         partition: &PartitionId,
         wanted: &[(MetricKey, i64)],
     ) -> impl Future<Output = Result<Vec<Option<HotCell>>, StoreError>> + Send;
+
+    /// The last total kept of each cumulative series of `partition` (Prometheus remote write's
+    /// counters), as `(time ms, total)`, in order (`None` where there is none): what the next
+    /// sample of the series is differenced against.
+    fn totals(
+        &self,
+        partition: &PartitionId,
+        series: &[MetricKey],
+    ) -> impl Future<Output = Result<Vec<Option<(i64, f64)>>, StoreError>> + Send;
 
     /// Applies `write` atomically. `Ok(false)` if fenced: the stored offset was not
     /// `expected_offset`, and nothing was written.
@@ -102,6 +114,13 @@ impl<T: HotStore> HotStore for std::sync::Arc<T> {
         wanted: &[(MetricKey, i64)],
     ) -> Result<Vec<Option<HotCell>>, StoreError> {
         (**self).cells(partition, wanted).await
+    }
+    async fn totals(
+        &self,
+        partition: &PartitionId,
+        series: &[MetricKey],
+    ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
+        (**self).totals(partition, series).await
     }
     async fn write(&self, write: HotWrite) -> Result<bool, StoreError> {
         (**self).write(write).await

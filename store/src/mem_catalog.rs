@@ -389,6 +389,7 @@ mod tests {
 
     fn write(offset: i64, minute: i64) -> HotWrite {
         HotWrite {
+            totals: Vec::new(),
             partition: PartitionId {
                 topic: "t".into(),
                 partition: 0,

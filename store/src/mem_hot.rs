@@ -6,8 +6,10 @@
 //! Durability ([`MemHot::open`]): every accepted change (a write, or a catalog op) is appended to a
 //! write-ahead file and `fsync`ed before it is applied, so what was acknowledged survives a crash;
 //! opening replays the file (a torn tail is cut off). Frame: `u32 LE length | u32 LE FNV-1a of the
-//! body | body`. A write's body = `"TW" 0x01 str topic, iv partition, iv new_offset, uv n, n × (str
-//! metric key, iv minute, uv len, HotCell bytes)`; catalog bodies (`"TC"`, `"TS"`) are described
+//! body | body`. A write's body = `"TW" 0x02 str topic, iv partition, iv new_offset, uv n, n × (str
+//! metric key, iv minute, uv len, HotCell bytes), uv t, t × (str metric key, iv time ms, f64
+//! total)` (`0x01`, written before cumulative series' totals were kept, has no totals part); a
+//! total whose time is before an hour trimmed is forgotten with the hour; catalog bodies (`"TC"`, `"TS"`) are described
 //! in `mem_catalog`. When the file passes `compact_bytes` it is rewritten as a snapshot (one frame
 //! per partition offset, one per series with its cells under partition −1, one frame of the metric
 //! index `"TM" 0x01 uv n, n × (str tenant, str name, str type)` — it outlives trimmed cells, as in
@@ -32,6 +34,8 @@ use thermo_core::window::window_start;
 pub(crate) struct Inner {
     offsets: BTreeMap<PartitionId, i64>,
     cells: BTreeMap<MetricKey, BTreeMap<i64, HotCell>>,
+    /// The last total of each cumulative series: time ms and value.
+    totals: BTreeMap<MetricKey, (i64, f64)>,
     types: BTreeMap<(String, String), MetricType>,
     pub(crate) catalog: CatalogState,
     /// The compactor lease: owner and expiry (memory only).
@@ -50,6 +54,7 @@ pub(crate) enum Mutation {
         partition: PartitionId,
         new_offset: i64,
         cells: Vec<(MetricKey, i64, HotCell)>,
+        totals: Vec<(MetricKey, i64, f64)>,
     },
     Catalog(CatalogOp),
     CatalogSnapshot(CatalogState),
@@ -64,7 +69,8 @@ impl Mutation {
                 partition,
                 new_offset,
                 cells,
-            } => write_body(partition, *new_offset, cells),
+                totals,
+            } => write_body(partition, *new_offset, cells, totals),
             Mutation::Catalog(op) => op.encode(),
             Mutation::CatalogSnapshot(s) => s.encode(),
             Mutation::Index(types) => {
@@ -89,7 +95,11 @@ impl Inner {
                 partition,
                 new_offset,
                 cells,
+                totals,
             } => {
+                for (k, time_ms, total) in totals {
+                    self.totals.insert(k, (time_ms, total));
+                }
                 for (k, minute, cell) in cells {
                     self.types.insert(
                         (k.tenant().to_string(), k.name().to_string()),
@@ -111,6 +121,8 @@ impl Inner {
                         cells.retain(|m, _| !(hour..hour + 3600).contains(m));
                         !cells.is_empty()
                     });
+                    let end_ms = (hour + 3600).saturating_mul(1000);
+                    self.totals.retain(|_, (time_ms, _)| *time_ms >= end_ms);
                 }
                 self.catalog.apply(&op);
             }
@@ -150,10 +162,11 @@ fn write_body(
     partition: &PartitionId,
     new_offset: i64,
     cells: &[(MetricKey, i64, HotCell)],
+    totals: &[(MetricKey, i64, f64)],
 ) -> Vec<u8> {
     let mut w = Writer::default();
     w.bytes(b"TW");
-    w.bytes(&[1]);
+    w.bytes(&[2]);
     w.str(&partition.topic);
     w.iv(i64::from(partition.partition));
     w.iv(new_offset);
@@ -164,6 +177,12 @@ fn write_body(
         let c = cell.encode();
         w.uv(c.len() as u64);
         w.bytes(&c);
+    }
+    w.uv(totals.len() as u64);
+    for (k, time_ms, total) in totals {
+        w.str(&k.encode());
+        w.iv(*time_ms);
+        w.f64(*total);
     }
     w.buf
 }
@@ -180,7 +199,8 @@ fn frame(body: &[u8]) -> Vec<u8> {
 fn parse(body: &[u8]) -> Result<Mutation, thermo_core::codec::CodecError> {
     let mut r = Reader::new(body, "hot store log");
     let m = match r.take(3)? {
-        b"TW\x01" => parse_write(&mut r)?,
+        b"TW\x01" => parse_write(&mut r, false)?,
+        b"TW\x02" => parse_write(&mut r, true)?,
         b"TC\x01" => Mutation::Catalog(CatalogOp::decode(&mut r)?),
         b"TS\x01" => Mutation::CatalogSnapshot(CatalogState::decode(&mut r)?),
         b"TM\x01" => {
@@ -206,25 +226,40 @@ fn parse(body: &[u8]) -> Result<Mutation, thermo_core::codec::CodecError> {
     Ok(m)
 }
 
-fn parse_write(r: &mut Reader<'_>) -> Result<Mutation, thermo_core::codec::CodecError> {
+fn parse_key(r: &mut Reader<'_>) -> Result<MetricKey, thermo_core::codec::CodecError> {
+    MetricKey::parse(r.str()?).map_err(|e| thermo_core::codec::CodecError {
+        what: "hot store log",
+        problem: e.to_string(),
+    })
+}
+
+fn parse_write(
+    r: &mut Reader<'_>,
+    with_totals: bool,
+) -> Result<Mutation, thermo_core::codec::CodecError> {
     let topic = r.str()?.to_string();
     let partition = r.iv()? as i32;
     let offset = r.iv()?;
     let n = r.len(3)?;
     let mut cells = Vec::with_capacity(n);
     for _ in 0..n {
-        let key = MetricKey::parse(r.str()?).map_err(|e| thermo_core::codec::CodecError {
-            what: "hot store log",
-            problem: e.to_string(),
-        })?;
+        let key = parse_key(r)?;
         let minute = r.iv()?;
         let len = r.len(1)?;
         cells.push((key, minute, HotCell::decode(r.take(len)?)?));
+    }
+    let mut totals = Vec::new();
+    if with_totals {
+        for _ in 0..r.len(10)? {
+            let key = parse_key(r)?;
+            totals.push((key, r.iv()?, r.f64()?));
+        }
     }
     Ok(Mutation::Write {
         partition: PartitionId { topic, partition },
         new_offset: offset,
         cells,
+        totals,
     })
 }
 
@@ -325,14 +360,22 @@ impl MemHot {
         let tmp = wal.path.with_extension("tmp");
         let mut buf = Vec::new();
         for (p, o) in &g.offsets {
-            buf.extend_from_slice(&frame(&write_body(p, *o, &[])));
+            buf.extend_from_slice(&frame(&write_body(p, *o, &[], &[])));
         }
         for (k, minutes) in &g.cells {
             let cells: Vec<(MetricKey, i64, HotCell)> = minutes
                 .iter()
                 .map(|(m, c)| (k.clone(), *m, c.clone()))
                 .collect();
-            buf.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &cells)));
+            buf.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &cells, &[])));
+        }
+        let totals: Vec<(MetricKey, i64, f64)> = g
+            .totals
+            .iter()
+            .map(|(k, (t, v))| (k.clone(), *t, *v))
+            .collect();
+        for chunk in totals.chunks(10_000) {
+            buf.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &[], chunk)));
         }
         let index = g
             .types
@@ -441,6 +484,7 @@ impl MemHot {
             partition: SNAPSHOT,
             new_offset: -1,
             cells: vec![(key, minute, cell)],
+            totals: Vec::new(),
         });
     }
 
@@ -474,6 +518,15 @@ impl HotStore for MemHot {
             .collect())
     }
 
+    async fn totals(
+        &self,
+        _partition: &PartitionId,
+        series: &[MetricKey],
+    ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
+        let g = self.lock();
+        Ok(series.iter().map(|k| g.totals.get(k).copied()).collect())
+    }
+
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
         self.mutate(|g| {
             (g.offsets.get(&w.partition).copied().unwrap_or(-1) == w.expected_offset).then_some(
@@ -481,6 +534,7 @@ impl HotStore for MemHot {
                     partition: w.partition,
                     new_offset: w.new_offset,
                     cells: w.cells,
+                    totals: w.totals,
                 },
             )
         })
@@ -573,6 +627,7 @@ mod tests {
             let h = MemHot::open(&path, 1 << 20).unwrap();
             for i in 0..5 {
                 let w = HotWrite {
+                    totals: Vec::new(),
                     partition: p.clone(),
                     expected_offset: i - 1,
                     new_offset: i,
@@ -595,6 +650,7 @@ mod tests {
             5
         );
         let w = HotWrite {
+            totals: Vec::new(),
             partition: p.clone(),
             expected_offset: 4,
             new_offset: 5,
@@ -643,8 +699,8 @@ mod tests {
             (k.clone(), 7200 + 120, cell.clone()),
             (k.clone(), 10_800, cell.clone()),
         ];
-        let mut old = frame(&write_body(&p, 41, &[]));
-        old.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &cells)));
+        let mut old = frame(&write_body(&p, 41, &[], &[]));
+        old.extend_from_slice(&frame(&write_body(&SNAPSHOT, -1, &cells, &[])));
         std::fs::write(&path, old).unwrap();
 
         let c = MemCatalog::new(std::sync::Arc::new(MemHot::open(&path, 1 << 20).unwrap()));
@@ -670,6 +726,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn totals_are_kept_with_the_write_survive_a_reopen_and_go_with_their_hour() {
+        let dir = std::env::temp_dir().join(format!("thermo-memhot-totals-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("hot.log");
+        let p = PartitionId {
+            topic: "t".into(),
+            partition: 0,
+        };
+        let (a, b) = (
+            MetricKey::new("acme", "req_total", vec![]).unwrap(),
+            MetricKey::new("acme", "err_total", vec![]).unwrap(),
+        );
+        let w = |expected, new, totals: Vec<(MetricKey, i64, f64)>| HotWrite {
+            partition: p.clone(),
+            expected_offset: expected,
+            new_offset: new,
+            partitions: 1,
+            cells: Vec::new(),
+            totals,
+        };
+        let h = MemHot::open(&path, 1 << 20).unwrap();
+        assert!(h
+            .write(w(-1, 1, vec![(a.clone(), 7_200_000, 5.5)]))
+            .await
+            .unwrap());
+        // Fenced: nothing of a stale write is kept.
+        assert!(!h
+            .write(w(-1, 2, vec![(a.clone(), 7_300_000, 9.0)]))
+            .await
+            .unwrap());
+        assert!(h
+            .write(w(1, 2, vec![(b.clone(), 3_500_000, 0.1 + 0.2)]))
+            .await
+            .unwrap());
+        let want = vec![Some((7_200_000, 5.5)), Some((3_500_000, 0.1 + 0.2))];
+        assert_eq!(h.totals(&p, &[a.clone(), b.clone()]).await.unwrap(), want);
+        drop(h);
+        // Replayed from the log, then from a snapshot (compact_bytes 1: every write compacts).
+        let h = MemHot::open(&path, 1).unwrap();
+        assert_eq!(h.totals(&p, &[a.clone(), b.clone()]).await.unwrap(), want);
+        assert!(h.write(w(2, 3, Vec::new())).await.unwrap());
+        drop(h);
+        let h = MemHot::open(&path, 1 << 20).unwrap();
+        assert_eq!(h.totals(&p, &[a.clone(), b.clone()]).await.unwrap(), want);
+        // Trimming the hour [0, 3600) forgets b's total (last seen in it), not a's.
+        h.mutate(|_| Some(Mutation::Catalog(CatalogOp::Trim { hour: 0 })))
+            .unwrap();
+        assert_eq!(
+            h.totals(&p, &[a.clone(), b.clone()]).await.unwrap(),
+            vec![Some((7_200_000, 5.5)), None]
+        );
+        // A write frame of version 1 (before totals) still reads.
+        let mut v1 = write_body(&p, 9, &[], &[]);
+        v1[2] = 1;
+        v1.truncate(v1.len() - 1); // its totals count
+        assert!(matches!(
+            parse(&v1),
+            Ok(Mutation::Write { new_offset: 9, .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn writes_are_fenced_by_the_partition_offset() {
         let h = MemHot::new();
         let p = PartitionId {
@@ -685,6 +804,7 @@ mod tests {
             }),
         };
         let w = |expected, new| HotWrite {
+            totals: Vec::new(),
             partition: p.clone(),
             expected_offset: expected,
             new_offset: new,

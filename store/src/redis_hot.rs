@@ -13,6 +13,7 @@
 //! | `thermo:{p<P>}:tenants` | set | every tenant that wrote into the partition |
 //! | `thermo:{p<P>}:o:<topic>` | string | last log offset applied from partition `P` of `topic` |
 //! | `thermo:{p<P>}:pending` | sorted set | hour starts with hot cells of the partition not yet rolled up to cold storage (cold storage on only) |
+//! | `thermo:{p<P>}:t` | hash | field `<metric key>` → `<time ms> <total>`: the last total of each cumulative series of the partition (Prometheus remote write's counters), written with the cells it produced |
 //! | `thermo:{p<P>}:hv` | hash | hour start → the partition's write version of that hour (bumped by every write into it; cold storage on only) |
 //! | `thermo:partitions` | string | the topic's partition count, set by the aggregators before every write |
 //! | `thermo:rolled_at` | hash | hour start → when it was first rolled up (see `redis_catalog.rs`) |
@@ -55,16 +56,20 @@ const PARTITIONS_TTL: Duration = Duration::from_secs(5);
 pub(crate) const OLD_SCHEMA_KEY: &str = "thermo:tenants";
 
 const WRITE_SCRIPT: &str = r#"#!lua
--- KEYS: the partition's offset, tenants, pending hours, hour versions; then per cell its data,
--- series index and metric types keys. ARGV: expected offset, new offset, cold ('1' or '0'), then
--- 10 per cell.
+-- KEYS: the partition's offset, tenants, pending hours, hour versions, totals; then per cell its
+-- data, series index and metric types keys. ARGV: expected offset, new offset, cold ('1' or '0'),
+-- the number of totals t, 2 per total (series, value), then 10 per cell.
 local cur = redis.call('GET', KEYS[1])
 if cur == false then cur = '-1' end
 if cur ~= ARGV[1] then return 0 end
-local n = (#KEYS - 4) / 3
+local t = tonumber(ARGV[4])
+for i = 0, t - 1 do
+  redis.call('HSET', KEYS[5], ARGV[5 + i * 2], ARGV[6 + i * 2])
+end
+local n = (#KEYS - 5) / 3
 for i = 0, n - 1 do
-  local k = 5 + i * 3
-  local a = 4 + i * 10
+  local k = 6 + i * 3
+  local a = 5 + t * 2 + i * 10
   redis.call('HSET', KEYS[k], ARGV[a], ARGV[a + 1])
   redis.call('EXPIREAT', KEYS[k], ARGV[a + 2])
   redis.call('ZADD', KEYS[k + 1], 'GT', ARGV[a + 4], ARGV[a + 3])
@@ -119,6 +124,20 @@ pub(crate) fn tenants_key(p: i32) -> String {
 
 pub(crate) fn pending_key(p: i32) -> String {
     format!("{}:pending", tag(p))
+}
+
+/// `<time ms> <total>`, as the write script stores it.
+fn parse_total(v: &str) -> Result<(i64, f64), StoreError> {
+    let parsed = v
+        .split_once(' ')
+        .and_then(|(t, x)| Some((t.parse().ok()?, x.parse::<f64>().ok()?)));
+    parsed
+        .filter(|(_, x)| x.is_finite())
+        .ok_or_else(|| corrupt("cumulative total", format!("{v:?}")))
+}
+
+pub(crate) fn totals_key(p: i32) -> String {
+    format!("thermo:{{p{p}}}:t")
 }
 
 pub(crate) fn versions_key(p: i32) -> String {
@@ -353,6 +372,26 @@ impl HotStore for RedisHot {
             .collect())
     }
 
+    async fn totals(
+        &self,
+        partition: &PartitionId,
+        series: &[MetricKey],
+    ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
+        if series.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(totals_key(partition.partition));
+        for k in series {
+            cmd.arg(k.encode());
+        }
+        let mut c = self.conn.clone();
+        let raw: Vec<Option<String>> = cmd.query_async(&mut c).await?;
+        raw.into_iter()
+            .map(|v| v.map(|v| parse_total(&v)).transpose())
+            .collect()
+    }
+
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
         self.set_partitions(w.partitions).await?;
         let p = w.partition.partition;
@@ -360,11 +399,18 @@ impl HotStore for RedisHot {
         inv.key(offset_key(&w.partition))
             .key(tenants_key(p))
             .key(pending_key(p))
-            .key(versions_key(p));
+            .key(versions_key(p))
+            .key(totals_key(p));
         let now = thermo_core::window::now_s();
         inv.arg(w.expected_offset.to_string());
         inv.arg(w.new_offset.to_string());
         inv.arg(if self.cold { "1" } else { "0" });
+        inv.arg(w.totals.len().to_string());
+        for (k, time_ms, total) in &w.totals {
+            inv.arg(k.encode());
+            // `{}` of an f64 is the shortest text that parses back to the same value.
+            inv.arg(format!("{time_ms} {total}"));
+        }
         for (k, minute, cell) in &w.cells {
             let hour = window_start(*minute, HOUR);
             inv.key(data_key(p, k, hour));

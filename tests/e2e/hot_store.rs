@@ -64,7 +64,8 @@ fn route(k: &MetricKey) -> f64 {
     k.tags()[0].1[2..].parse().expect("route number")
 }
 
-/// Partition `p`'s write of minutes `minutes` of its series, each cell `route + 1000 * minute index`.
+/// Partition `p`'s write of minutes `minutes` of its series, each cell `route + 1000 * minute index`,
+/// and of each series' last total: [`total_of`] at the last minute.
 fn write_of(p: i32, expected: i64, new: i64, minutes: &[i64]) -> HotWrite {
     let cells = series()
         .into_iter()
@@ -76,13 +77,29 @@ fn write_of(p: i32, expected: i64, new: i64, minutes: &[i64]) -> HotWrite {
             })
         })
         .collect();
+    let last_ms = minutes.last().copied().unwrap_or(0) * 1000;
+    let totals = series()
+        .into_iter()
+        .filter(|(_, q)| *q == p)
+        .map(|(k, _)| {
+            let total = total_of(&k);
+            (k, last_ms, total)
+        })
+        .collect();
     HotWrite {
         partition: pid(p),
         expected_offset: expected,
         new_offset: new,
         partitions: PARTITIONS,
         cells,
+        totals,
     }
+}
+
+/// A series' total in [`write_of`]: its route number plus 0.1 + 0.2 (a double with no short
+/// decimal form), kept exactly.
+fn total_of(k: &MetricKey) -> f64 {
+    route(k) + (0.1 + 0.2)
 }
 
 /// Every series of `keys` holds exactly two cells in the hours of `minutes`, at `minutes`: its
@@ -130,8 +147,27 @@ async fn exercise(url: &str, hour: i64) {
             .cells
             .iter_mut()
             .for_each(|(_, _, c)| *c = counter(1e9, 8));
+        stale.totals.iter_mut().for_each(|(_, _, t)| *t = 1e9);
         assert!(!hot.write(stale).await.expect("write"), "fenced");
         assert_eq!(hot.offset(&pid(*p)).await.expect("offset"), 10);
+        // The totals of the partition's series: written with the cells, exact, not the fenced
+        // write's; a series of another partition has none there.
+        let mine: Vec<MetricKey> = all
+            .iter()
+            .filter(|(_, q)| q == p)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let want: Vec<Option<(i64, f64)>> = mine
+            .iter()
+            .map(|k| Some((minutes[1] * 1000, total_of(k))))
+            .collect();
+        assert_eq!(hot.totals(&pid(*p), &mine).await.expect("totals"), want);
+        let elsewhere = all.iter().find(|(_, q)| q != p).map(|(k, _)| k.clone());
+        let elsewhere = elsewhere.expect("another partition's series");
+        assert_eq!(
+            hot.totals(&pid(*p), &[elsewhere]).await.expect("totals"),
+            vec![None]
+        );
     }
     assert_eq!(hot.partitions().await.expect("partitions"), PARTITIONS);
 
@@ -453,6 +489,7 @@ fn thermo_migrate_moves_the_old_key_schema_into_partitions() {
         let offset = hot.offset(&pid(p)).await.expect("offset");
         assert!(hot
             .write(HotWrite {
+                totals: Vec::new(),
                 partition: pid(p),
                 expected_offset: offset,
                 new_offset: offset + 1,
