@@ -17,7 +17,7 @@ use crate::error::IngestError;
 use crate::series_limit::SeriesGate;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, Request};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use std::collections::BTreeMap;
@@ -51,6 +51,8 @@ pub struct AppState<P> {
     admission: Admission,
     series: Option<SeriesGate>,
     keys: KeyRing,
+    /// Prometheus remote write samples by outcome.
+    remote_write_samples: prometheus::IntCounterVec,
 }
 
 impl<P: LogProducer> AppState<P> {
@@ -96,7 +98,13 @@ impl<P: LogProducer> AppState<P> {
                 "Bytes reserved by the ingest requests being handled (max_in_flight_bytes)",
             ),
         );
+        let remote_write_samples = metrics.counter_vec(
+            "remote_write_samples_total",
+            "Prometheus remote write samples, by outcome (produced, or why they were refused)",
+            &["outcome"],
+        );
         Arc::new(Self {
+            remote_write_samples,
             keys: KeyRing::new(&cfg.api_keys),
             cfg,
             producer,
@@ -118,6 +126,7 @@ impl<P: LogProducer> AppState<P> {
 pub fn router<P: LogProducer>(state: Arc<AppState<P>>) -> Router {
     Router::new()
         .route("/api/v1/ingest", post(ingest::<P>))
+        .route("/api/v1/write", post(remote_write::<P>))
         // The handler enforces its own limits, with JSON errors.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -155,6 +164,206 @@ async fn ingest<P: LogProducer>(
         }
     }
     result.map(|n| Json(serde_json::json!({ "accepted": n })))
+}
+
+/// `POST /api/v1/write`: Prometheus remote write 1.0 ([`crate::remote_write`]). 204 once the
+/// log acknowledged every record; 400 (not retried) naming the samples refused, after the others
+/// were produced; 429 and 503 as for ingest (retried).
+async fn remote_write<P: LogProducer>(
+    State(st): State<Arc<AppState<P>>>,
+    req: Request<Body>,
+) -> Result<StatusCode, IngestError> {
+    let result = handle_remote_write(st.clone(), req).await;
+    let samples = &st.remote_write_samples;
+    match &result {
+        Ok(taken) => {
+            samples
+                .with_label_values(&["produced"])
+                .inc_by(taken.samples);
+            for (reason, n) in &taken.refused {
+                samples.with_label_values(&[reason]).inc_by(*n);
+            }
+            st.metrics.received.inc_by(taken.series_minutes as u64);
+            st.metrics.sent.inc_by(taken.series_minutes as u64);
+        }
+        Err(e) => {
+            st.metrics.dropped.with_label_values(&[e.reason()]).inc();
+            match e {
+                IngestError::Unavailable(_) => tracing::warn!("remote write answered 503: {e}"),
+                _ => tracing::info!("remote write refused ({}): {e}", e.status()),
+            }
+        }
+    }
+    let taken = result?;
+    match taken.refusal() {
+        None => Ok(StatusCode::NO_CONTENT),
+        Some(e) => Err(e),
+    }
+}
+
+/// What a remote write request did.
+struct RemoteWritten {
+    /// Samples produced.
+    samples: u64,
+    series_minutes: usize,
+    /// Samples refused, by reason, and the last one's detail.
+    refused: BTreeMap<&'static str, u64>,
+    last_refusal: Option<(&'static str, String)>,
+}
+
+impl RemoteWritten {
+    /// The 400 naming what was refused (the rest was produced), if anything was.
+    fn refusal(&self) -> Option<IngestError> {
+        let (reason, detail) = self.last_refusal.as_ref()?;
+        let counts: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(r, n)| format!("{r}: {n}"))
+            .collect();
+        let n: u64 = self.refused.values().sum();
+        Some(IngestError::invalid(
+            "samples",
+            format!(
+                "{n} samples refused ({}), the others written; the last, {reason}: {detail}",
+                counts.join(", ")
+            ),
+        ))
+    }
+}
+
+async fn handle_remote_write<P: LogProducer>(
+    st: Arc<AppState<P>>,
+    req: Request<Body>,
+) -> Result<RemoteWritten, IngestError> {
+    let (tenant, ticket) = match admit(&st, req.headers()) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            discard(req.into_body(), st.cfg.max_body_bytes as u64);
+            return Err(e);
+        }
+    };
+    let (content_type, encoding) = {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        };
+        (
+            header(header::CONTENT_TYPE),
+            header(header::CONTENT_ENCODING),
+        )
+    };
+    if !content_type.starts_with("application/x-protobuf") {
+        discard(req.into_body(), st.cfg.max_body_bytes as u64);
+        return Err(IngestError::UnsupportedMedia(format!(
+            "{content_type} (remote write sends application/x-protobuf)"
+        )));
+    }
+    if encoding != "snappy" {
+        discard(req.into_body(), st.cfg.max_body_bytes as u64);
+        return Err(IngestError::invalid(
+            "Content-Encoding",
+            format!("unsupported {encoding:?}; remote write 1.0 sends snappy"),
+        ));
+    }
+    let limit = st.cfg.max_body_bytes;
+    let raw = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| IngestError::TooLarge(format!("body exceeds max_body_bytes = {limit}")))?;
+    let now_ms = (st.clock)();
+    let work = {
+        let (st, tenant) = (st.clone(), tenant.clone());
+        move || prepare_remote_write(&st, tenant, raw, ticket, now_ms)
+    };
+    let (prepared, written) = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| IngestError::Unavailable(format!("decoding the request failed: {e}")))??;
+    let Prepared {
+        records,
+        ticket,
+        unconfirmed,
+    } = prepared;
+    produce(
+        &st,
+        tenant,
+        records,
+        ticket,
+        unconfirmed,
+        now_ms,
+        written.series_minutes,
+    )
+    .await?;
+    Ok(written)
+}
+
+/// Decodes a remote write body and encodes its records, checking the tenant's rate.
+/// Synchronous: it runs on a blocking thread.
+fn prepare_remote_write<P>(
+    st: &AppState<P>,
+    tenant: String,
+    raw: Bytes,
+    mut ticket: Ticket,
+    now_ms: i64,
+) -> Result<(Prepared, RemoteWritten), IngestError> {
+    let request =
+        crate::remote_write::decode(&raw, st.cfg.max_decoded_bytes).map_err(|e| match e {
+            crate::remote_write::DecodeError::TooLarge { .. } => {
+                IngestError::TooLarge(e.to_string())
+            }
+            e => IngestError::invalid("body", e.to_string()),
+        })?;
+    ticket.reserve(prost::Message::encoded_len(&request) as u64)?;
+    check_count(&st.cfg, request.timeseries.len())?;
+    let mut converted = crate::remote_write::convert(request, &tenant);
+    // The body names the contribution: a request sent again is the same one.
+    let source = format!("rw:{}", &body_source(&raw)["json-body:".len()..]);
+    let built = crate::remote_write::records(
+        &mut converted,
+        &source,
+        now_ms,
+        st.cfg.max_past_secs.saturating_mul(1000),
+        st.cfg.max_future_secs.saturating_mul(1000),
+    );
+    let n = built.series_minutes;
+    match st.limits.check(&tenant, n) {
+        Verdict::Allowed => {}
+        Verdict::Wait(d) => {
+            return Err(IngestError::RateLimited {
+                rate: st.limits.rate(&tenant),
+                tenant,
+                retry_after_secs: d.as_secs() + u64::from(d.subsec_nanos() > 0),
+            })
+        }
+        Verdict::TooBig { burst } => {
+            return Err(IngestError::TooLarge(format!(
+                "series: {n} series-minutes exceed tenant {tenant:?}'s burst of {burst} (rate_limit_per_sec × rate_limit_burst_secs)"
+            )))
+        }
+    }
+    let unconfirmed = match &st.series {
+        Some(gate) => {
+            let mut series: Vec<&str> = built.records.iter().map(|(k, _)| k.as_str()).collect();
+            series.dedup();
+            gate.unconfirmed(series.into_iter(), now_ms.div_euclid(1000))
+        }
+        None => Vec::new(),
+    };
+    let written = RemoteWritten {
+        samples: converted.taken,
+        series_minutes: n,
+        refused: converted.refused.clone(),
+        last_refusal: converted.last_refusal.clone(),
+    };
+    Ok((
+        Prepared {
+            records: built.records,
+            ticket,
+            unconfirmed,
+        },
+        written,
+    ))
 }
 
 /// Admits the request (before its body is read): its tenant, and a ticket for the bytes of its
@@ -264,7 +473,7 @@ async fn handle<P: LogProducer>(
     };
     let Prepared {
         records,
-        mut ticket,
+        ticket,
         unconfirmed,
     } = if inline {
         work()?
@@ -274,6 +483,21 @@ async fn handle<P: LogProducer>(
             .map_err(|e| IngestError::Unavailable(format!("decoding the batch failed: {e}")))??
     };
     let n = records.len();
+    produce(&st, tenant, records, ticket, unconfirmed, now_ms, n).await
+}
+
+/// Checks the series limits of `unconfirmed`, reserves the records' bytes and produces them;
+/// `Ok(n)` once the log acknowledged them all (`n`: the request's series-minutes), or the
+/// [`IngestError::SeriesLimited`] of the series refused (the others were produced).
+async fn produce<P: LogProducer>(
+    st: &AppState<P>,
+    tenant: String,
+    records: Records,
+    mut ticket: Ticket,
+    unconfirmed: Vec<String>,
+    now_ms: i64,
+    n: usize,
+) -> Result<usize, IngestError> {
     let (records, refusal) = match &st.series {
         Some(gate) => match gate
             .check(&tenant, unconfirmed, now_ms.div_euclid(1000))
@@ -305,8 +529,8 @@ async fn handle<P: LogProducer>(
         Some(refusal) => Err(IngestError::SeriesLimited {
             tenant,
             refusal,
-            accepted: records_accepted,
-            refused: n - records_accepted,
+            accepted: records_accepted.min(n),
+            refused: n.saturating_sub(records_accepted),
         }),
     }
 }
@@ -560,6 +784,159 @@ mod tests {
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// POSTs a remote write request (snappy protobuf, as Prometheus sends it).
+    async fn post_remote_write(
+        app: &Router,
+        req: &crate::remote_write::WriteRequest,
+        content_encoding: &str,
+    ) -> (u16, serde_json::Value) {
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&prost::Message::encode_to_vec(req))
+            .unwrap();
+        let r = Request::post("/api/v1/write")
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", content_encoding)
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .header("content-length", body.len())
+            .body(Body::from(body))
+            .unwrap();
+        let resp = app.clone().oneshot(r).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn remote_write_produces_gauge_minutes_and_totals_and_names_what_it_refused() {
+        use crate::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+        use thermo_core::codec::{LogValue, TotalsRecord};
+        let (app, log, m) = app(PartitionerConfig::default());
+        let series = |name: &str, samples: &[(i64, f64)]| TimeSeries {
+            labels: vec![
+                Label {
+                    name: "__name__".into(),
+                    value: name.into(),
+                },
+                Label {
+                    name: "job".into(),
+                    value: "node".into(),
+                },
+            ],
+            samples: samples
+                .iter()
+                .map(|(t, v)| Sample {
+                    timestamp: *t,
+                    value: *v,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let minute = NOW_MS - NOW_MS.rem_euclid(60_000) - 60_000;
+        let req = WriteRequest {
+            timeseries: vec![
+                series(
+                    "http_requests_total",
+                    &[(minute + 1_000, 5.0), (minute + 61_000, 9.0)],
+                ),
+                series(
+                    "temperature",
+                    &[
+                        (minute + 1_000, 20.5),
+                        (minute + 30_000, 19.0),
+                        (minute + 61_000, 21.0),
+                    ],
+                ),
+            ],
+            metadata: vec![],
+        };
+        let (status, body) = post_remote_write(&app, &req, "snappy").await;
+        assert_eq!(status, 204, "{body}");
+        let records = log.records.lock().unwrap().clone();
+        let decoded: Vec<(String, LogValue)> = records
+            .iter()
+            .map(|(k, v)| (k.clone(), LogValue::decode(v).unwrap()))
+            .collect();
+        assert_eq!(decoded.len(), 3, "one totals record, two gauge minutes");
+        let source = match &decoded[0] {
+            (
+                k,
+                LogValue::Totals(TotalsRecord {
+                    source, samples, ..
+                }),
+            ) => {
+                assert_eq!(k, "default/http_requests_total{job=node}");
+                assert_eq!(
+                    samples,
+                    &vec![(minute + 1_000, 5.0), (minute + 61_000, 9.0)]
+                );
+                source.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(source.starts_with("rw:"), "{source}");
+        match &decoded[1] {
+            (k, LogValue::Minute(r)) => {
+                assert_eq!(
+                    (k.as_str(), r.minute),
+                    ("default/temperature{job=node}", minute / 1000)
+                );
+                let Aggregate::Gauge(g) = &r.agg else {
+                    panic!("{r:?}")
+                };
+                assert_eq!((g.last, g.min, g.max), (19.0, 19.0, 20.5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same request again is the same contribution.
+        post_remote_write(&app, &req, "snappy").await;
+        let again = log.records.lock().unwrap()[3].clone();
+        assert!(
+            matches!(LogValue::decode(&again.1), Ok(LogValue::Totals(t)) if t.source == source)
+        );
+        // Refused samples: 400 naming them, the good ones produced.
+        log.records.lock().unwrap().clear();
+        let bad = WriteRequest {
+            timeseries: vec![
+                series("ok_total", &[(minute, 1.0)]),
+                series("nan_gauge", &[(minute, f64::NAN)]),
+                series("old_gauge", &[(NOW_MS - 8 * 86_400_000, 1.0)]),
+            ],
+            metadata: vec![],
+        };
+        let (status, body) = post_remote_write(&app, &bad, "snappy").await;
+        assert_eq!(status, 400, "{body}");
+        let error = body["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains("2 samples refused (bad_value: 1, too_old: 1)"),
+            "{error}"
+        );
+        assert_eq!(log.records.lock().unwrap().len(), 1);
+        let rendered = m.render();
+        assert!(
+            rendered
+                .contains("thermo_partitioner_remote_write_samples_total{outcome=\"produced\"} 11"),
+            "{rendered}"
+        );
+        // Not snappy, not protobuf: refused before anything is produced.
+        let (status, _) = post_remote_write(&app, &req, "gzip").await;
+        assert_eq!(status, 400);
+        let r = Request::post("/api/v1/write")
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .body(Body::from(vec![0xffu8; 8]))
+            .unwrap();
+        assert_eq!(app.clone().oneshot(r).await.unwrap().status().as_u16(), 400);
+        let r = Request::post("/api/v1/write")
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        assert_eq!(app.clone().oneshot(r).await.unwrap().status().as_u16(), 415);
+        assert_eq!(log.records.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

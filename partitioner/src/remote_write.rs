@@ -22,7 +22,10 @@
 
 use prost::Message;
 use std::collections::BTreeMap;
+use thermo_core::aggregate::{Aggregate, Gauge};
+use thermo_core::codec::{Record, TotalsRecord};
 use thermo_core::key::{sanitize_name, sanitize_tag_value, KeyError, MetricKey};
+use thermo_core::window::minute_start;
 
 /// `prometheus.WriteRequest`.
 #[derive(Clone, PartialEq, Message)]
@@ -180,6 +183,8 @@ pub struct Converted {
     pub last_refusal: Option<(&'static str, String)>,
     /// Staleness markers skipped.
     pub stale_markers: u64,
+    /// Samples routed (set by [`records`]).
+    pub taken: u64,
 }
 
 impl Converted {
@@ -247,6 +252,89 @@ pub fn convert(req: WriteRequest, tenant: &str) -> Converted {
             });
         }
     }
+    out
+}
+
+/// A request's log records: `(metric key, record value)`, sorted by key.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Series-minutes they cover (what rate limits count).
+    pub series_minutes: usize,
+}
+
+/// The records of `converted`'s series, as contribution `source`: a gauge's samples of one minute
+/// become that minute's gauge (the latest sample its last value), a cumulative series' samples one
+/// [`TotalsRecord`] (the aggregator turns them into increases). Samples outside `[now_ms -
+/// max_past_ms, now_ms + max_future_ms]` are refused (`too_old`, `in_future`).
+pub fn records(
+    converted: &mut Converted,
+    source: &str,
+    now_ms: i64,
+    max_past_ms: i64,
+    max_future_ms: i64,
+) -> Records {
+    let mut out = Records::default();
+    let mut refusals: Vec<(&'static str, String)> = Vec::new();
+    for series in std::mem::take(&mut converted.series) {
+        let name = series.key.name().to_string();
+        let samples: Vec<(i64, f64)> = series
+            .samples
+            .into_iter()
+            .filter(|(t, _)| {
+                let why = if *t < now_ms - max_past_ms {
+                    "too_old"
+                } else if *t > now_ms + max_future_ms {
+                    "in_future"
+                } else {
+                    return true;
+                };
+                refusals.push((why, format!("{name}: a sample at {t} ms is outside the accepted window (max_past_secs, max_future_secs)")));
+                false
+            })
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        converted.taken += samples.len() as u64;
+        let key = series.key.encode();
+        let mut minutes: BTreeMap<i64, Gauge> = BTreeMap::new();
+        for (t, v) in &samples {
+            let minute = minute_start(t.div_euclid(1000));
+            match minutes.get_mut(&minute) {
+                Some(g) => g.set(*v, *t),
+                None => {
+                    minutes.insert(minute, Gauge::new(*v, *t));
+                }
+            }
+        }
+        out.series_minutes += minutes.len();
+        match series.kind {
+            Kind::Cumulative => {
+                let rec = TotalsRecord {
+                    source: source.to_string(),
+                    seq: 0,
+                    samples,
+                };
+                out.records.push((key, rec.encode()));
+            }
+            Kind::Gauge => {
+                for (minute, g) in minutes {
+                    let rec = Record {
+                        source: source.to_string(),
+                        seq: 0,
+                        minute,
+                        agg: Aggregate::Gauge(g),
+                    };
+                    out.records.push((key.clone(), rec.encode()));
+                }
+            }
+        }
+    }
+    for (why, detail) in refusals {
+        converted.refuse(why, 1, detail);
+    }
+    out.records.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
