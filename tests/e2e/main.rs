@@ -1,7 +1,7 @@
 //! The end-to-end tests: the real `thermo` binary with real services on loopback, one module per
 //! area, in one test binary (one link after an edit instead of one per file).
 //!
-//! Run one area with a name filter: `cargo test --workspace --test e2e -- cold::` (or `agent_spool::`, `cold_store::`, `intake::`, `limits::`, `logs::`, `otlp::`, `pipeline::`, `prom::`, `prom_differential::`,
+//! Run one area with a name filter: `cargo test --workspace --test e2e -- cold::` (or `agent_spool::`, `cold_store::`, `intake::`, `limits::`, `logs::`, `otlp::`, `pipeline::`, `prom::`, `prom_differential::`, `remote_write::`,
 //! `series_registry::`, `standalone::`, `browser::`, `loadgen::`, `vmalert::`). `support` starts the services and holds the tests'
 //! clock.
 
@@ -22,6 +22,7 @@ mod otlp;
 mod pipeline;
 mod prom;
 mod prom_differential;
+mod remote_write;
 mod series_registry;
 mod standalone;
 mod tls;
