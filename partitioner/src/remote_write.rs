@@ -121,6 +121,15 @@ pub fn decode(body: &[u8], max_decoded: usize) -> Result<WriteRequest, DecodeErr
     WriteRequest::decode(&raw[..]).map_err(DecodeError::Protobuf)
 }
 
+/// A request as a sender puts it on the wire: protobuf, snappy-compressed (block format).
+pub fn encode(req: &WriteRequest) -> Vec<u8> {
+    let raw = req.encode_to_vec();
+    // Compressing a buffer into a vector sized by `max_compress_len` cannot fail.
+    snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .unwrap_or_default()
+}
+
 /// What a series' samples are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -5,6 +5,10 @@
 //! increases between the samples Prometheus itself stored (read back from its API): each
 //! sample's gain over the one before, the whole value after a reset, nothing for the first; its
 //! per-minute gauge the last sample of the minute.
+//!
+//! Then the distributed path (partitioner, tansu, 2 aggregators, Redis) with requests built here:
+//! 12 counter series over 14 requests, half of them reset midway, every third request sent twice,
+//! an aggregator SIGKILLed for three requests: every shard's increase and every minute's exact.
 
 use crate::support::stack::{points, Standalone, Target};
 use crate::support::*;
@@ -228,5 +232,146 @@ fn prometheus_remote_write_counters_are_exact_per_minute_increases() {
             .starts_with("thermo_partitioner_remote_write_samples_total{outcome=\"")
             && !l.contains("\"produced\"")),
         "samples refused:\n{rendered}"
+    );
+}
+
+/// Counter series of the distributed test, and requests sent.
+const SHARDS: u64 = 12;
+const ROUNDS: u64 = 14;
+
+/// Shard `i`'s total at round `r`: +`i + 1` a round; the even shards restart (reset) at round 7.
+fn shard_total(i: u64, r: u64) -> f64 {
+    let restarted = i.is_multiple_of(2) && r >= 7;
+    let gained = if restarted { r - 7 } else { r };
+    ((i + 1) * gained + u64::from(restarted)) as f64
+}
+
+/// Round `r`'s request: every shard's total and a gauge, at `base_ms + r × 5 s`.
+fn round_request(base_ms: i64, r: u64) -> Vec<u8> {
+    use thermo_partitioner::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+    let t = base_ms + 5_000 * r as i64;
+    let series = |name: &str, shard: u64, value: f64| TimeSeries {
+        labels: vec![
+            Label {
+                name: "__name__".into(),
+                value: name.into(),
+            },
+            Label {
+                name: "shard".into(),
+                value: shard.to_string(),
+            },
+        ],
+        samples: vec![Sample {
+            value,
+            timestamp: t,
+        }],
+        ..Default::default()
+    };
+    let mut timeseries: Vec<TimeSeries> = (0..SHARDS)
+        .map(|i| series("jobs_total", i, shard_total(i, r)))
+        .collect();
+    timeseries.push(series("queue_depth", 0, r as f64));
+    thermo_partitioner::remote_write::encode(&WriteRequest {
+        timeseries,
+        metadata: vec![],
+    })
+}
+
+fn post_write(url: &str, body: &[u8]) -> u16 {
+    http()
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .body(body.to_vec())
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[test]
+fn remote_write_through_kafka_and_redis_counts_once_through_resends_and_an_aggregator_kill() {
+    use crate::support::stack::Stack;
+    let mut stack = Stack::start("remote-write-stack", 4, 2, 0, 5);
+    let url = stack.partitioner.url("/api/v1/write");
+    let base_ms = (thermo_core::window::minute_start(now_s()) - 120) * 1000 + 1_000;
+    for r in 0..ROUNDS {
+        if r == 5 {
+            // An aggregator SIGKILLed while requests flow; restarted three rounds later.
+            stack.aggregators[0].proc.kill();
+        }
+        if r == 8 {
+            stack.aggregators[0].restart();
+        }
+        let body = round_request(base_ms, r);
+        assert_eq!(post_write(&url, &body), 204, "round {r}");
+        if r % 3 == 1 {
+            // A sender's retry: the same request again.
+            assert_eq!(post_write(&url, &body), 204, "round {r} again");
+        }
+    }
+    // Each shard gained its total's steps after round 0 (its reference); the even ones count
+    // their total after the reset whole.
+    let want_shard = |i: u64| -> f64 {
+        (1..ROUNDS)
+            .map(|r| {
+                let (a, b) = (shard_total(i, r - 1), shard_total(i, r));
+                if b >= a {
+                    b - a
+                } else {
+                    b
+                }
+            })
+            .sum()
+    };
+    let mut want_minutes: BTreeMap<i64, f64> = BTreeMap::new();
+    for r in 1..ROUNDS {
+        let minute = minute_of(base_ms + 5_000 * r as i64);
+        for i in 0..SHARDS {
+            let (a, b) = (shard_total(i, r - 1), shard_total(i, r));
+            *want_minutes.entry(minute).or_default() += if b >= a { b - a } else { b };
+        }
+    }
+    let from = minute_of(base_ms) - 60;
+    let range = format!("from={from}&to={}&step=60", from + 600);
+    let answer = stack.query_until(
+        &format!("metric=jobs_total&stat=sum&{range}"),
+        "the per-minute increases of every shard",
+        &mut |a: &serde_json::Value| {
+            a["series"].as_array().is_some_and(|s| !s.is_empty())
+                && points(a, &[]).into_iter().collect::<BTreeMap<_, _>>() == want_minutes
+        },
+    );
+    assert_eq!(
+        points(&answer, &[]).into_iter().collect::<BTreeMap<_, _>>(),
+        want_minutes
+    );
+    let by_shard = stack.query(&format!(
+        "metric=jobs_total&stat=sum&from={from}&to={}&step=600&group_by=shard",
+        from + 600
+    ));
+    for i in 0..SHARDS {
+        let shard = i.to_string();
+        let got: f64 = points(&by_shard, &[("shard", shard.as_str())])
+            .iter()
+            .map(|p| p.1)
+            .sum();
+        assert_eq!(got, want_shard(i), "shard {i}");
+    }
+    // The gauge: its last sample.
+    let last = stack.query(&format!(
+        "metric=queue_depth&stat=last&from={from}&to={}&step=600",
+        from + 600
+    ));
+    assert_eq!(
+        points(&last, &[]).last().map(|p| p.1),
+        Some((ROUNDS - 1) as f64)
+    );
+    // Three seconds later, still exact: nothing was applied twice after the restart.
+    std::thread::sleep(Duration::from_secs(3));
+    let again = stack.query(&format!("metric=jobs_total&stat=sum&{range}"));
+    assert_eq!(
+        points(&again, &[]).into_iter().collect::<BTreeMap<_, _>>(),
+        want_minutes
     );
 }
