@@ -45,6 +45,9 @@ pub struct Settings {
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
     pub lateness: Lateness,
+    /// A cumulative series' last total is forgotten after this long without one (checked hourly
+    /// for the assigned partitions): the hot retention.
+    pub totals_max_idle_secs: i64,
 }
 
 impl From<&AggregatorConfig> for Settings {
@@ -52,6 +55,7 @@ impl From<&AggregatorConfig> for Settings {
         Self {
             batch_max_records: c.batch_max_records.max(1),
             batch_max_wait: Duration::from_millis(c.batch_max_wait_ms),
+            totals_max_idle_secs: c.hot_retention_hours * 3600,
             lateness: if c.cold_enabled {
                 Lateness::Cold {
                     grace_secs: c.late_grace_secs,
@@ -369,6 +373,12 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
              records itself, or before the partition count changed): readers look for their \
              series in the key's partition",
         );
+        let totals_pruned = self.metrics.counter(
+            "totals_pruned_total",
+            "cumulative series' last totals forgotten after the hot retention without a new one",
+        );
+        // When the assigned partitions' old totals were last pruned (None: not yet).
+        let mut last_prune: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         let mut last_assignment: Option<Vec<i32>> = None;
         // The topic's partition count: read again whenever the assignment changes (adding
@@ -393,6 +403,26 @@ impl<C: LogConsumer, H: HotStore> Worker<C, H> {
                         tokio::select! {
                             _ = &mut shutdown => break,
                             _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                }
+            }
+            let assigned_now = self.consumer.assignment();
+            let due = last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(3600));
+            if due && !assigned_now.is_empty() {
+                last_prune = Some(tokio::time::Instant::now());
+                let before_ms = (now_s() - self.settings.totals_max_idle_secs).saturating_mul(1000);
+                for p in assigned_now {
+                    let pid = PartitionId {
+                        topic: self.consumer.topic().to_string(),
+                        partition: p,
+                    };
+                    match self.hot.prune_totals(&pid, before_ms).await {
+                        Ok(n) => totals_pruned.inc_by(n),
+                        Err(e) => {
+                            // Tried again in an hour; the totals only take room meanwhile.
+                            self.metrics.errors.with_label_values(&["hot_store"]).inc();
+                            tracing::warn!(partition = p, "old totals not pruned: {e}");
                         }
                     }
                 }

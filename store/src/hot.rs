@@ -62,6 +62,15 @@ pub trait HotStore: Send + Sync + 'static {
         series: &[MetricKey],
     ) -> impl Future<Output = Result<Vec<Option<(i64, f64)>>, StoreError>> + Send;
 
+    /// Forgets the totals of `partition`'s cumulative series whose last total is before
+    /// `before_ms` (a series silent that long starts over: its next total is a reference).
+    /// Returns how many were forgotten.
+    fn prune_totals(
+        &self,
+        partition: &PartitionId,
+        before_ms: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Applies `write` atomically. `Ok(false)` if fenced: the stored offset was not
     /// `expected_offset`, and nothing was written.
     fn write(&self, write: HotWrite) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -121,6 +130,13 @@ impl<T: HotStore> HotStore for std::sync::Arc<T> {
         series: &[MetricKey],
     ) -> Result<Vec<Option<(i64, f64)>>, StoreError> {
         (**self).totals(partition, series).await
+    }
+    async fn prune_totals(
+        &self,
+        partition: &PartitionId,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        (**self).prune_totals(partition, before_ms).await
     }
     async fn write(&self, write: HotWrite) -> Result<bool, StoreError> {
         (**self).write(write).await

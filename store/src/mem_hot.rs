@@ -527,6 +527,19 @@ impl HotStore for MemHot {
         Ok(series.iter().map(|k| g.totals.get(k).copied()).collect())
     }
 
+    /// In memory only (not in the write-ahead file): after a restart the forgotten totals are
+    /// back until the next prune, which changes nothing a reader sees.
+    async fn prune_totals(
+        &self,
+        _partition: &PartitionId,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let before = g.totals.len();
+        g.totals.retain(|_, (time_ms, _)| *time_ms >= before_ms);
+        Ok((before - g.totals.len()) as u64)
+    }
+
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {
         self.mutate(|g| {
             (g.offsets.get(&w.partition).copied().unwrap_or(-1) == w.expected_offset).then_some(
@@ -777,6 +790,10 @@ mod tests {
             h.totals(&p, &[a.clone(), b.clone()]).await.unwrap(),
             vec![Some((7_200_000, 5.5)), None]
         );
+        // Pruning forgets totals older than the cut-off.
+        assert_eq!(h.prune_totals(&p, 7_200_000).await.unwrap(), 0);
+        assert_eq!(h.prune_totals(&p, 7_200_001).await.unwrap(), 1);
+        assert_eq!(h.totals(&p, &[a.clone()]).await.unwrap(), vec![None]);
         // A write frame of version 1 (before totals) still reads.
         let mut v1 = write_body(&p, 9, &[], &[]);
         v1[2] = 1;

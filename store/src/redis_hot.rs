@@ -55,6 +55,25 @@ const PARTITIONS_TTL: Duration = Duration::from_secs(5);
 /// A key only the schema before the hash tags has: its presence means `thermo migrate` is due.
 pub(crate) const OLD_SCHEMA_KEY: &str = "thermo:tenants";
 
+/// Deletes the listed totals that are still older than the cut-off (a write may have renewed one
+/// since it was listed).
+const PRUNE_TOTALS_SCRIPT: &str = r#"#!lua
+-- KEYS[1]: the partition's totals. ARGV[1]: the cut-off (unix ms); ARGV[2..]: fields listed old.
+local cut = tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    local t = tonumber(string.match(v, '^(%-?%d+) '))
+    if t and t < cut then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      n = n + 1
+    end
+  end
+end
+return n
+"#;
+
 const WRITE_SCRIPT: &str = r#"#!lua
 -- KEYS: the partition's offset, tenants, pending hours, hour versions, totals; then per cell its
 -- data, series index and metric types keys. ARGV: expected offset, new offset, cold ('1' or '0'),
@@ -390,6 +409,48 @@ impl HotStore for RedisHot {
         raw.into_iter()
             .map(|v| v.map(|v| parse_total(&v)).transpose())
             .collect()
+    }
+
+    async fn prune_totals(
+        &self,
+        partition: &PartitionId,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let key = totals_key(partition.partition);
+        let script = Script::new(PRUNE_TOTALS_SCRIPT);
+        let mut c = self.conn.clone();
+        let (mut cursor, mut pruned) = (0u64, 0u64);
+        loop {
+            let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await?;
+            let old: Vec<&String> = flat
+                .chunks(2)
+                .filter(|fv| {
+                    fv.get(1)
+                        .and_then(|v| parse_total(v).ok())
+                        .is_some_and(|(t, _)| t < before_ms)
+                })
+                .map(|fv| &fv[0])
+                .collect();
+            if !old.is_empty() {
+                let mut inv = script.prepare_invoke();
+                inv.key(&key).arg(before_ms);
+                for field in old {
+                    inv.arg(field);
+                }
+                let n: u64 = inv.invoke_async(&mut c).await?;
+                pruned += n;
+            }
+            if next == 0 {
+                return Ok(pruned);
+            }
+            cursor = next;
+        }
     }
 
     async fn write(&self, w: HotWrite) -> Result<bool, StoreError> {

@@ -170,6 +170,23 @@ async fn exercise(url: &str, hour: i64) {
         );
     }
     assert_eq!(hot.partitions().await.expect("partitions"), PARTITIONS);
+    // Totals not renewed since the cut-off are forgotten, partition by partition; the others stay.
+    for p in &used {
+        let mine: Vec<MetricKey> = all
+            .iter()
+            .filter(|(_, q)| q == p)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let last_ms = minutes[1] * 1000;
+        assert_eq!(hot.prune_totals(&pid(*p), last_ms).await.expect("prune"), 0);
+        let pruned = hot
+            .prune_totals(&pid(*p), last_ms + 1)
+            .await
+            .expect("prune");
+        assert_eq!(pruned, mine.len() as u64);
+        let left = hot.totals(&pid(*p), &mine).await.expect("totals");
+        assert!(left.iter().all(Option::is_none), "{left:?}");
+    }
 
     // Reads find every series in its partition, with exact values.
     let keys: Vec<MetricKey> = {
