@@ -793,7 +793,10 @@ mod tests {
         // Pruning forgets totals older than the cut-off.
         assert_eq!(h.prune_totals(&p, 7_200_000).await.unwrap(), 0);
         assert_eq!(h.prune_totals(&p, 7_200_001).await.unwrap(), 1);
-        assert_eq!(h.totals(&p, &[a.clone()]).await.unwrap(), vec![None]);
+        assert_eq!(
+            h.totals(&p, std::slice::from_ref(&a)).await.unwrap(),
+            vec![None]
+        );
         // A write frame of version 1 (before totals) still reads.
         let mut v1 = write_body(&p, 9, &[], &[]);
         v1[2] = 1;
