@@ -33,7 +33,6 @@ use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint,
 };
 use prost::Message;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Mutex;
 use thermo_core::accumulator::{Accumulator, IngestStats, Sample};
@@ -186,9 +185,8 @@ pub struct Prepared {
 #[derive(Debug, Default)]
 pub struct Converted {
     pub samples: Vec<Prepared>,
-    /// Points refused, by reason, and the last refusal's detail.
-    pub refused: BTreeMap<&'static str, u64>,
-    pub last_refusal: Option<(&'static str, String)>,
+    /// Points refused, by reason, and the last refusal's detail (`lines` unused).
+    pub refused: IngestStats,
     /// Cumulative points that only set a series' reference (its first report, from before the
     /// agent started).
     pub references: u64,
@@ -202,8 +200,7 @@ pub struct Converted {
 
 impl Converted {
     fn refuse(&mut self, reason: &'static str, detail: String) {
-        *self.refused.entry(reason).or_insert(0) += 1;
-        self.last_refusal = Some((reason, detail));
+        self.refused.refuse(reason, &detail);
     }
 }
 
@@ -226,22 +223,7 @@ impl Taken {
     /// The `partial_success` message: the refusals by reason and the last one's detail (empty
     /// when nothing was refused).
     pub fn message(&self) -> String {
-        match &self.stats.last_error {
-            Some((reason, detail)) if self.rejected() > 0 => {
-                let reasons: Vec<String> = self
-                    .stats
-                    .dropped
-                    .iter()
-                    .map(|(r, n)| format!("{r}: {n}"))
-                    .collect();
-                format!(
-                    "{} data points rejected ({}); the last, {reason}: {detail}",
-                    self.rejected(),
-                    reasons.join(", ")
-                )
-            }
-            _ => String::new(),
-        }
+        self.stats.refusals("data points").unwrap_or_default()
     }
 }
 
@@ -280,11 +262,7 @@ impl OtlpIntake {
         now_ms: i64,
     ) -> Result<Taken, OtlpError> {
         let converted = self.convert(decode(body, format, gzip)?, now_ms);
-        let mut stats = IngestStats::default();
-        for (reason, n) in &converted.refused {
-            *stats.dropped.entry(reason).or_insert(0) += n;
-        }
-        stats.last_error.clone_from(&converted.last_refusal);
+        let mut stats = converted.refused;
         {
             let mut acc = lock(acc);
             for p in converted.samples {
@@ -909,7 +887,7 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(tags, want);
-        let refused: Vec<(&str, u64)> = c.refused.iter().map(|(r, n)| (*r, *n)).collect();
+        let refused: Vec<(&str, u64)> = c.refused.dropped.iter().map(|(r, n)| (*r, *n)).collect();
         assert_eq!(
             refused,
             vec![
@@ -975,7 +953,7 @@ mod tests {
         let mut bad = histogram_point(T0 + 1, T0 + 40, &[1, 5, 1], 750.0);
         bad.count = 9;
         let c = i.convert(h(bad), now);
-        assert_eq!(c.refused.get("bad_histogram"), Some(&1));
+        assert_eq!(c.refused.dropped.get("bad_histogram"), Some(&1));
     }
 
     #[test]
@@ -1095,7 +1073,7 @@ mod tests {
             }
             let n = metrics.len() as u64;
             let c = i.convert(request(metrics), ns_to_ms((T0 + 10) * SEC));
-            let refused: u64 = c.refused.values().sum();
+            let refused: u64 = c.refused.dropped_total();
             prop_assert_eq!(
                 c.samples.len() as u64 + refused + c.stale + c.references + c.unchanged,
                 n

@@ -71,7 +71,15 @@ impl IngestStats {
     /// Counts one refusal for `reason` (the `reason` label), keeping `detail` (its first 200
     /// bytes) for the log line.
     pub fn refuse(&mut self, reason: &'static str, detail: &str) {
-        *self.dropped.entry(reason).or_insert(0) += 1;
+        self.refuse_n(reason, 1, detail);
+    }
+
+    /// Counts `n` refusals for `reason` at once (nothing when `n` is 0).
+    pub fn refuse_n(&mut self, reason: &'static str, n: u64, detail: &str) {
+        if n == 0 {
+            return;
+        }
+        *self.dropped.entry(reason).or_insert(0) += n;
         let mut end = detail.len().min(200);
         while !detail.is_char_boundary(end) {
             end -= 1;
@@ -82,6 +90,24 @@ impl IngestStats {
     /// Total refused.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
+    }
+
+    /// What was refused, for an answer: `"<n> <what> refused (<reason>: <n>, ...); the last,
+    /// <reason>: <detail>"`; `None` when nothing was.
+    pub fn refusals(&self, what: &str) -> Option<String> {
+        let (reason, detail) = self.last_error.as_ref()?;
+        let n = self.dropped_total();
+        let counts: Vec<String> = self
+            .dropped
+            .iter()
+            .map(|(r, n)| format!("{r}: {n}"))
+            .collect();
+        (n > 0).then(|| {
+            format!(
+                "{n} {what} refused ({}); the last, {reason}: {detail}",
+                counts.join(", ")
+            )
+        })
     }
 }
 

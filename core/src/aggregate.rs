@@ -220,7 +220,8 @@ impl Hist {
         // The middle of the HDR bucket halves the worst-case error of its highest value.
         let raw = self.hdr.value_at_quantile(q);
         let v = self.hdr.median_equivalent(raw) as f64 / HIST_SCALE;
-        Some(v.clamp(self.min, self.max))
+        // Not `clamp`, which panics on min > max: a state that says so is wrong, not fatal.
+        Some(v.max(self.min).min(self.max))
     }
 }
 

@@ -196,7 +196,8 @@ impl Buckets {
             } => {
                 let rep = |index: i64| {
                     let (lo, hi) = (lower_bound(*scale, index), lower_bound(*scale, index + 1));
-                    2.0 * lo * hi / (lo + hi)
+                    // 2·lo·hi / (lo + hi), without the product overflowing for large buckets.
+                    2.0 / (1.0 / lo + 1.0 / hi)
                 };
                 let mut out = Vec::new();
                 for (j, &n) in negative.counts.iter().enumerate().rev() {
@@ -531,6 +532,16 @@ mod tests {
                 "q{q}: {got} vs {want} (error {err})"
             );
         }
+    }
+
+    #[test]
+    fn a_bucket_reaching_past_the_largest_double_has_a_finite_representative() {
+        // Scale -10: bucket 0 is (1, 2^1024], its upper bound beyond f64 (a difference downscaled
+        // that far; such an input is refused by `validate`).
+        let b = exponential(-10, 0, &[3], 6.0);
+        assert_eq!(b.representatives(), vec![(2.0, 3)]);
+        let h = b.to_hist().unwrap();
+        assert_eq!((h.min, h.max, h.quantile(0.5)), (2.0, 2.0, Some(2.0)));
     }
 
     #[test]

@@ -180,7 +180,7 @@ async fn remote_write<P: LogProducer>(
             samples
                 .with_label_values(&["produced"])
                 .inc_by(taken.samples);
-            for (reason, n) in &taken.refused {
+            for (reason, n) in &taken.refused.dropped {
                 samples.with_label_values(&[reason]).inc_by(*n);
             }
             st.metrics.received.inc_by(taken.series_minutes as u64);
@@ -207,26 +207,16 @@ struct RemoteWritten {
     samples: u64,
     series_minutes: usize,
     /// Samples refused, by reason, and the last one's detail.
-    refused: BTreeMap<&'static str, u64>,
-    last_refusal: Option<(&'static str, String)>,
+    refused: thermo_core::accumulator::IngestStats,
 }
 
 impl RemoteWritten {
     /// The 400 naming what was refused (the rest was produced), if anything was.
     fn refusal(&self) -> Option<IngestError> {
-        let (reason, detail) = self.last_refusal.as_ref()?;
-        let counts: Vec<String> = self
-            .refused
-            .iter()
-            .map(|(r, n)| format!("{r}: {n}"))
-            .collect();
-        let n: u64 = self.refused.values().sum();
+        let summary = self.refused.refusals("samples")?;
         Some(IngestError::invalid(
             "samples",
-            format!(
-                "{n} samples refused ({}), the others written; the last, {reason}: {detail}",
-                counts.join(", ")
-            ),
+            format!("{summary} (the other samples were written)"),
         ))
     }
 }
@@ -327,21 +317,7 @@ fn prepare_remote_write<P>(
         st.cfg.max_future_secs.saturating_mul(1000),
     );
     let n = built.series_minutes;
-    match st.limits.check(&tenant, n) {
-        Verdict::Allowed => {}
-        Verdict::Wait(d) => {
-            return Err(IngestError::RateLimited {
-                rate: st.limits.rate(&tenant),
-                tenant,
-                retry_after_secs: d.as_secs() + u64::from(d.subsec_nanos() > 0),
-            })
-        }
-        Verdict::TooBig { burst } => {
-            return Err(IngestError::TooLarge(format!(
-                "series: {n} series-minutes exceed tenant {tenant:?}'s burst of {burst} (rate_limit_per_sec × rate_limit_burst_secs)"
-            )))
-        }
-    }
+    check_rate(st, &tenant, n)?;
     let unconfirmed = match &st.series {
         Some(gate) => {
             let mut series: Vec<&str> = built.records.iter().map(|(k, _)| k.as_str()).collect();
@@ -354,7 +330,6 @@ fn prepare_remote_write<P>(
         samples: converted.taken,
         series_minutes: n,
         refused: converted.refused.clone(),
-        last_refusal: converted.last_refusal.clone(),
     };
     Ok((
         Prepared {
@@ -650,21 +625,7 @@ fn prepare<P>(
         }
     }
     let n = merged.len();
-    match st.limits.check(&tenant, n) {
-        Verdict::Allowed => {}
-        Verdict::Wait(d) => {
-            return Err(IngestError::RateLimited {
-                rate: st.limits.rate(&tenant),
-                tenant,
-                retry_after_secs: d.as_secs() + u64::from(d.subsec_nanos() > 0),
-            })
-        }
-        Verdict::TooBig { burst } => {
-            return Err(IngestError::TooLarge(format!(
-                "series: {n} series-minutes exceed tenant {tenant:?}'s burst of {burst} (rate_limit_per_sec × rate_limit_burst_secs)"
-            )))
-        }
-    }
+    check_rate(st, &tenant, n)?;
     drop(body);
     let records: Records = merged
         .into_iter()
@@ -693,6 +654,22 @@ fn prepare<P>(
         ticket,
         unconfirmed,
     })
+}
+
+/// Takes `n` series-minutes from the tenant's rate bucket, or says why not (429 with when to retry,
+/// or 413 for a request larger than the bucket).
+fn check_rate<P>(st: &AppState<P>, tenant: &str, n: usize) -> Result<(), IngestError> {
+    match st.limits.check(tenant, n) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Wait(d) => Err(IngestError::RateLimited {
+            rate: st.limits.rate(tenant),
+            tenant: tenant.to_string(),
+            retry_after_secs: d.as_secs() + u64::from(d.subsec_nanos() > 0),
+        }),
+        Verdict::TooBig { burst } => Err(IngestError::TooLarge(format!(
+            "series: {n} series-minutes exceed tenant {tenant:?}'s burst of {burst} (rate_limit_per_sec × rate_limit_burst_secs)"
+        ))),
+    }
 }
 
 /// The contribution of a JSON batch without `idempotency_key`: derived from its content (the
@@ -912,7 +889,7 @@ mod tests {
         assert_eq!(status, 400, "{body}");
         let error = body["error"].as_str().unwrap_or("");
         assert!(
-            error.contains("2 samples refused (bad_value: 1, too_old: 1)"),
+            error.contains("2 samples refused (bad_value: 1, too_old: 1); the last"),
             "{error}"
         );
         assert_eq!(log.records.lock().unwrap().len(), 1);

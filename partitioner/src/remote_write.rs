@@ -22,6 +22,7 @@
 
 use prost::Message;
 use std::collections::BTreeMap;
+use thermo_core::accumulator::IngestStats;
 use thermo_core::aggregate::{Aggregate, Gauge};
 use thermo_core::codec::{Record, TotalsRecord};
 use thermo_core::key::{sanitize_name, sanitize_tag_value, KeyError, MetricKey};
@@ -187,9 +188,8 @@ pub struct Series {
 #[derive(Debug, Default)]
 pub struct Converted {
     pub series: Vec<Series>,
-    /// Samples refused, by reason, and the last refusal's detail.
-    pub refused: BTreeMap<&'static str, u64>,
-    pub last_refusal: Option<(&'static str, String)>,
+    /// Samples refused, by reason, and the last refusal's detail (`lines` unused).
+    pub refused: IngestStats,
     /// Staleness markers skipped.
     pub stale_markers: u64,
     /// Samples routed (set by [`records`]).
@@ -198,15 +198,7 @@ pub struct Converted {
 
 impl Converted {
     fn refuse(&mut self, reason: &'static str, n: u64, detail: String) {
-        if n > 0 {
-            *self.refused.entry(reason).or_insert(0) += n;
-            self.last_refusal = Some((reason, detail));
-        }
-    }
-
-    /// Samples refused in all.
-    pub fn refused_total(&self) -> u64 {
-        self.refused.values().sum()
+        self.refused.refuse_n(reason, n, &detail);
     }
 }
 
@@ -486,7 +478,7 @@ mod tests {
         assert_eq!(c.series[0].kind, Kind::Gauge);
         assert_eq!(c.series[0].samples, vec![(1_000, 1.0)]);
         assert_eq!(c.stale_markers, 1);
-        let refused: Vec<(&str, u64)> = c.refused.iter().map(|(r, n)| (*r, *n)).collect();
+        let refused: Vec<(&str, u64)> = c.refused.dropped.iter().map(|(r, n)| (*r, *n)).collect();
         assert_eq!(
             refused,
             vec![("bad_value", 1), ("invalid", 2), ("unsupported", 1)]
@@ -515,7 +507,7 @@ mod tests {
             let n = (timeseries.len() * values.len()) as u64;
             let c = convert(WriteRequest { timeseries, metadata: vec![] }, "t");
             let routed: u64 = c.series.iter().map(|s| s.samples.len() as u64).sum();
-            prop_assert_eq!(routed + c.stale_markers + c.refused_total(), n);
+            prop_assert_eq!(routed + c.stale_markers + c.refused.dropped_total(), n);
         }
     }
 }
