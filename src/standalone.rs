@@ -229,7 +229,7 @@ pub async fn run(args: impl Iterator<Item = String>) -> Result<()> {
     let flush_state = (agent.shared(), log.clone());
     let app = read
         .merge(ingest)
-        .merge(thermo_agent::http::statsd_router(agent.shared()))
+        .merge(thermo_agent::http::intake_router(agent.shared()))
         .route("/flush", post(flush).with_state(flush_state))
         .route(
             "/metrics",

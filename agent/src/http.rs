@@ -16,7 +16,7 @@ use tokio::time::Instant;
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    statsd_router(shared.clone()).merge(
+    intake_router(shared.clone()).merge(
         Router::new()
             .route("/flush", post(flush))
             .with_state(shared),
@@ -25,7 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// The intake routes, `POST /api/v1/statsd` and `POST /v1/metrics`, without `/flush`
 /// (standalone mode serves its own, see [`flush_and_drain`]).
-pub fn statsd_router(shared: Arc<Shared>) -> Router {
+pub fn intake_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/statsd", post(push))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -110,7 +110,7 @@ impl Shared {
                 *last = now;
                 tracing::warn!(
                     reason,
-                    "statsd line dropped (logged at most once a second): {detail:?}"
+                    "line or data point dropped (logged at most once a second): {detail:?}"
                 );
             }
         }
@@ -396,7 +396,10 @@ pub async fn start(cfg: &AgentConfig) -> Result<Agent, AgentError> {
                 shared.flush(false, delay).await;
                 if last_forget.elapsed() >= Duration::from_secs(60) {
                     last_forget = tokio::time::Instant::now();
-                    shared.otlp.forget_idle(now_ms());
+                    // Up to `max_series` entries each: off the async thread.
+                    let shared = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.otlp.forget_idle(now_ms()))
+                        .await;
                 }
                 if every.is_some_and(|e| last_checkpoint.elapsed() >= e) {
                     last_checkpoint = tokio::time::Instant::now();
