@@ -8,7 +8,8 @@
 //! opening replays the file (a torn tail is cut off). Frame: `u32 LE length | u32 LE FNV-1a of the
 //! body | body`. A write's body = `"TW" 0x02 str topic, iv partition, iv new_offset, uv n, n × (str
 //! metric key, iv minute, uv len, HotCell bytes), uv t, t × (str metric key, iv time ms, f64
-//! total)` (`0x01`, written before cumulative series' totals were kept, has no totals part); a
+//! total)`; a write without totals is written as version `0x01`, the same without the totals part
+//! (what versions before totals wrote and read, so they can still open the file); a
 //! total whose time is before an hour trimmed is forgotten with the hour; catalog bodies (`"TC"`, `"TS"`) are described
 //! in `mem_catalog`. When the file passes `compact_bytes` it is rewritten as a snapshot (one frame
 //! per partition offset, one per series with its cells under partition −1, one frame of the metric
@@ -166,7 +167,9 @@ fn write_body(
 ) -> Vec<u8> {
     let mut w = Writer::default();
     w.bytes(b"TW");
-    w.bytes(&[2]);
+    // Version 1 when there are no totals: what a version before them reads (it would take a
+    // frame it cannot parse for a torn tail, and cut the file there).
+    w.bytes(&[if totals.is_empty() { 1 } else { 2 }]);
     w.str(&partition.topic);
     w.iv(i64::from(partition.partition));
     w.iv(new_offset);
@@ -177,6 +180,9 @@ fn write_body(
         let c = cell.encode();
         w.uv(c.len() as u64);
         w.bytes(&c);
+    }
+    if totals.is_empty() {
+        return w.buf;
     }
     w.uv(totals.len() as u64);
     for (k, time_ms, total) in totals {
@@ -797,14 +803,15 @@ mod tests {
             h.totals(&p, std::slice::from_ref(&a)).await.unwrap(),
             vec![None]
         );
-        // A write frame of version 1 (before totals) still reads.
-        let mut v1 = write_body(&p, 9, &[], &[]);
-        v1[2] = 1;
-        v1.truncate(v1.len() - 1); // its totals count
+        // A write without totals is a frame of version 1, which versions before totals read.
+        let v1 = write_body(&p, 9, &[], &[]);
+        assert_eq!(&v1[..3], b"TW\x01");
         assert!(matches!(
             parse(&v1),
             Ok(Mutation::Write { new_offset: 9, .. })
         ));
+        let v2 = write_body(&p, 9, &[], &[(a.clone(), 1, 2.0)]);
+        assert_eq!(&v2[..3], b"TW\x02");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
