@@ -210,6 +210,9 @@ pub fn convert(req: WriteRequest, tenant: &str) -> Converted {
         .map(|m| (m.metric_family_name.as_str(), m.r#type))
         .collect();
     let mut out = Converted::default();
+    // Prometheus sends one time series entry per sample: a series' entries become one `Series`
+    // (one record, one contribution of each cell it touches).
+    let mut index: BTreeMap<MetricKey, usize> = BTreeMap::new();
     for ts in &req.timeseries {
         let name = ts
             .labels
@@ -245,13 +248,23 @@ pub fn convert(req: WriteRequest, tenant: &str) -> Converted {
                 samples.push((s.timestamp, s.value));
             }
         }
-        if !samples.is_empty() {
-            out.series.push(Series {
-                kind: kind_of(name, &metadata),
-                key,
-                samples,
-            });
+        if samples.is_empty() {
+            continue;
         }
+        match index.get(&key) {
+            Some(&i) => out.series[i].samples.extend(samples),
+            None => {
+                index.insert(key.clone(), out.series.len());
+                out.series.push(Series {
+                    kind: kind_of(name, &metadata),
+                    key,
+                    samples,
+                });
+            }
+        }
+    }
+    for s in &mut out.series {
+        s.samples.sort_by_key(|(t, _)| *t);
     }
     out
 }
@@ -414,6 +427,30 @@ mod tests {
             decode(&not_protobuf, 1 << 20),
             Err(DecodeError::Protobuf(_))
         ));
+    }
+
+    #[test]
+    fn entries_of_one_series_become_one_series_in_time_order() {
+        // As Prometheus's queue sends them: one entry per sample.
+        let req = WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "a_total"), ("job", "x")], &[(2_000, 7.0)]),
+                series(&[("__name__", "g"), ("job", "x")], &[(1_000, 1.0)]),
+                series(&[("job", "x"), ("__name__", "a_total")], &[(1_000, 5.0)]),
+            ],
+            metadata: vec![],
+        };
+        let c = convert(req, "t");
+        assert_eq!(c.series.len(), 2);
+        assert_eq!(c.series[0].key.encode(), "t/a_total{job=x}");
+        assert_eq!(c.series[0].samples, vec![(1_000, 5.0), (2_000, 7.0)]);
+        let mut c = c;
+        let built = records(&mut c, "rw:x", 2_000, 10_000, 10_000);
+        assert_eq!(
+            built.records.len(),
+            2,
+            "one totals record, one gauge minute"
+        );
     }
 
     #[test]

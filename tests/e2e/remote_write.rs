@@ -155,6 +155,15 @@ fn stored_samples(prom: u16, query: &str) -> Vec<(i64, f64)> {
         .collect()
 }
 
+/// A GET's body as text (empty if the request failed).
+fn text(url: &str) -> String {
+    http()
+        .get(url)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default()
+}
+
 fn minute_of(t_ms: i64) -> i64 {
     thermo_core::window::minute_start(t_ms.div_euclid(1000))
 }
@@ -195,12 +204,34 @@ fn prometheus_remote_write_counters_are_exact_per_minute_increases() {
     let range = format!("from={from}&to={to}&step=60");
     let got_sums =
         |a: &serde_json::Value| -> BTreeMap<i64, f64> { points(a, &[]).into_iter().collect() };
-    let answer = sa.query_until(
-        &format!("metric=orders_total&stat=sum&{range}"),
-        "thermo's per-minute increases to equal Prometheus's",
-        &mut |a| a["series"].as_array().is_some_and(|s| !s.is_empty()) && got_sums(a) == want,
-    );
-    assert_eq!(got_sums(&answer), want);
+    let params = format!("metric=orders_total&stat=sum&{range}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let a = sa.query(&params);
+        if a["series"].as_array().is_some_and(|s| !s.is_empty()) && got_sums(&a) == want {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let thermo_metrics = text(&sa.url("/metrics"));
+            let prom_metrics = text(&format!("http://127.0.0.1:{prom}/metrics"));
+            let grep = |t: &str, p: &str| {
+                t.lines()
+                    .filter(|l| l.starts_with(p))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "thermo's per-minute increases {:?} are not Prometheus's {want:?} (samples {orders_samples:?});\n\
+                 thermo: {}\n{}\nPrometheus: {}\nlog:\n{}",
+                got_sums(&a),
+                grep(&thermo_metrics, "thermo_partitioner_remote_write"),
+                grep(&thermo_metrics, "thermo_aggregator_"),
+                grep(&prom_metrics, "prometheus_remote_storage_samples"),
+                sa.proc.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let total: f64 = want.values().sum();
     assert!(total >= 100.0, "the counter grew by {total}");
     // The series' tags: the target's label and Prometheus's job and instance.
